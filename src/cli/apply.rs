@@ -1,0 +1,102 @@
+//! `pbsync apply`: apply a commit and print what was done, in Flux's words.
+
+use clap::{Args, ValueEnum};
+
+use super::{SourceArgs, Status, TargetArgs, print_invalid};
+use crate::apply::{ChangeSet, Outcome, RunOptions};
+use crate::reconcile::{self, Error};
+
+/// Arguments of `pbsync apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Apply even when the plan exceeds the mass-deletion guard
+    #[arg(long)]
+    allow_mass_deletion: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn print_changes(set: &ChangeSet, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(set).unwrap_or_default());
+        return;
+    }
+    let width = set
+        .entries
+        .iter()
+        .map(|e| e.key.to_string().len())
+        .max()
+        .unwrap_or(0);
+    for e in &set.entries {
+        if e.outcome == Outcome::Unchanged {
+            continue;
+        }
+        let note = e
+            .note
+            .as_deref()
+            .map(|n| format!("  ({n})"))
+            .unwrap_or_default();
+        println!("{:<width$}  {}{note}", e.key.to_string(), e.outcome);
+    }
+    let counts = set.counts();
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "{}",
+        if summary.is_empty() {
+            "nothing to do".to_string()
+        } else {
+            summary.join(", ")
+        }
+    );
+}
+
+pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::Error>> {
+    let ctx = args.source.context(Some(&args.target));
+    let target = args.target.local_dir()?;
+    let snapshot = reconcile::fetch(&ctx)?;
+    let json = args.format == Format::Json;
+    let opts = RunOptions {
+        allow_mass_deletion: args.allow_mass_deletion,
+    };
+    match reconcile::run_once(&ctx, &snapshot, &target, opts).await {
+        Ok(report) => {
+            for w in &report.plan.warnings {
+                eprintln!("warning: {w}");
+            }
+            print_changes(&report.changes, json);
+            Ok(Status::Success)
+        }
+        Err(Error::Invalid {
+            revision,
+            violations,
+            warnings,
+        }) => {
+            print_invalid(&revision, &violations, &warnings, json);
+            Ok(Status::Failure)
+        }
+        Err(Error::Apply {
+            changes,
+            source,
+            plan,
+            ..
+        }) => {
+            for w in &plan.warnings {
+                eprintln!("warning: {w}");
+            }
+            print_changes(&changes, json);
+            Err(source)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,206 @@
+//! The command line: clap types, one file per subcommand, and the one place errors become
+//! exit codes (0 success, 1 failure, 2 usage or configuration error).
+
+mod apply;
+mod graph;
+mod plan;
+mod validate;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::apply::local_dir::LocalDir;
+use crate::plan::{Cascade, Guard};
+use crate::reconcile::Context;
+
+/// GitOps reconciliation for PaletteAI Profile Bundles and everything they reference
+#[derive(Debug, Parser)]
+#[command(name = "pbsync", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a commit against every rule; exit 1 listing every violation
+    Validate(validate::ValidateArgs),
+    /// Show the reference graph of a commit
+    Graph(graph::GraphArgs),
+    /// Show what applying a commit would change, and why
+    Plan(plan::PlanArgs),
+    /// Apply a commit to the target
+    Apply(apply::ApplyArgs),
+}
+
+/// Where the commit comes from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Git repository (a local path)
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Revision to read: branch, tag, commit
+    #[arg(long = "ref", default_value = "HEAD")]
+    reference: String,
+    /// Subdirectory of the repository holding the manifests
+    #[arg(long, default_value = "")]
+    path: String,
+}
+
+/// Where objects go and how pbsync decides.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Target: dir:PATH (a local directory)
+    #[arg(long, default_value = "dir:./pbsync-state")]
+    target: String,
+    /// Name of this pbsync instance; several instances can share a target
+    #[arg(long, default_value = "default", env = "PBSYNC_INSTANCE")]
+    instance: String,
+    /// Take over objects that exist but were not created by pbsync (released, never deleted)
+    #[arg(long)]
+    adopt: bool,
+    /// Who performs reference-counted deletion of dependents
+    #[arg(long, value_enum, default_value_t = CascadeArg::Client)]
+    cascade: CascadeArg,
+    /// Mass-deletion guard: refuse when more than this percentage of managed objects would go
+    #[arg(long, default_value_t = 50)]
+    guard_percent: u8,
+    /// Mass-deletion guard: ... and that is more than this many objects
+    #[arg(long, default_value_t = 10)]
+    guard_min: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CascadeArg {
+    /// pbsync deletes unreferenced dependents itself
+    Client,
+    /// PaletteAI's ProfileBundle controller does; pbsync deletes only bundles
+    Server,
+}
+
+/// A configuration error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Exit status of a command that ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 0.
+    Success,
+    /// 1.
+    Failure,
+    /// 2 (plan --detailed-exitcode: changes present).
+    Changes,
+}
+
+impl SourceArgs {
+    fn context(&self, targets: Option<&TargetArgs>) -> Context {
+        let mut ctx = Context::new(&self.repo, &self.reference, &self.path);
+        if let Some(t) = targets {
+            ctx.plan.instance.clone_from(&t.instance);
+            ctx.plan.adopt = t.adopt;
+            ctx.plan.cascade = match t.cascade {
+                CascadeArg::Client => Cascade::Client,
+                CascadeArg::Server => Cascade::Server,
+            };
+            ctx.plan.guard = Guard {
+                max_fraction: f64::from(t.guard_percent) / 100.0,
+                min_objects: t.guard_min,
+            };
+        }
+        ctx
+    }
+}
+
+impl TargetArgs {
+    fn local_dir(&self) -> Result<LocalDir, ConfigError> {
+        match self.target.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => {
+                Ok(LocalDir::new(path, self.instance.clone()))
+            }
+            _ => Err(ConfigError(format!(
+                "unknown target {:?}: expected dir:PATH",
+                self.target
+            ))),
+        }
+    }
+}
+
+/// True when colour should be used on stdout.
+fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate(args) => validate::run(&args).await,
+            Command::Graph(args) => graph::run(&args),
+            Command::Plan(args) => plan::run(&args).await,
+            Command::Apply(args) => apply::run(&args).await,
+        }
+    });
+    exit_code(result)
+}
+
+/// Maps a command's outcome to the process exit code, printing the error chain once.
+fn exit_code(result: Result<Status, Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(Status::Success) => ExitCode::SUCCESS,
+        Ok(Status::Failure) => ExitCode::from(1),
+        Ok(Status::Changes) => ExitCode::from(2),
+        Err(err) => {
+            eprintln!("error: {}", crate::error_chain(err.as_ref()));
+            if err.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Prints the violations of an invalid commit (text or JSON) to stdout.
+fn print_invalid(
+    revision: &str,
+    violations: &crate::model::Violations,
+    warnings: &[String],
+    json: bool,
+) {
+    if json {
+        let doc = serde_json::json!({
+            "revision": revision,
+            "violations": violations.0,
+            "warnings": warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    for v in &violations.0 {
+        println!("{v}");
+    }
+    for w in warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "\n{} violation(s) in revision {}; nothing is applied from it",
+        violations.0.len(),
+        &revision[..revision.len().min(12)]
+    );
+}

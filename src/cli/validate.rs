@@ -1,0 +1,90 @@
+//! `pbsync validate`: every rule, every violation, exit 1 if any.
+
+use clap::{Args, ValueEnum};
+
+use super::{SourceArgs, Status, TargetArgs, print_invalid};
+use crate::apply::Target as _;
+use crate::model::Catalog;
+use crate::ownership::Stamp;
+use crate::reconcile::{self, Error};
+
+/// Arguments of `pbsync validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Also check references to cluster profiles and definitions against this target's live
+    /// state (without it they are warnings, checked at plan time)
+    #[arg(long)]
+    target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+pub(super) async fn run(args: &ValidateArgs) -> Result<Status, Box<dyn std::error::Error>> {
+    let ctx = args.source.context(None);
+    let snapshot = reconcile::fetch(&ctx)?;
+    let json = args.format == Format::Json;
+    let mut loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default());
+    if let (Ok(l), Some(target)) = (&loaded, &args.target) {
+        let t = TargetArgs {
+            target: target.clone(),
+            instance: ctx.plan.instance.clone(),
+            adopt: false,
+            cascade: super::CascadeArg::Client,
+            guard_percent: 50,
+            guard_min: 10,
+        }
+        .local_dir()?;
+        let stamp = Stamp {
+            instance: &ctx.plan.instance,
+            revision: &snapshot.revision,
+            adopted: false,
+        };
+        let observed = t.observe(&l.graph, &stamp).await?;
+        loaded = reconcile::load(&snapshot, &ctx.limits, &observed.catalog());
+    }
+    match loaded {
+        Ok(l) => {
+            if json {
+                let doc = serde_json::json!({
+                    "revision": snapshot.revision,
+                    "violations": [],
+                    "warnings": l.warnings,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                for w in &l.warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "revision {} is valid: {} objects, {} in the desired set",
+                    &snapshot.revision[..12],
+                    l.graph.desired_state().objects.len(),
+                    l.graph
+                        .nodes()
+                        .iter()
+                        .filter(|n| n.desired && n.object.is_some())
+                        .count()
+                );
+            }
+            Ok(Status::Success)
+        }
+        Err(Error::Invalid {
+            revision,
+            violations,
+            warnings,
+        }) => {
+            print_invalid(&revision, &violations, &warnings, json);
+            Ok(Status::Failure)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

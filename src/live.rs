@@ -1,0 +1,118 @@
+//! Live state as a target observed it: the value handed from `apply` (I/O) to `plan` (pure).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::model::{Catalog, Kind, ObjectKey, ProfileType};
+use crate::ownership::Ownership;
+
+/// One live object.
+#[derive(Debug, Clone)]
+pub struct LiveObject {
+    /// The object as the target holds it, in the same shape `ownership::render` produces;
+    /// `None` when it exists but could not be read (`error` says why).
+    pub manifest: Option<Value>,
+    /// Why the object could not be read or compared.
+    pub error: Option<String>,
+    /// Ownership from this instance's point of view.
+    pub ownership: Ownership,
+    /// The desired object as the target would store it (a server-side dry-run), when the
+    /// target computes one: `Err` carries the server's message.
+    pub dry_run: Option<Result<Value, String>>,
+    /// For cluster profiles: the clusters using it (Palette `status.inUseClusters`).
+    pub in_use_by: Vec<String>,
+    /// For cluster profiles: the profile type, for validating external references.
+    pub profile_type: Option<ProfileType>,
+}
+
+impl LiveObject {
+    /// A readable live object.
+    pub fn new(manifest: Value, ownership: Ownership) -> Self {
+        Self {
+            manifest: Some(manifest),
+            error: None,
+            ownership,
+            dry_run: None,
+            in_use_by: Vec::new(),
+            profile_type: None,
+        }
+    }
+
+    /// A live object that exists but could not be read.
+    pub fn unreadable(error: impl Into<String>, ownership: Ownership) -> Self {
+        Self {
+            manifest: None,
+            error: Some(error.into()),
+            ownership,
+            dry_run: None,
+            in_use_by: Vec::new(),
+            profile_type: None,
+        }
+    }
+
+    /// Repository path recorded on the object when pbsync wrote it.
+    pub fn source_path(&self) -> Option<&str> {
+        self.manifest
+            .as_ref()?
+            .pointer("/metadata/annotations")?
+            .get(crate::ownership::SOURCE_ANNOTATION)?
+            .as_str()
+    }
+
+    /// Commit recorded on the object when pbsync wrote it.
+    pub fn source_revision(&self) -> Option<&str> {
+        self.manifest
+            .as_ref()?
+            .pointer("/metadata/annotations")?
+            .get(crate::ownership::REVISION_ANNOTATION)?
+            .as_str()
+    }
+}
+
+/// Everything a target observed: every object it manages, every object the desired state
+/// names, every ProfileBundle and ComputePool (whoever owns them, since they hold references
+/// that keep shared objects alive), and the catalogue of live cluster profiles and definitions.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Live objects by key.
+    pub objects: BTreeMap<ObjectKey, LiveObject>,
+    /// When the live state was read (RFC 3339), for plan footers.
+    pub read_at: Option<String>,
+}
+
+impl Observed {
+    /// The object with this key.
+    pub fn get(&self, key: &ObjectKey) -> Option<&LiveObject> {
+        self.objects.get(key)
+    }
+
+    /// The catalogue of live cluster profiles and definitions for resolving references.
+    pub fn catalog(&self) -> Catalog {
+        let mut catalog = Catalog {
+            available: true,
+            ..Catalog::default()
+        };
+        for (key, obj) in &self.objects {
+            match key.kind {
+                Kind::ClusterProfile => {
+                    let t = obj.profile_type.or_else(|| {
+                        obj.manifest
+                            .as_ref()
+                            .and_then(|m| m.pointer("/spec/template/type"))
+                            .and_then(Value::as_str)
+                            .and_then(ProfileType::from_api)
+                    });
+                    if let Some(t) = t {
+                        catalog.cluster_profiles.insert(key.clone(), t);
+                    }
+                }
+                Kind::ComponentDefinition | Kind::TraitDefinition | Kind::PolicyDefinition => {
+                    catalog.definitions.insert(key.clone());
+                }
+                _ => {}
+            }
+        }
+        catalog
+    }
+}

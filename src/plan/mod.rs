@@ -1,0 +1,802 @@
+//! The plan: desired state paired with live state, every decision with the reasons that
+//! trace it through the reference graph. Pure and infallible: no I/O, no clock, no clients.
+//!
+//! The deletion rules are the domain contract §4; each has its own golden fixture under
+//! `tests/fixtures/plans/`.
+
+mod diff;
+mod render;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use diff::{FieldChange, normalize};
+pub use render::{render_json, render_markdown, render_text};
+
+use crate::graph::ResourceGraph;
+use crate::live::{LiveObject, Observed};
+use crate::model::{DeletionPolicy, Kind, Location, ObjectKey, Spec, parse_live};
+use crate::ownership::{self, Ownership, Stamp};
+
+/// What a change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Create an object that does not exist.
+    Create,
+    /// Change an object to match the commit (or take it back, or adopt it).
+    Update,
+    /// Delete a managed object.
+    Delete,
+    /// Release a managed object: leave it in place, remove the ownership marks.
+    Orphan,
+    /// Nothing to do.
+    Unchanged,
+    /// Would act, but a rule stops it (a pool uses the bundle, a foreign object, a profile in use).
+    Blocked,
+    /// The live state or a dry-run could not be read: never taken as "unchanged".
+    Unknown,
+}
+
+impl Action {
+    /// The word as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::Orphan => "orphan",
+            Self::Unchanged => "unchanged",
+            Self::Blocked => "blocked",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// True for actions that change something.
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Self::Create | Self::Update | Self::Delete | Self::Orphan
+        )
+    }
+}
+
+/// Who performs a deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// pbsync does it.
+    #[default]
+    Pbsync,
+    /// PaletteAI's ProfileBundle controller does it (`--cascade=server`); pbsync reports it.
+    Server,
+}
+
+/// When a change is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Creates and updates, in dependency order.
+    Apply,
+    /// Deletions and orphanings, after every apply step succeeded.
+    Prune,
+}
+
+/// One planned change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// What happens.
+    pub action: Action,
+    /// When it happens.
+    pub phase: Phase,
+    /// Identity.
+    pub key: ObjectKey,
+    /// Number of ProfileBundles that reference it (shared objects).
+    pub references: Option<u32>,
+    /// Sentences tracing the decision through the graph.
+    pub reasons: Vec<String>,
+    /// Where the object is declared, for objects in the commit.
+    pub source: Option<Location>,
+    /// Field-level differences, for updates.
+    pub diff: Vec<FieldChange>,
+    /// Mark the object adopted when writing it.
+    pub adopt: bool,
+    /// Who performs it.
+    pub executor: Executor,
+}
+
+/// The mass-deletion guard's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardTrip {
+    /// Deletions and orphanings planned.
+    pub deletions: usize,
+    /// Objects this instance manages.
+    pub managed: usize,
+    /// Managed bundles the plan deletes.
+    pub bundles_deleted: usize,
+    /// Managed bundles.
+    pub bundles_managed: usize,
+    /// Why it tripped.
+    pub message: String,
+}
+
+/// The plan of one commit against one live state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The commit.
+    pub revision: String,
+    /// Changes in execution order: creates and updates in dependency order, then deletions
+    /// and orphanings (dependents before bundles).
+    pub changes: Vec<Change>,
+    /// Non-fatal findings.
+    pub warnings: Vec<String>,
+    /// Set when the plan exceeds the mass-deletion guard.
+    pub guard: Option<GuardTrip>,
+    /// When the live state was read.
+    pub read_at: Option<String>,
+}
+
+/// The mass-deletion guard's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guard {
+    /// Trip when more than this fraction of managed objects would go ...
+    pub max_fraction: f64,
+    /// ... and that is more than this many objects.
+    pub min_objects: usize,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Self {
+            max_fraction: 0.5,
+            min_objects: 10,
+        }
+    }
+}
+
+/// Who performs the reference-counted cascade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cascade {
+    /// pbsync deletes dependents itself.
+    #[default]
+    Client,
+    /// PaletteAI's controller does; pbsync deletes only bundles.
+    Server,
+}
+
+/// Options of one plan.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This pbsync instance.
+    pub instance: String,
+    /// Take over objects that exist but were not created by pbsync.
+    pub adopt: bool,
+    /// Who deletes dependents.
+    pub cascade: Cascade,
+    /// Mass-deletion guard.
+    pub guard: Guard,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            instance: "default".into(),
+            adopt: false,
+            cascade: Cascade::Client,
+            guard: Guard::default(),
+        }
+    }
+}
+
+/// Deletion policies of leaving bundles at their last version in Git history.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Policy of each leaving bundle's last committed version.
+    pub policies: HashMap<ObjectKey, DeletionPolicy>,
+}
+
+/// Managed live bundles that are not in the desired set, with the path they were applied
+/// from: the bundles whose last Git version the caller should look up for [`History`].
+pub fn leaving_bundles<'a>(
+    graph: &ResourceGraph,
+    observed: &'a Observed,
+) -> Vec<(&'a ObjectKey, Option<&'a str>)> {
+    observed
+        .objects
+        .iter()
+        .filter(|(k, o)| {
+            k.kind == Kind::ProfileBundle
+                && o.ownership.is_managed()
+                && !graph
+                    .node(k)
+                    .is_some_and(|n| n.desired && n.object.is_some())
+        })
+        .map(|(k, o)| (k, o.source_path()))
+        .collect()
+}
+
+/// What the live bundles reference: the live reference graph.
+struct LiveRefs {
+    /// Live bundles whose live closure contains each key.
+    referrers: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Live pools naming each bundle.
+    pools: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Deletion policy on each live bundle.
+    policies: HashMap<ObjectKey, DeletionPolicy>,
+}
+
+impl LiveRefs {
+    fn build(observed: &Observed) -> Self {
+        let mut referrers: HashMap<ObjectKey, BTreeSet<ObjectKey>> = HashMap::new();
+        let mut pools: HashMap<ObjectKey, BTreeSet<ObjectKey>> = HashMap::new();
+        let mut policies = HashMap::new();
+        let find = |candidates: &[ObjectKey]| {
+            candidates
+                .iter()
+                .find(|k| observed.objects.contains_key(*k))
+                .cloned()
+        };
+        for (key, live) in &observed.objects {
+            let Some(manifest) = &live.manifest else {
+                continue;
+            };
+            match key.kind {
+                Kind::ProfileBundle => {
+                    let Some(obj) = parse_live("(live)", manifest) else {
+                        continue;
+                    };
+                    let Some(bundle) = obj.as_bundle() else {
+                        continue;
+                    };
+                    policies.insert(key.clone(), bundle.deletion_policy);
+                    for r in obj.refs() {
+                        let Some(target) = find(&r.candidates) else {
+                            continue;
+                        };
+                        referrers
+                            .entry(target.clone())
+                            .or_default()
+                            .insert(key.clone());
+                        if target.kind != Kind::WorkloadProfile {
+                            continue;
+                        }
+                        let wp = observed.objects[&target]
+                            .manifest
+                            .as_ref()
+                            .and_then(|m| parse_live("(live)", m));
+                        for d in wp
+                            .iter()
+                            .flat_map(|w| w.refs().cloned().collect::<Vec<_>>())
+                        {
+                            if let Some(def) = find(&d.candidates) {
+                                referrers.entry(def).or_default().insert(key.clone());
+                            }
+                        }
+                    }
+                }
+                Kind::ComputePool => {
+                    let Some(obj) = parse_live("(live)", manifest) else {
+                        continue;
+                    };
+                    if let Spec::ComputePool(p) = &obj.spec {
+                        pools
+                            .entry(p.bundle.primary().clone())
+                            .or_default()
+                            .insert(key.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Self {
+            referrers,
+            pools,
+            policies,
+        }
+    }
+}
+
+/// Plans the commit of `graph` against `observed`.
+pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts: &Options) -> Plan {
+    let live_refs = LiveRefs::build(observed);
+    let desired_keys = |k: &ObjectKey| {
+        graph
+            .node(k)
+            .is_some_and(|n| n.desired && n.object.is_some())
+    };
+    let mut changes = Vec::new();
+    let mut warnings = graph.warnings();
+
+    // Which managed live objects are leaving, and which leaving bundles are blocked.
+    let leaving: BTreeMap<&ObjectKey, &LiveObject> = observed
+        .objects
+        .iter()
+        .filter(|(k, o)| o.ownership.is_managed() && !desired_keys(k))
+        .collect();
+    let blocked_bundles: BTreeMap<&ObjectKey, Vec<&ObjectKey>> = leaving
+        .keys()
+        .filter(|k| k.kind == Kind::ProfileBundle)
+        .filter_map(|k| {
+            let blockers: Vec<&ObjectKey> = live_refs
+                .pools
+                .get(*k)
+                .into_iter()
+                .flatten()
+                .filter(|pool| {
+                    !leaving
+                        .get(*pool)
+                        .is_some_and(|o| o.ownership == Ownership::Managed)
+                })
+                .collect();
+            (!blockers.is_empty()).then_some((*k, blockers))
+        })
+        .collect();
+    let effective_policy = |bundle: &ObjectKey| -> (DeletionPolicy, String) {
+        let live = live_refs.policies.get(bundle).copied();
+        let git = if desired_keys(bundle) {
+            graph
+                .object(graph.node(bundle).expect("desired"))
+                .and_then(|o| o.as_bundle())
+                .map(|b| b.deletion_policy)
+        } else {
+            history.policies.get(bundle).copied()
+        };
+        let orphan = live == Some(DeletionPolicy::Orphan) || git == Some(DeletionPolicy::Orphan);
+        let policy = if orphan {
+            DeletionPolicy::Orphan
+        } else {
+            DeletionPolicy::Delete
+        };
+        let from = match (live, git) {
+            (Some(DeletionPolicy::Orphan), Some(DeletionPolicy::Orphan)) => "live object and Git",
+            (Some(DeletionPolicy::Orphan), _) => "live object",
+            (_, Some(DeletionPolicy::Orphan)) => {
+                if desired_keys(bundle) {
+                    "the commit"
+                } else {
+                    "its last version in Git"
+                }
+            }
+            _ => "default and Git",
+        };
+        (policy, from.to_string())
+    };
+
+    // 1. Creates and updates, in dependency order.
+    for node in graph.creation_order() {
+        let obj = graph
+            .object(node)
+            .expect("invariant: creation order holds declared objects");
+        let key = &node.key;
+        let shared = key.kind.is_shared();
+        let mut change = Change {
+            action: Action::Create,
+            phase: Phase::Apply,
+            key: key.clone(),
+            references: shared.then_some(node.references),
+            reasons: Vec::new(),
+            source: Some(obj.location.clone()),
+            diff: Vec::new(),
+            adopt: false,
+            executor: Executor::Pbsync,
+        };
+        let needed_by = if shared {
+            if node.referrers.is_empty() {
+                format!("needed by {}", join_keys(&node.dependents))
+            } else {
+                format!("needed by {}", join_keys(&node.referrers))
+            }
+        } else {
+            format!("declared in {}", obj.location)
+        };
+        let rendered = |adopted: bool| {
+            ownership::render(
+                obj,
+                &Stamp {
+                    instance: &opts.instance,
+                    revision: graph.revision(),
+                    adopted,
+                },
+            )
+        };
+        match observed.get(key) {
+            None => {
+                change.reasons.push(format!("does not exist; {needed_by}"));
+            }
+            Some(live) => match &live.ownership {
+                Ownership::Foreign { owner } if !opts.adopt => {
+                    change.action = Action::Blocked;
+                    let who = owner.as_ref().map_or_else(
+                        || "it was not created by pbsync".to_string(),
+                        |o| format!("it is managed by pbsync instance {o:?}"),
+                    );
+                    change.reasons.push(format!(
+                        "conflict: exists but {who}; left alone (enable adoption to manage it)"
+                    ));
+                }
+                own => {
+                    let adopted = matches!(own, Ownership::Adopted | Ownership::Foreign { .. });
+                    change.adopt = adopted;
+                    compare(&mut change, live, &rendered(adopted));
+                    match own {
+                        Ownership::Foreign { .. } => {
+                            change.action = Action::Update;
+                            change.reasons.insert(0, "adopted: exists but was not created by pbsync; adoption is enabled, so it is managed from now on and only ever released, never deleted".into());
+                        }
+                        Ownership::Released => {
+                            if change.action != Action::Unknown {
+                                change.action = Action::Update;
+                            }
+                            change.reasons.insert(0, format!(
+                                "taken back: this instance released it earlier; {needed_by} again"
+                            ));
+                        }
+                        _ => {}
+                    }
+                    if change.action == Action::Unchanged || change.action == Action::Update {
+                        change.reasons.push(needed_by);
+                    }
+                }
+            },
+        }
+        // Say who keeps a shared object alive when some of its live referrers are leaving.
+        if shared {
+            let leaving_refs: Vec<&ObjectKey> = live_refs
+                .referrers
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter(|b| leaving.contains_key(b))
+                .collect();
+            if !leaving_refs.is_empty() && !node.referrers.is_empty() {
+                change.reasons.push(format!(
+                    "kept: still referenced by {}, although {} is leaving",
+                    join_keys(&node.referrers),
+                    join_keys(leaving_refs)
+                ));
+            }
+        }
+        changes.push(change);
+    }
+
+    // 2. Deletions and orphanings, dependents before bundles.
+    let mut deletions: Vec<Change> = Vec::new();
+    for (key, live) in &leaving {
+        let key = *key;
+        let mut change = Change {
+            action: Action::Delete,
+            phase: Phase::Prune,
+            key: key.clone(),
+            references: key.kind.is_shared().then_some(0),
+            reasons: Vec::new(),
+            source: None,
+            diff: Vec::new(),
+            adopt: false,
+            executor: Executor::Pbsync,
+        };
+        let declared_unused = graph.node(key).is_some_and(|n| n.object.is_some());
+        let gone = if declared_unused {
+            "still declared but no longer used by any bundle, pool or workload"
+        } else {
+            "removed from the repository"
+        };
+        if live.ownership == Ownership::Adopted {
+            change.action = Action::Orphan;
+            change.reasons.push(format!(
+                "{gone}; it was adopted, so it is released, never deleted"
+            ));
+        } else if !key.kind.is_shared() {
+            if let Some(pools) = blocked_bundles.get(key) {
+                change.action = Action::Blocked;
+                change.reasons.push(format!(
+                    "blocked: {} references this bundle; the bundle and its dependents stay",
+                    join_keys(pools.iter().copied())
+                ));
+            } else if key.kind == Kind::ProfileBundle {
+                let (policy, from) = effective_policy(key);
+                change.reasons.push(format!(
+                    "{gone}; its deletionPolicy is {policy} (from {from})"
+                ));
+            } else {
+                change.reasons.push(gone.to_string());
+            }
+        } else {
+            decide_shared(
+                &mut change,
+                key,
+                &live_refs,
+                &leaving,
+                &blocked_bundles,
+                &desired_keys,
+                &effective_policy,
+                gone,
+                &mut warnings,
+            );
+        }
+        if !live.in_use_by.is_empty() && change.action == Action::Delete {
+            change.action = Action::Blocked;
+            change.reasons.push(format!(
+                "blocked: in use by cluster(s) {}",
+                live.in_use_by.join(", ")
+            ));
+        }
+        if opts.cascade == Cascade::Server
+            && key.kind.is_shared()
+            && change.action == Action::Delete
+        {
+            change.executor = Executor::Server;
+            change.reasons.push("performed by PaletteAI's ProfileBundle controller when the bundle is deleted (--cascade=server); pbsync reports it".into());
+        }
+        deletions.push(change);
+    }
+    deletions.sort_by(|a, b| {
+        deletion_rank(a.key.kind)
+            .cmp(&deletion_rank(b.key.kind))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    changes.extend(deletions);
+
+    let guard = check_guard(&changes, observed, opts.guard);
+    if let Some(trip) = &guard {
+        warnings.push(trip.message.clone());
+    }
+    Plan {
+        revision: graph.revision().to_string(),
+        changes,
+        warnings,
+        guard,
+        read_at: observed.read_at.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_shared(
+    change: &mut Change,
+    key: &ObjectKey,
+    live_refs: &LiveRefs,
+    leaving: &BTreeMap<&ObjectKey, &LiveObject>,
+    blocked: &BTreeMap<&ObjectKey, Vec<&ObjectKey>>,
+    desired: &dyn Fn(&ObjectKey) -> bool,
+    effective_policy: &dyn Fn(&ObjectKey) -> (DeletionPolicy, String),
+    gone: &str,
+    warnings: &mut Vec<String>,
+) {
+    let referrers: Vec<&ObjectKey> = live_refs.referrers.get(key).into_iter().flatten().collect();
+    if referrers.is_empty() {
+        change.action = Action::Orphan;
+        change.reasons.push(format!(
+            "{gone}, and no live bundle references it (its bundle was removed out of band); orphaned, never deleted silently"
+        ));
+        warnings.push(format!(
+            "{key} is managed but no live bundle references it; orphaned, not deleted"
+        ));
+        return;
+    }
+    // Referrers that keep it: bundles pbsync will not delete in this pass.
+    let keepers: Vec<&ObjectKey> = referrers
+        .iter()
+        .copied()
+        .filter(|b| {
+            let deleted = leaving
+                .get(*b)
+                .is_some_and(|o| o.ownership == Ownership::Managed)
+                && !blocked.contains_key(*b);
+            !desired(b) && !deleted
+        })
+        .collect();
+    if !keepers.is_empty() {
+        change.action = Action::Unchanged;
+        let (blocked_ones, others): (Vec<&ObjectKey>, Vec<&ObjectKey>) =
+            keepers.iter().partition(|b| blocked.contains_key(*b));
+        if !others.is_empty() {
+            change.reasons.push(format!(
+                "kept: still referenced by {} (not deleted by this instance)",
+                join_keys(others)
+            ));
+        }
+        if !blocked_ones.is_empty() {
+            change.reasons.push(format!(
+                "kept: still referenced by {}, whose deletion is blocked",
+                join_keys(blocked_ones)
+            ));
+        }
+        change.references = Some(u32::try_from(keepers.len()).unwrap_or(u32::MAX));
+        return;
+    }
+    // Every referrer is leaving (or, staying, no longer references it): their policies decide.
+    let mut orphaners = Vec::new();
+    let mut explained = Vec::new();
+    for b in &referrers {
+        let (policy, from) = effective_policy(b);
+        let role = if desired(b) {
+            "no longer references it"
+        } else {
+            "removed"
+        };
+        explained.push(format!(
+            "{b} {role}; its deletionPolicy is {policy} (from {from})"
+        ));
+        if policy == DeletionPolicy::Orphan {
+            orphaners.push(*b);
+        }
+    }
+    let last = if referrers.len() == 1 {
+        "last referrer"
+    } else {
+        "last referrers"
+    };
+    change
+        .reasons
+        .push(format!("{last}: {}", explained.join("; ")));
+    if orphaners.is_empty() {
+        change.action = Action::Delete;
+    } else {
+        change.action = Action::Orphan;
+        change.reasons.push(format!(
+            "orphaned: {} says orphan, so it is left in place and released",
+            join_keys(orphaners)
+        ));
+    }
+}
+
+/// Deletion order: workloads and pools, then the bundles' dependents (profiles before the
+/// definitions and repositories they use), then the bundles themselves, so a crash between
+/// the steps leaves the bundle as the record of what still has to go.
+fn deletion_rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::AiWorkload => 0,
+        Kind::ComputePool => 1,
+        Kind::WorkloadProfile | Kind::ClusterProfile => 2,
+        Kind::ComponentDefinition
+        | Kind::TraitDefinition
+        | Kind::PolicyDefinition
+        | Kind::HelmRepository
+        | Kind::OciRepository => 3,
+        Kind::ProfileBundle => 4,
+    }
+}
+
+fn compare(change: &mut Change, live: &LiveObject, rendered: &Value) {
+    let Some(live_manifest) = &live.manifest else {
+        change.action = Action::Unknown;
+        change.reasons.push(format!(
+            "live state could not be read: {}",
+            live.error.as_deref().unwrap_or("unknown error")
+        ));
+        return;
+    };
+    let desired = match &live.dry_run {
+        Some(Err(msg)) => {
+            change.action = Action::Unknown;
+            change
+                .reasons
+                .push(format!("server-side dry-run failed: {msg}"));
+            return;
+        }
+        Some(Ok(v)) => v,
+        None => rendered,
+    };
+    let diff = diff::diff(&normalize(live_manifest), &normalize(desired));
+    if diff.is_empty() {
+        change.action = Action::Unchanged;
+        change.reasons.push("matches the live object".to_string());
+    } else {
+        change.action = Action::Update;
+        let fields: Vec<&str> = diff.iter().map(|d| d.path.as_str()).take(5).collect();
+        let more = if diff.len() > 5 {
+            format!(" and {} more", diff.len() - 5)
+        } else {
+            String::new()
+        };
+        change.reasons.push(format!(
+            "differs from the live object in {}{more}",
+            fields.join(", ")
+        ));
+        change.diff = diff;
+    }
+}
+
+fn check_guard(changes: &[Change], observed: &Observed, guard: Guard) -> Option<GuardTrip> {
+    let managed = observed
+        .objects
+        .values()
+        .filter(|o| o.ownership.is_managed())
+        .count();
+    let bundles_managed = observed
+        .objects
+        .iter()
+        .filter(|(k, o)| k.kind == Kind::ProfileBundle && o.ownership.is_managed())
+        .count();
+    let removing = |c: &&Change| matches!(c.action, Action::Delete | Action::Orphan);
+    let deletions = changes.iter().filter(removing).count();
+    let bundles_deleted = changes
+        .iter()
+        .filter(removing)
+        .filter(|c| c.key.kind == Kind::ProfileBundle)
+        .count();
+    #[allow(clippy::cast_precision_loss)]
+    let too_many =
+        deletions > guard.min_objects && deletions as f64 > guard.max_fraction * managed as f64;
+    let all_bundles = bundles_managed > 0 && bundles_deleted == bundles_managed;
+    if !(too_many || all_bundles) {
+        return None;
+    }
+    let why = if all_bundles {
+        format!("it deletes every managed ProfileBundle ({bundles_deleted} of {bundles_managed})")
+    } else {
+        format!(
+            "it deletes or orphans {deletions} of {managed} managed objects (more than {:.0}% and more than {})",
+            guard.max_fraction * 100.0,
+            guard.min_objects
+        )
+    };
+    Some(GuardTrip {
+        deletions,
+        managed,
+        bundles_deleted,
+        bundles_managed,
+        message: format!("mass-deletion guard: {why}; apply refuses without --allow-mass-deletion"),
+    })
+}
+
+fn join_keys<'a>(keys: impl IntoIterator<Item = &'a ObjectKey>) -> String {
+    let mut by_kind: BTreeMap<crate::model::Kind, Vec<String>> = BTreeMap::new();
+    for k in keys {
+        by_kind.entry(k.kind).or_default().push(k.short());
+    }
+    by_kind
+        .into_iter()
+        .map(|(kind, names)| format!("{kind} {}", names.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Counts per action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Creates.
+    pub create: usize,
+    /// Updates.
+    pub update: usize,
+    /// Deletes.
+    pub delete: usize,
+    /// Orphans.
+    pub orphan: usize,
+    /// Unchanged.
+    pub unchanged: usize,
+    /// Blocked.
+    pub blocked: usize,
+    /// Unknown.
+    pub unknown: usize,
+}
+
+impl Plan {
+    /// Counts per action.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for c in &self.changes {
+            *match c.action {
+                Action::Create => &mut s.create,
+                Action::Update => &mut s.update,
+                Action::Delete => &mut s.delete,
+                Action::Orphan => &mut s.orphan,
+                Action::Unchanged => &mut s.unchanged,
+                Action::Blocked => &mut s.blocked,
+                Action::Unknown => &mut s.unknown,
+            } += 1;
+        }
+        s
+    }
+
+    /// True when applying would change something.
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action.is_change())
+    }
+
+    /// True when some comparison could not be made.
+    pub fn has_unknown(&self) -> bool {
+        self.changes.iter().any(|c| c.action == Action::Unknown)
+    }
+}

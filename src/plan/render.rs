@@ -1,0 +1,174 @@
+//! Rendering a plan for people (text, Markdown) and machines (JSON). Pure: no I/O.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::{Action, Change, Executor, Plan};
+use crate::model::Kind;
+
+fn identity(c: &Change) -> (Value, Value, Value) {
+    let (ns, scope) = if c.key.kind == Kind::ClusterProfile {
+        (Value::Null, Value::String(c.key.namespace.to_string()))
+    } else {
+        (Value::String(c.key.namespace.to_string()), Value::Null)
+    };
+    let version = c
+        .key
+        .version
+        .as_deref()
+        .map_or(Value::Null, |v| Value::String(v.to_string()));
+    (ns, scope, version)
+}
+
+/// The JSON document of `pbsync plan --format json` (schema in the README).
+pub fn render_json(plan: &Plan) -> Value {
+    let changes: Vec<Value> = plan
+        .changes
+        .iter()
+        .map(|c| {
+            let (namespace, scope, version) = identity(c);
+            json!({
+                "action": c.action,
+                "kind": c.key.kind,
+                "namespace": namespace,
+                "scope": scope,
+                "name": &*c.key.name,
+                "version": version,
+                "references": c.references,
+                "reasons": c.reasons,
+                "source": c.source.as_ref().map(ToString::to_string),
+                "executor": c.executor,
+                "diff": c.diff,
+            })
+        })
+        .collect();
+    json!({
+        "revision": plan.revision,
+        "changes": changes,
+        "summary": plan.summary(),
+        "warnings": plan.warnings,
+        "guard": plan.guard,
+        "readAt": plan.read_at,
+    })
+}
+
+fn paint(color: bool, action: Action, text: &str) -> String {
+    if !color {
+        return text.to_string();
+    }
+    let code = match action {
+        Action::Create => "32",
+        Action::Update => "33",
+        Action::Delete => "31",
+        Action::Orphan => "35",
+        Action::Unchanged => "2",
+        Action::Blocked | Action::Unknown => "1;31",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+fn short_rev(rev: &str) -> &str {
+    rev.get(..12).unwrap_or(rev)
+}
+
+/// Terminal rendering: one aligned line per change, reasons beneath; unchanged objects are
+/// counted but not listed unless `verbose`.
+pub fn render_text(plan: &Plan, color: bool, verbose: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Plan for revision {}", short_rev(&plan.revision));
+    let shown: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| {
+            verbose
+                || c.action != Action::Unchanged
+                || c.reasons.iter().any(|r| r.starts_with("kept"))
+        })
+        .collect();
+    let kind_w = shown
+        .iter()
+        .map(|c| c.key.kind.as_str().len())
+        .max()
+        .unwrap_or(4);
+    let name_w = shown.iter().map(|c| c.key.short().len()).max().unwrap_or(4);
+    for c in &shown {
+        let refs = c
+            .references
+            .map_or_else(String::new, |r| format!("refs={r}"));
+        let action = format!("{:<9}", c.action.as_str());
+        let by = if c.executor == Executor::Server {
+            " (by server)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {} {:<kind_w$}  {:<name_w$}  {refs}{by}",
+            paint(color, c.action, &action),
+            c.key.kind.as_str(),
+            c.key.short(),
+        );
+        for r in &c.reasons {
+            let _ = writeln!(out, "      - {r}");
+        }
+    }
+    let s = plan.summary();
+    let _ = writeln!(
+        out,
+        "\nSummary: {} to create, {} to update, {} to delete, {} to orphan, {} unchanged, {} blocked, {} unknown",
+        s.create, s.update, s.delete, s.orphan, s.unchanged, s.blocked, s.unknown
+    );
+    for w in &plan.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+/// A Markdown rendering suitable for a pull-request comment.
+pub fn render_markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let s = plan.summary();
+    let _ = writeln!(out, "### pbsync plan for `{}`\n", short_rev(&plan.revision));
+    let _ = writeln!(
+        out,
+        "**{} to create, {} to update, {} to delete, {} to orphan, {} blocked, {} unknown** ({} unchanged)\n",
+        s.create, s.update, s.delete, s.orphan, s.blocked, s.unknown, s.unchanged
+    );
+    if let Some(g) = &plan.guard {
+        let _ = writeln!(out, "> [!WARNING]\n> {}\n", g.message);
+    }
+    let order = [
+        Action::Delete,
+        Action::Orphan,
+        Action::Blocked,
+        Action::Unknown,
+        Action::Create,
+        Action::Update,
+    ];
+    for action in order {
+        let rows: Vec<&Change> = plan.changes.iter().filter(|c| c.action == action).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "#### {} ({})\n", action.as_str(), rows.len());
+        let _ = writeln!(out, "| kind | object | refs | why |\n|---|---|---|---|");
+        for c in rows {
+            let refs = c
+                .references
+                .map_or_else(|| "".to_string(), |r| r.to_string());
+            let why = c.reasons.join("<br>").replace('|', "\\|");
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {refs} | {why} |",
+                c.key.kind,
+                c.key.short()
+            );
+        }
+        out.push('\n');
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(out, "- :warning: {}", w.replace('|', "\\|"));
+    }
+    out
+}

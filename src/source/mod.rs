@@ -1,0 +1,312 @@
+//! The source: one commit's YAML files read straight from a Git tree with git2, and the
+//! history look-ups the deletion rules need. It never interprets file contents.
+//!
+//! Reading from the tree rather than a working directory makes each commit atomic: a
+//! half-written checkout, an uncommitted edit or a file another process is writing can never
+//! leak into what pbsync applies.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+/// Name of the ignore file honoured at the root of the configured path (gitignore syntax).
+pub const IGNORE_FILE: &str = ".pbsyncignore";
+
+/// Errors of the source stage; all of them are about reaching the commit, not its content.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository could not be opened.
+    #[error("cannot open git repository {path}")]
+    OpenFailed {
+        /// Path given.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: git2::Error,
+    },
+    /// The revision does not name a commit.
+    #[error("revision {rev:?} does not name a commit")]
+    RevisionNotFound {
+        /// Revision given.
+        rev: String,
+        /// Cause.
+        #[source]
+        source: git2::Error,
+    },
+    /// The configured path is not a directory of that commit.
+    #[error("path {path:?} is not a directory at commit {commit}")]
+    PathNotFound {
+        /// Path given.
+        path: String,
+        /// Commit.
+        commit: String,
+    },
+    /// Reading an object of the repository failed.
+    #[error("cannot read {what}")]
+    ReadFailed {
+        /// What was being read.
+        what: String,
+        /// Cause.
+        #[source]
+        source: git2::Error,
+    },
+    /// The ignore file is not valid.
+    #[error("invalid {IGNORE_FILE}")]
+    InvalidIgnoreFile {
+        /// Cause.
+        #[source]
+        source: ignore::Error,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The content of one file: its bytes, or only its size when over the limit (so a 50 MB
+/// file is never loaded into memory just to be rejected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The file's bytes.
+    Bytes(Vec<u8>),
+    /// Size in bytes of a file over the limit.
+    TooLarge(u64),
+}
+
+/// One YAML file of the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Repository-relative path.
+    pub path: Arc<str>,
+    /// Git blob id (hex): identical content has an identical id, which makes it a cache key.
+    pub blob: String,
+    /// Content.
+    pub content: Content,
+}
+
+/// The YAML files of one commit under the configured path.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Full commit id.
+    pub revision: String,
+    /// Files, sorted by path.
+    pub files: Vec<SourceFile>,
+}
+
+/// Where to read from.
+#[derive(Debug, Clone)]
+pub struct GitConfig {
+    /// Repository path (a work tree or a bare repository).
+    pub repo: PathBuf,
+    /// Revision: branch, tag, commit, `HEAD`.
+    pub reference: String,
+    /// Subdirectory (repository-relative); empty for the root.
+    pub path: String,
+    /// Files larger than this are not loaded.
+    pub max_file_bytes: u64,
+}
+
+/// Opens the repository at `path` (searching upwards like `git` does).
+pub fn open(path: &Path) -> Result<Repository> {
+    Repository::discover(path).map_err(|source| Error::OpenFailed {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Resolves `rev` to a commit id.
+pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid> {
+    let obj = repo
+        .revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|source| Error::RevisionNotFound {
+            rev: rev.to_string(),
+            source,
+        })?;
+    Ok(obj.id())
+}
+
+/// Reads the YAML files of `cfg.reference` under `cfg.path`.
+pub fn read(cfg: &GitConfig) -> Result<Snapshot> {
+    let repo = open(&cfg.repo)?;
+    let commit = resolve(&repo, &cfg.reference)?;
+    read_commit(&repo, commit, &cfg.path, cfg.max_file_bytes)
+}
+
+/// Normalises a configured subdirectory: no leading `./`, no trailing `/`.
+pub fn normalize_path(path: &str) -> String {
+    let p = path.trim_start_matches("./").trim_matches('/');
+    if p == "." {
+        String::new()
+    } else {
+        p.to_string()
+    }
+}
+
+/// Reads the YAML files of commit `commit` under `subpath`, honouring `.pbsyncignore`.
+pub fn read_commit(
+    repo: &Repository,
+    commit: Oid,
+    subpath: &str,
+    max_file_bytes: u64,
+) -> Result<Snapshot> {
+    let read_failed = |what: String| move |source| Error::ReadFailed { what, source };
+    let subpath = normalize_path(subpath);
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(read_failed(format!("tree of commit {commit}")))?;
+    let tree = if subpath.is_empty() {
+        tree
+    } else {
+        let entry = tree
+            .get_path(Path::new(&subpath))
+            .map_err(|_| Error::PathNotFound {
+                path: subpath.clone(),
+                commit: commit.to_string(),
+            })?;
+        if entry.kind() != Some(ObjectType::Tree) {
+            return Err(Error::PathNotFound {
+                path: subpath,
+                commit: commit.to_string(),
+            });
+        }
+        repo.find_tree(entry.id())
+            .map_err(read_failed(format!("tree {subpath}")))?
+    };
+    let ignore = load_ignore(repo, &tree)?;
+    let odb = repo.odb().map_err(read_failed("object database".into()))?;
+    let mut found: Vec<(String, Oid)> = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        let Ok(name) = entry.name() else {
+            return TreeWalkResult::Ok;
+        };
+        let rel = format!("{dir}{name}");
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                if ignore.matched(Path::new(&rel), true).is_ignore() {
+                    TreeWalkResult::Skip
+                } else {
+                    TreeWalkResult::Ok
+                }
+            }
+            // Symlinks (mode 120000) are blobs too; a link's target is not a manifest.
+            Some(ObjectType::Blob) if entry.filemode() != 0o120_000 => {
+                let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+                if yaml
+                    && !ignore
+                        .matched_path_or_any_parents(Path::new(&rel), false)
+                        .is_ignore()
+                {
+                    found.push((rel, entry.id()));
+                }
+                TreeWalkResult::Ok
+            }
+            _ => TreeWalkResult::Ok,
+        }
+    })
+    .map_err(read_failed(format!("tree of commit {commit}")))?;
+    let mut files = Vec::with_capacity(found.len());
+    for (rel, oid) in found {
+        let path = if subpath.is_empty() {
+            rel
+        } else {
+            format!("{subpath}/{rel}")
+        };
+        let (size, _) = odb
+            .read_header(oid)
+            .map_err(read_failed(format!("blob {path}")))?;
+        let content = if size as u64 > max_file_bytes {
+            Content::TooLarge(size as u64)
+        } else {
+            let blob = repo
+                .find_blob(oid)
+                .map_err(read_failed(format!("blob {path}")))?;
+            Content::Bytes(blob.content().to_vec())
+        };
+        files.push(SourceFile {
+            path: Arc::from(path),
+            blob: oid.to_string(),
+            content,
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Snapshot {
+        revision: commit.to_string(),
+        files,
+    })
+}
+
+fn load_ignore(repo: &Repository, tree: &git2::Tree<'_>) -> Result<Gitignore> {
+    let mut builder = GitignoreBuilder::new("");
+    if let Some(entry) = tree.get_name(IGNORE_FILE) {
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(|source| Error::ReadFailed {
+                what: IGNORE_FILE.to_string(),
+                source,
+            })?;
+        for line in String::from_utf8_lossy(blob.content()).lines() {
+            builder
+                .add_line(None, line)
+                .map_err(|source| Error::InvalidIgnoreFile { source })?;
+        }
+    }
+    builder
+        .build()
+        .map_err(|source| Error::InvalidIgnoreFile { source })
+}
+
+/// Walks first-parent history from `from` (inclusive), newest first, at most `max_commits`
+/// commits, and returns the first value `probe` finds in the blob at `path`. This is how a
+/// bundle that left the repository is looked up at its last committed version.
+pub fn find_in_history<T>(
+    repo: &Repository,
+    from: Oid,
+    path: &str,
+    max_commits: usize,
+    mut probe: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<Option<T>> {
+    let read_failed = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::ReadFailed { what, source }
+    };
+    let mut walk = repo.revwalk().map_err(read_failed("history"))?;
+    walk.simplify_first_parent()
+        .map_err(read_failed("history"))?;
+    walk.push(from).map_err(read_failed("history"))?;
+    let mut last_blob = None;
+    for oid in walk.take(max_commits) {
+        let oid = oid.map_err(read_failed("history"))?;
+        let commit = repo.find_commit(oid).map_err(read_failed("history"))?;
+        let tree = commit.tree().map_err(read_failed("history"))?;
+        let Ok(entry) = tree.get_path(Path::new(path)) else {
+            continue;
+        };
+        // Consecutive commits usually share the blob; probe each distinct version once.
+        if last_blob == Some(entry.id()) {
+            continue;
+        }
+        last_blob = Some(entry.id());
+        let Ok(blob) = repo.find_blob(entry.id()) else {
+            continue;
+        };
+        if let Some(v) = probe(blob.content()) {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_paths_are_normalised() {
+        assert_eq!(normalize_path("./examples/repo/"), "examples/repo");
+        assert_eq!(normalize_path("."), "");
+        assert_eq!(normalize_path(""), "");
+    }
+}
