@@ -5,6 +5,9 @@
 //! `Target::write`, `Target::release` and (through [`guarded_delete`]) `Target::delete`.
 
 pub mod local_dir;
+mod split;
+
+pub use split::Split;
 
 use std::fmt;
 use std::future::Future;

@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
+use super::target::with_target;
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
 use crate::apply::{ChangeSet, Outcome, RunOptions};
 use crate::reconcile::{self, Error};
@@ -63,13 +64,13 @@ fn print_changes(set: &ChangeSet, json: bool) {
 
 pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(Some(&args.target));
-    let target = args.target.local_dir()?;
     let snapshot = reconcile::fetch(&ctx)?;
     let json = args.format == Format::Json;
     let opts = RunOptions {
         allow_mass_deletion: args.allow_mass_deletion,
     };
-    match reconcile::run_once(&ctx, &snapshot, &target, opts).await {
+    let outcome = with_target!(args.target.build()?, t => reconcile::run_once(&ctx, &snapshot, &t, opts).await);
+    match outcome {
         Ok(report) => {
             for w in &report.plan.warnings {
                 eprintln!("warning: {w}");

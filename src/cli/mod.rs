@@ -4,7 +4,10 @@
 mod apply;
 mod graph;
 mod plan;
+mod target;
 mod validate;
+
+pub use target::TargetArgs;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -12,7 +15,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::apply::local_dir::LocalDir;
 use crate::plan::{Cascade, Guard};
 use crate::reconcile::Context;
 
@@ -50,31 +52,8 @@ pub struct SourceArgs {
     path: String,
 }
 
-/// Where objects go and how pbsync decides.
-#[derive(Debug, Clone, Args)]
-pub struct TargetArgs {
-    /// Target: dir:PATH (a local directory)
-    #[arg(long, default_value = "dir:./pbsync-state")]
-    target: String,
-    /// Name of this pbsync instance; several instances can share a target
-    #[arg(long, default_value = "default", env = "PBSYNC_INSTANCE")]
-    instance: String,
-    /// Take over objects that exist but were not created by pbsync (released, never deleted)
-    #[arg(long)]
-    adopt: bool,
-    /// Who performs reference-counted deletion of dependents
-    #[arg(long, value_enum, default_value_t = CascadeArg::Client)]
-    cascade: CascadeArg,
-    /// Mass-deletion guard: refuse when more than this percentage of managed objects would go
-    #[arg(long, default_value_t = 50)]
-    guard_percent: u8,
-    /// Mass-deletion guard: ... and that is more than this many objects
-    #[arg(long, default_value_t = 10)]
-    guard_min: usize,
-}
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum CascadeArg {
+pub(crate) enum CascadeArg {
     /// pbsync deletes unreferenced dependents itself
     Client,
     /// PaletteAI's ProfileBundle controller does; pbsync deletes only bundles
@@ -113,20 +92,6 @@ impl SourceArgs {
             };
         }
         ctx
-    }
-}
-
-impl TargetArgs {
-    fn local_dir(&self) -> Result<LocalDir, ConfigError> {
-        match self.target.split_once(':') {
-            Some(("dir", path)) if !path.is_empty() => {
-                Ok(LocalDir::new(path, self.instance.clone()))
-            }
-            _ => Err(ConfigError(format!(
-                "unknown target {:?}: expected dir:PATH",
-                self.target
-            ))),
-        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
+use super::target::with_target;
 use super::{SourceArgs, Status, TargetArgs, color, print_invalid};
 use crate::plan::{render_json, render_markdown, render_text};
 use crate::reconcile::{self, Error};
@@ -33,9 +34,10 @@ enum Format {
 
 pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(Some(&args.target));
-    let target = args.target.local_dir()?;
     let snapshot = reconcile::fetch(&ctx)?;
-    let planned = match reconcile::plan_commit(&ctx, &snapshot, &target).await {
+    let planned =
+        with_target!(args.target.build()?, t => reconcile::plan_commit(&ctx, &snapshot, &t).await);
+    let planned = match planned {
         Ok(p) => p,
         Err(Error::Invalid {
             revision,

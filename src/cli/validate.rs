@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
+use super::target::with_target;
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
 use crate::apply::Target as _;
 use crate::model::Catalog;
@@ -34,21 +35,16 @@ pub(super) async fn run(args: &ValidateArgs) -> Result<Status, Box<dyn std::erro
     let json = args.format == Format::Json;
     let mut loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default());
     if let (Ok(l), Some(target)) = (&loaded, &args.target) {
-        let t = TargetArgs {
+        let targets = TargetArgs {
             target: target.clone(),
-            instance: ctx.plan.instance.clone(),
-            adopt: false,
-            cascade: super::CascadeArg::Client,
-            guard_percent: 50,
-            guard_min: 10,
-        }
-        .local_dir()?;
+            ..TargetArgs::for_validate(&ctx.plan.instance)
+        };
         let stamp = Stamp {
             instance: &ctx.plan.instance,
             revision: &snapshot.revision,
             adopted: false,
         };
-        let observed = t.observe(&l.graph, &stamp).await?;
+        let observed = with_target!(targets.build()?, t => t.observe(&l.graph, &stamp).await)?;
         loaded = reconcile::load(&snapshot, &ctx.limits, &observed.catalog());
     }
     match loaded {
