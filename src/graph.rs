@@ -39,6 +39,7 @@ pub struct ResourceGraph {
     graph: DiGraph<(), ()>,
     index: HashMap<ObjectKey, NodeIndex>,
     order: Vec<usize>,
+    waves: Vec<usize>,
     warnings: Vec<String>,
 }
 
@@ -112,12 +113,14 @@ impl ResourceGraph {
             graph,
             index,
             order: Vec::new(),
+            waves: Vec::new(),
             warnings: Vec::new(),
         };
         let violations = g.cycles();
         g.close();
         g.count_references();
         g.order = g.compute_order();
+        g.waves = g.compute_waves();
         (g, violations)
     }
 
@@ -260,6 +263,27 @@ impl ResourceGraph {
         rest.sort_by(|&a, &b| self.nodes[a].key.cmp(&self.nodes[b].key));
         order.extend(rest);
         order
+    }
+
+    /// Wave of each node: 0 for objects that need nothing pbsync creates, else one more than
+    /// the deepest thing they need. Objects of one wave can be written concurrently.
+    fn compute_waves(&self) -> Vec<usize> {
+        let mut waves = vec![0usize; self.nodes.len()];
+        for &i in &self.order {
+            waves[i] = self
+                .graph
+                .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
+                .filter(|m| self.nodes[m.index()].desired && self.nodes[m.index()].object.is_some())
+                .map(|m| waves[m.index()] + 1)
+                .max()
+                .unwrap_or(0);
+        }
+        waves
+    }
+
+    /// The wave of a declared, desired object (see [`Self::creation_order`]).
+    pub fn wave(&self, key: &ObjectKey) -> usize {
+        self.index.get(key).map_or(0, |n| self.waves[n.index()])
     }
 
     /// The desired state the graph was built from.

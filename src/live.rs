@@ -79,6 +79,9 @@ pub struct Observed {
     pub objects: BTreeMap<ObjectKey, LiveObject>,
     /// When the live state was read (RFC 3339), for plan footers.
     pub read_at: Option<String>,
+    /// Desired objects that do not exist yet and that a server-side dry-run of their
+    /// creation rejected, with the server's message: planned as `unknown`, never as `create`.
+    pub rejected: BTreeMap<ObjectKey, String>,
 }
 
 impl Observed {

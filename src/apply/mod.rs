@@ -9,8 +9,11 @@ mod split;
 
 pub use split::Split;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+
+use futures::StreamExt as _;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -123,6 +126,10 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Records the outcome of the pass.
     fn record(&self, status: &Status) -> impl Future<Output = Result<()>> + Send;
+    /// How many writes of one wave may run at once.
+    fn concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// Outcome of one object, in Flux's words.
@@ -313,9 +320,32 @@ async fn run_steps<T: Target>(
         target.prepare(&writes).await.map_err(RunError::Write)?;
     }
     let mut unknown = 0;
-    for (i, change) in applies.iter().enumerate() {
-        match change.action {
-            Action::Create | Action::Update => {
+    // Waves in dependency order; the writes of one wave run concurrently, bounded by the
+    // target. A failure lets the wave finish, then stops before the next one.
+    let mut waves: BTreeMap<usize, Vec<&Change>> = BTreeMap::new();
+    for change in &applies {
+        waves
+            .entry(graph.wave(&change.key))
+            .or_default()
+            .push(change);
+    }
+    let mut failed: Option<Error> = None;
+    for wave in waves.into_values() {
+        if failed.is_some() {
+            for c in wave {
+                set.push(
+                    &c.key,
+                    Outcome::Skipped,
+                    Some("not reached: an earlier step failed".into()),
+                );
+            }
+            continue;
+        }
+        let results: Vec<(&Change, Option<Result<()>>)> = futures::stream::iter(wave)
+            .map(|change| async move {
+                if !matches!(change.action, Action::Create | Action::Update) {
+                    return (change, None);
+                }
                 let node = graph
                     .node(&change.key)
                     .expect("invariant: planned writes are graph nodes");
@@ -329,41 +359,45 @@ async fn run_steps<T: Target>(
                         ..stamp.clone()
                     },
                 );
-                if let Err(e) = target.write(change, &desired).await {
+                (change, Some(target.write(change, &desired).await))
+            })
+            .buffered(target.concurrency().max(1))
+            .collect()
+            .await;
+        for (change, result) in results {
+            match (change.action, result) {
+                (_, Some(Err(e))) => {
                     set.push(&change.key, Outcome::Failed, Some(crate::error_chain(&e)));
-                    for rest in applies[i + 1..].iter().chain(&removals) {
-                        set.push(
-                            &rest.key,
-                            Outcome::Skipped,
-                            Some("not reached: an earlier step failed".into()),
-                        );
-                    }
-                    return Err(RunError::Write(e));
+                    failed.get_or_insert(e);
                 }
-                let outcome = if change.action == Action::Create {
-                    Outcome::Created
-                } else {
-                    Outcome::Configured
-                };
-                set.push(&change.key, outcome, None);
-            }
-            Action::Unchanged => set.push(&change.key, Outcome::Unchanged, None),
-            Action::Unknown => {
-                unknown += 1;
-                set.push(
+                (Action::Create, Some(Ok(()))) => set.push(&change.key, Outcome::Created, None),
+                (_, Some(Ok(()))) => set.push(&change.key, Outcome::Configured, None),
+                (Action::Unchanged, None) => set.push(&change.key, Outcome::Unchanged, None),
+                (Action::Unknown, None) => {
+                    unknown += 1;
+                    set.push(
+                        &change.key,
+                        Outcome::Skipped,
+                        change.reasons.last().cloned(),
+                    );
+                }
+                (_, None) => set.push(
                     &change.key,
                     Outcome::Skipped,
                     change.reasons.last().cloned(),
-                );
-            }
-            Action::Blocked | Action::Delete | Action::Orphan => {
-                set.push(
-                    &change.key,
-                    Outcome::Skipped,
-                    change.reasons.last().cloned(),
-                );
+                ),
             }
         }
+    }
+    if let Some(e) = failed {
+        for rest in &removals {
+            set.push(
+                &rest.key,
+                Outcome::Skipped,
+                Some("not reached: an earlier step failed".into()),
+            );
+        }
+        return Err(RunError::Write(e));
     }
     if unknown > 0 {
         for c in &removals {

@@ -80,6 +80,13 @@ impl<H: Target, P: Target> Target for Split<H, P> {
         }
     }
 
+    fn concurrency(&self) -> usize {
+        self.hub
+            .concurrency()
+            .min(self.palette.concurrency())
+            .max(1)
+    }
+
     async fn record(&self, status: &Status) -> Result<()> {
         self.hub.record(status).await?;
         self.palette.record(status).await

@@ -105,6 +105,10 @@ pub struct Change {
     pub adopt: bool,
     /// Who performs it.
     pub executor: Executor,
+    /// For a leaving ProfileBundle: its effective deletionPolicy (live object or last Git
+    /// version says orphan => orphan). A server-side cascade needs it set on the live object
+    /// before the bundle is deleted.
+    pub effective_policy: Option<DeletionPolicy>,
 }
 
 /// The mass-deletion guard's verdict.
@@ -381,6 +385,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             diff: Vec::new(),
             adopt: false,
             executor: Executor::Pbsync,
+            effective_policy: None,
         };
         let needed_by = if shared {
             if node.referrers.is_empty() {
@@ -403,7 +408,13 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         };
         match observed.get(key) {
             None => {
-                change.reasons.push(format!("does not exist; {needed_by}"));
+                match observed.rejected.get(key) {
+                    None => change.reasons.push(format!("does not exist; {needed_by}")),
+                    Some(msg) => {
+                        change.action = Action::Unknown;
+                        change.reasons.push(format!("does not exist, and a server-side dry-run of its creation failed: {msg}"));
+                    }
+                }
             }
             Some(live) => match &live.ownership {
                 Ownership::Foreign { owner } if !opts.adopt => {
@@ -475,6 +486,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             diff: Vec::new(),
             adopt: false,
             executor: Executor::Pbsync,
+            effective_policy: None,
         };
         let declared_unused = graph.node(key).is_some_and(|n| n.object.is_some());
         let gone = if declared_unused {
