@@ -354,18 +354,15 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             DeletionPolicy::Delete
         };
         let from = match (live, git) {
-            (Some(DeletionPolicy::Orphan), Some(DeletionPolicy::Orphan)) => "live object and Git",
-            (Some(DeletionPolicy::Orphan), _) => "live object",
-            (_, Some(DeletionPolicy::Orphan)) => {
-                if desired_keys(bundle) {
-                    "the commit"
-                } else {
-                    "its last version in Git"
-                }
+            _ if !orphan => String::new(),
+            (Some(DeletionPolicy::Orphan), Some(DeletionPolicy::Orphan)) => {
+                " (live object and Git)".into()
             }
-            _ => "default and Git",
+            (Some(DeletionPolicy::Orphan), _) => " (set on the live object)".into(),
+            _ if desired_keys(bundle) => " (set in this commit)".into(),
+            _ => " (set in its last version in Git)".into(),
         };
-        (policy, from.to_string())
+        (policy, from)
     };
 
     // 1. Creates and updates, in dependency order.
@@ -508,9 +505,9 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 ));
             } else if key.kind == Kind::ProfileBundle {
                 let (policy, from) = effective_policy(key);
-                change.reasons.push(format!(
-                    "{gone}; its deletionPolicy is {policy} (from {from})"
-                ));
+                change
+                    .reasons
+                    .push(format!("{gone}; its deletionPolicy is {policy}{from}"));
             } else {
                 change.reasons.push(gone.to_string());
             }
@@ -627,9 +624,7 @@ fn decide_shared(
         } else {
             "removed"
         };
-        explained.push(format!(
-            "{b} {role}; its deletionPolicy is {policy} (from {from})"
-        ));
+        explained.push(format!("{b} ({role}; deletionPolicy {policy}{from})"));
         if policy == DeletionPolicy::Orphan {
             orphaners.push(*b);
         }
@@ -641,7 +636,7 @@ fn decide_shared(
     };
     change
         .reasons
-        .push(format!("{last}: {}", explained.join("; ")));
+        .push(format!("{last}: {}", explained.join(", ")));
     if orphaners.is_empty() {
         change.action = Action::Delete;
     } else {

@@ -1,0 +1,1 @@
+//! The git source on real repositories built in temp dirs.

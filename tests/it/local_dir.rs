@@ -1,0 +1,1 @@
+//! The local-directory target on a real temp directory.

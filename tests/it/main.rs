@@ -1,0 +1,14 @@
+//! The integration tests of the core pipeline, in one binary (one link, shared support).
+//! Target-specific suites against real servers live in `tests/kubernetes.rs` and
+//! `tests/palette.rs`.
+
+mod support;
+
+// Golden plans: every deletion rule of domain.md §4 as a fixture, rendered and snapshotted.
+mod plans;
+// Orchestration: partial failures, no prune after a failed apply, retried deletions.
+mod orchestration;
+// The git source: atomic commits, .pbsyncignore, subdirectories, history look-ups.
+mod git_source;
+// The local-directory target: layout, atomic writes, idempotence.
+mod local_dir;

@@ -1,0 +1,1 @@
+//! Orchestration with a failing target: what happens when a step of a pass fails.
