@@ -109,10 +109,8 @@ fn run_case(name: &str) -> String {
                     "step {i} apply: {:?}",
                     result.as_ref().err().map(|e| pbsync::error_chain(e))
                 );
-                if let Ok(report) = result
-                    .as_ref()
-                    .filter(|_| arg.get("show").and_then(Value::as_bool).unwrap_or(false))
-                {
+                let show = arg.get("show").and_then(Value::as_bool).unwrap_or(false);
+                if let (Ok(report), true) = (&result, show) {
                     out.push_str(&format!("\n## step {i}: apply\n"));
                     for e in &report.changes.entries {
                         out.push_str(&format!("{} {}\n", e.key, e.outcome));
