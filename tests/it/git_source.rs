@@ -1,1 +1,124 @@
-//! The git source on real repositories built in temp dirs.
+//! The git source on real repositories built in temp dirs: commits are read from the tree,
+//! never the working directory; `.pbsyncignore`, subdirectories and refs are honoured; the
+//! history look-up finds a removed bundle's last committed version.
+
+use pbsync::source::{self, Content, GitConfig};
+
+use crate::support::TestRepo;
+
+fn read(repo: &TestRepo, reference: &str, path: &str) -> source::Snapshot {
+    source::read(&GitConfig {
+        repo: repo.path().to_path_buf(),
+        reference: reference.into(),
+        path: path.into(),
+        max_file_bytes: 1024,
+    })
+    .expect("read")
+}
+
+fn paths(s: &source::Snapshot) -> Vec<&str> {
+    s.files.iter().map(|f| &*f.path).collect()
+}
+
+#[test]
+fn reads_the_committed_tree_not_the_working_directory() {
+    let mut repo = TestRepo::new();
+    repo.write("a.yaml", "committed: true\n");
+    let first = repo.commit("one");
+    repo.write("a.yaml", "edited but not committed\n");
+    repo.write("b.yaml", "untracked\n");
+    let snap = read(&repo, "HEAD", "");
+    assert_eq!(snap.revision, first.to_string());
+    assert_eq!(paths(&snap), ["a.yaml"]);
+    assert_eq!(
+        snap.files[0].content,
+        Content::Bytes(b"committed: true\n".to_vec())
+    );
+}
+
+#[test]
+fn only_yaml_files_under_the_path_count_and_pbsyncignore_is_honoured() {
+    let mut repo = TestRepo::new();
+    repo.write("outside.yaml", "x: 1\n");
+    repo.write("deploy/.pbsyncignore", "drafts/\n*.wip.yaml\n");
+    repo.write("deploy/a.yaml", "x: 1\n");
+    repo.write("deploy/b.yml", "x: 1\n");
+    repo.write("deploy/notes.md", "not yaml\n");
+    repo.write("deploy/c.wip.yaml", "x: 1\n");
+    repo.write("deploy/drafts/d.yaml", "x: 1\n");
+    repo.write("deploy/nested/e.yaml", "x: 1\n");
+    repo.commit("layout");
+    let snap = read(&repo, "HEAD", "./deploy/");
+    assert_eq!(
+        paths(&snap),
+        ["deploy/a.yaml", "deploy/b.yml", "deploy/nested/e.yaml"]
+    );
+}
+
+#[test]
+fn refs_name_branches_tags_and_commits() {
+    let mut repo = TestRepo::new();
+    repo.write("a.yaml", "v: 1\n");
+    let first = repo.commit("one");
+    repo.repo
+        .tag_lightweight("v1", &repo.repo.find_object(first, None).unwrap(), false)
+        .unwrap();
+    repo.write("b.yaml", "v: 2\n");
+    repo.commit("two");
+    assert_eq!(paths(&read(&repo, "v1", "")), ["a.yaml"]);
+    assert_eq!(paths(&read(&repo, &first.to_string(), "")), ["a.yaml"]);
+    assert_eq!(paths(&read(&repo, "HEAD", "")), ["a.yaml", "b.yaml"]);
+    let err = source::read(&GitConfig {
+        repo: repo.path().to_path_buf(),
+        reference: "no-such-branch".into(),
+        path: String::new(),
+        max_file_bytes: 1024,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, source::Error::RevisionNotFound { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_path_is_an_error_not_an_empty_commit() {
+    let mut repo = TestRepo::new();
+    repo.write("a.yaml", "v: 1\n");
+    repo.commit("one");
+    let err = source::read(&GitConfig {
+        repo: repo.path().to_path_buf(),
+        reference: "HEAD".into(),
+        path: "nope".into(),
+        max_file_bytes: 1024,
+    })
+    .unwrap_err();
+    assert!(matches!(err, source::Error::PathNotFound { .. }), "{err}");
+}
+
+#[test]
+fn files_over_the_limit_are_not_loaded() {
+    let mut repo = TestRepo::new();
+    repo.write("big.yaml", "x".repeat(4096));
+    repo.commit("big");
+    let snap = read(&repo, "HEAD", "");
+    assert_eq!(snap.files[0].content, Content::TooLarge(4096));
+}
+
+#[test]
+fn history_finds_the_last_committed_version_of_a_removed_file() {
+    let mut repo = TestRepo::new();
+    repo.write("b.yaml", "policy: delete\n");
+    repo.commit("one");
+    repo.write("b.yaml", "policy: orphan\n");
+    repo.commit("two");
+    repo.remove("b.yaml");
+    let head = repo.commit("three");
+    let found = source::find_in_history(&repo.repo, head, "b.yaml", 100, |bytes| {
+        Some(String::from_utf8_lossy(bytes).trim().to_string())
+    })
+    .unwrap();
+    assert_eq!(found.as_deref(), Some("policy: orphan"));
+    let none = source::find_in_history(&repo.repo, head, "never.yaml", 100, |_| Some(())).unwrap();
+    assert_eq!(none, None);
+}

@@ -1,1 +1,224 @@
-//! The local-directory target on a real temp directory.
+//! The local-directory target on a real temp directory: the layout another tool can apply,
+//! atomic writes, and a second run with nothing to do writing nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use pbsync::apply::RunOptions;
+use pbsync::apply::local_dir::LocalDir;
+use pbsync::reconcile;
+
+use crate::support::{TestRepo, block_on, copy_dir, list_files};
+
+fn example_repo() -> TestRepo {
+    let mut repo = TestRepo::new();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout"),
+        repo.path(),
+    );
+    repo.commit("example");
+    repo
+}
+
+fn mtimes(dir: &Path) -> BTreeMap<String, SystemTime> {
+    list_files(dir)
+        .into_iter()
+        .map(|f| {
+            let t = std::fs::metadata(dir.join(&f)).unwrap().modified().unwrap();
+            (f, t)
+        })
+        .collect()
+}
+
+#[test]
+fn objects_land_where_the_layout_says() {
+    let repo = example_repo();
+    let state = tempfile::tempdir().unwrap();
+    let target = LocalDir::new(state.path(), "default");
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let snapshot = reconcile::fetch(&ctx).unwrap();
+    block_on(reconcile::run_once(
+        &ctx,
+        &snapshot,
+        &target,
+        RunOptions::default(),
+    ))
+    .expect("apply");
+    let files = list_files(state.path());
+    for expected in [
+        ".pbsync/inventory.json",
+        "project-melbourne/profilebundle/llama-fullstack.yaml",
+        "project-melbourne/workloadprofile/vllm-llama.yaml",
+        "project-melbourne/helmrepository/vllm-charts.yaml",
+        "vela-system/componentdefinition/helm-release.yaml",
+        "palette/project/edge-gpu-infra@1.2.0.json",
+        "palette/tenant/prometheus-agent@1.0.0.json",
+    ] {
+        assert!(
+            files.contains(&expected.to_string()),
+            "{expected} missing from {files:?}"
+        );
+    }
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains("drafts") || f.contains("not-valid")),
+        "{files:?}"
+    );
+    // A rendered hub object is a complete manifest another tool can apply.
+    let text = std::fs::read_to_string(
+        state
+            .path()
+            .join("project-melbourne/profilebundle/llama-fullstack.yaml"),
+    )
+    .unwrap();
+    let doc = pbsync::model::yaml::load_all(&text, Default::default()).unwrap()[0]
+        .root
+        .to_json();
+    assert_eq!(doc["kind"], "ProfileBundle");
+    assert_eq!(
+        doc["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "pbsync"
+    );
+    assert_eq!(doc["spec"]["type"], "Fullstack");
+    // A cluster profile is Palette's create entity.
+    let cp: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            state
+                .path()
+                .join("palette/project/edge-gpu-infra@1.2.0.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cp["metadata"]["name"], "edge-gpu-infra");
+    assert_eq!(cp["spec"]["version"], "1.2.0");
+    assert_eq!(cp["spec"]["template"]["type"], "infra");
+    let inv: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.path().join(".pbsync/inventory.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        inv["instances"]["default"]["lastAppliedRevision"],
+        snapshot.revision.as_str()
+    );
+}
+
+#[test]
+fn a_second_run_with_no_change_writes_nothing() {
+    let mut repo = example_repo();
+    let state = tempfile::tempdir().unwrap();
+    let target = LocalDir::new(state.path(), "default");
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let run = |ctx: &reconcile::Context| {
+        let snapshot = reconcile::fetch(ctx).unwrap();
+        block_on(reconcile::run_once(
+            ctx,
+            &snapshot,
+            &target,
+            RunOptions::default(),
+        ))
+        .expect("apply")
+    };
+    run(&ctx);
+    let before = mtimes(state.path());
+    let report = run(&ctx);
+    assert!(!report.plan.has_changes());
+    assert_eq!(
+        mtimes(state.path()),
+        before,
+        "the same commit again wrote files"
+    );
+    // A new commit that changes one file rewrites exactly the objects it changes (and the
+    // inventory's revision).
+    let path = repo.path().join("examples-unrelated.md");
+    std::fs::write(path, "docs only").unwrap();
+    repo.write(
+        "shared/repositories/flux-sources.yaml",
+        std::fs::read_to_string(repo.path().join("shared/repositories/flux-sources.yaml"))
+            .unwrap()
+            .replace("interval: 6h", "interval: 12h"),
+    );
+    repo.commit("change one repository");
+    let report = run(&ctx);
+    let changed: Vec<String> = report
+        .changes
+        .entries
+        .iter()
+        .filter(|e| e.outcome != pbsync::apply::Outcome::Unchanged)
+        .map(|e| e.key.to_string())
+        .collect();
+    assert_eq!(changed, ["HelmRepository project-melbourne/nvidia"]);
+    let after = mtimes(state.path());
+    let rewritten: Vec<&String> = after
+        .iter()
+        .filter(|(f, t)| before.get(*f) != Some(t))
+        .map(|(f, _)| f)
+        .collect();
+    assert_eq!(
+        rewritten,
+        [
+            ".pbsync/inventory.json",
+            "project-melbourne/helmrepository/nvidia.yaml"
+        ]
+    );
+}
+
+#[test]
+fn writes_are_atomic_renames_leaving_no_temporary_files() {
+    let repo = example_repo();
+    let state = tempfile::tempdir().unwrap();
+    let target = LocalDir::new(state.path(), "default");
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let snapshot = reconcile::fetch(&ctx).unwrap();
+    block_on(reconcile::run_once(
+        &ctx,
+        &snapshot,
+        &target,
+        RunOptions::default(),
+    ))
+    .expect("apply");
+    for f in list_files(state.path()) {
+        assert!(
+            f.ends_with(".yaml") || f.ends_with(".json"),
+            "stray file {f}"
+        );
+    }
+}
+
+#[test]
+fn two_instances_share_a_directory_without_touching_each_others_objects() {
+    let repo = example_repo();
+    let state = tempfile::tempdir().unwrap();
+    let blue = LocalDir::new(state.path(), "blue");
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let snapshot = reconcile::fetch(&ctx).unwrap();
+    let mut blue_ctx = ctx.clone();
+    blue_ctx.plan.instance = "blue".into();
+    block_on(reconcile::run_once(
+        &blue_ctx,
+        &snapshot,
+        &blue,
+        RunOptions::default(),
+    ))
+    .expect("blue applies");
+    let green = LocalDir::new(state.path(), "green");
+    let mut green_ctx = ctx.clone();
+    green_ctx.plan.instance = "green".into();
+    let planned =
+        block_on(reconcile::plan_commit(&green_ctx, &snapshot, &green)).expect("green plans");
+    let summary = planned.plan.summary();
+    assert_eq!(
+        summary.blocked,
+        planned.plan.changes.len(),
+        "every object is blue's: {summary:?}"
+    );
+    assert!(
+        planned
+            .plan
+            .changes
+            .iter()
+            .all(|c| c.reasons[0].contains("managed by pbsync instance \"blue\""))
+    );
+}

@@ -1,1 +1,268 @@
-//! Orchestration with a failing target: what happens when a step of a pass fails.
+//! Orchestration with a target that fails on purpose: a failed write stops the pass before
+//! any deletion, a failed deletion keeps its object managed (and its bundle in place) for the
+//! next pass, and the ChangeSet always tells the truth about how far a pass got.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use pbsync::apply::local_dir::LocalDir;
+use pbsync::apply::{DeletePermit, Outcome, RunError, RunOptions, Status, Target};
+use pbsync::graph::ResourceGraph;
+use pbsync::live::Observed;
+use pbsync::ownership::Stamp;
+use pbsync::plan::Change;
+use pbsync::reconcile::{self, Error};
+use serde_json::Value;
+
+use crate::support::{TestRepo, block_on, list_files};
+
+/// A local directory that fails writes or deletions of the named objects (`Kind ns/name`).
+struct Flaky {
+    inner: LocalDir,
+    fail_writes: Mutex<BTreeSet<String>>,
+    fail_deletes: Mutex<BTreeSet<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected failure")]
+struct Injected;
+
+fn injected(verb: &'static str, change: &Change) -> pbsync::apply::Error {
+    pbsync::apply::Error::WriteFailed {
+        verb,
+        key: change.key.clone(),
+        at: String::new(),
+        retryable: true,
+        source: Box::new(Injected),
+    }
+}
+
+impl Target for Flaky {
+    async fn observe(&self, g: &ResourceGraph, s: &Stamp<'_>) -> pbsync::apply::Result<Observed> {
+        self.inner.observe(g, s).await
+    }
+    async fn prepare(&self, c: &[&Change]) -> pbsync::apply::Result<()> {
+        self.inner.prepare(c).await
+    }
+    async fn write(&self, change: &Change, desired: &Value) -> pbsync::apply::Result<()> {
+        if self
+            .fail_writes
+            .lock()
+            .unwrap()
+            .contains(&change.key.to_string())
+        {
+            return Err(injected("write", change));
+        }
+        self.inner.write(change, desired).await
+    }
+    async fn release(&self, change: &Change) -> pbsync::apply::Result<()> {
+        self.inner.release(change).await
+    }
+    async fn delete(&self, change: &Change, permit: DeletePermit) -> pbsync::apply::Result<()> {
+        if self
+            .fail_deletes
+            .lock()
+            .unwrap()
+            .contains(&change.key.to_string())
+        {
+            return Err(injected("delete", change));
+        }
+        self.inner.delete(change, permit).await
+    }
+    async fn record(&self, status: &Status) -> pbsync::apply::Result<()> {
+        self.inner.record(status).await
+    }
+}
+
+const SHARED: &str = "
+apiVersion: core.oam.dev/v1beta1
+kind: ComponentDefinition
+metadata: {name: web, namespace: ns}
+spec: {workload: {type: autodetects.core.oam.dev}}
+---
+apiVersion: spectrocloud.com/v1beta1
+kind: WorkloadProfile
+metadata: {name: site, namespace: ns}
+spec: {type: Application, workload: {components: [{name: m, type: web}]}}
+---
+apiVersion: spectrocloud.com/v1beta1
+kind: WorkloadProfile
+metadata: {name: blog-only, namespace: ns}
+spec: {type: Application, workload: {components: [{name: m, type: web}]}}
+";
+
+fn bundle(name: &str, wps: &[&str]) -> String {
+    let list: Vec<String> = wps.iter().map(|w| format!("{{name: {w}}}")).collect();
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{type: Application, workloadProfiles: [{}]}}\n",
+        list.join(", ")
+    )
+}
+
+fn setup() -> (TestRepo, tempfile::TempDir, Flaky, reconcile::Context) {
+    let mut repo = TestRepo::new();
+    repo.write("shared.yaml", SHARED);
+    repo.write("shop.yaml", bundle("shop", &["site"]));
+    repo.write("blog.yaml", bundle("blog", &["site", "blog-only"]));
+    repo.commit("two bundles");
+    let state = tempfile::tempdir().unwrap();
+    let target = Flaky {
+        inner: LocalDir::new(state.path(), "default"),
+        fail_writes: Mutex::default(),
+        fail_deletes: Mutex::default(),
+    };
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    (repo, state, target, ctx)
+}
+
+fn apply(ctx: &reconcile::Context, target: &Flaky) -> Result<reconcile::Report, Error> {
+    let snapshot = reconcile::fetch(ctx).unwrap();
+    block_on(reconcile::run_once(
+        ctx,
+        &snapshot,
+        target,
+        RunOptions::default(),
+    ))
+}
+
+#[test]
+fn failed_write_stops_before_any_deletion() {
+    let (mut repo, state, target, ctx) = setup();
+    apply(&ctx, &target).expect("first apply");
+    // Remove blog (which would delete blog-only) and change shop so it must be written.
+    repo.remove("blog.yaml");
+    repo.write(
+        "shop.yaml",
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {name: shop, namespace: ns}\nspec: {type: Application, deletionPolicy: orphan, workloadProfiles: [{name: site}]}\n",
+    );
+    repo.commit("remove blog, change shop");
+    target
+        .fail_writes
+        .lock()
+        .unwrap()
+        .insert("ProfileBundle ns/shop".into());
+    let before = list_files(state.path());
+    let err = apply(&ctx, &target).expect_err("the write fails");
+    let Error::Apply {
+        changes, source, ..
+    } = err
+    else {
+        panic!("apply error expected")
+    };
+    assert!(matches!(*source, RunError::Write(_)));
+    let outcome = |k: &str| {
+        changes
+            .entries
+            .iter()
+            .find(|e| e.key.to_string() == k)
+            .map(|e| e.outcome)
+    };
+    assert_eq!(outcome("ProfileBundle ns/shop"), Some(Outcome::Failed));
+    assert_eq!(outcome("ProfileBundle ns/blog"), Some(Outcome::Skipped));
+    assert_eq!(
+        outcome("WorkloadProfile ns/blog-only"),
+        Some(Outcome::Skipped)
+    );
+    assert_eq!(
+        list_files(state.path()),
+        before,
+        "nothing was deleted after the failed write"
+    );
+    // The next pass, with the target healthy again, finishes the job.
+    target.fail_writes.lock().unwrap().clear();
+    apply(&ctx, &target).expect("second apply");
+    let files = list_files(state.path());
+    assert!(!files.iter().any(|f| f.contains("blog")), "{files:?}");
+}
+
+#[test]
+fn failed_delete_keeps_the_object_managed_and_its_bundle_until_the_next_pass() {
+    let (mut repo, state, target, ctx) = setup();
+    apply(&ctx, &target).expect("first apply");
+    repo.remove("blog.yaml");
+    repo.commit("remove blog");
+    target
+        .fail_deletes
+        .lock()
+        .unwrap()
+        .insert("WorkloadProfile ns/blog-only".into());
+    let err = apply(&ctx, &target).expect_err("the delete fails");
+    let Error::Apply {
+        changes, source, ..
+    } = err
+    else {
+        panic!("apply error expected")
+    };
+    assert!(
+        matches!(*source, RunError::Prune { count: 1, .. }),
+        "{source:?}"
+    );
+    let outcome = |k: &str| {
+        changes
+            .entries
+            .iter()
+            .find(|e| e.key.to_string() == k)
+            .map(|e| e.outcome)
+    };
+    assert_eq!(
+        outcome("WorkloadProfile ns/blog-only"),
+        Some(Outcome::Failed)
+    );
+    assert_eq!(
+        outcome("ProfileBundle ns/blog"),
+        Some(Outcome::Skipped),
+        "the bundle stays as the record of what is left"
+    );
+    let files = list_files(state.path());
+    assert!(
+        files.contains(&"ns/workloadprofile/blog-only.yaml".to_string()),
+        "{files:?}"
+    );
+    assert!(
+        files.contains(&"ns/profilebundle/blog.yaml".to_string()),
+        "{files:?}"
+    );
+    let inventory = std::fs::read_to_string(state.path().join(".pbsync/inventory.json")).unwrap();
+    assert!(
+        inventory.contains("WorkloadProfile/ns/blog-only"),
+        "still managed: {inventory}"
+    );
+    // Next pass: the deletion is retried and the bundle goes after it.
+    target.fail_deletes.lock().unwrap().clear();
+    let report = apply(&ctx, &target).expect("second apply");
+    let outcome = |k: &str| {
+        report
+            .changes
+            .entries
+            .iter()
+            .find(|e| e.key.to_string() == k)
+            .map(|e| e.outcome)
+    };
+    assert_eq!(
+        outcome("WorkloadProfile ns/blog-only"),
+        Some(Outcome::Deleted)
+    );
+    assert_eq!(outcome("ProfileBundle ns/blog"), Some(Outcome::Deleted));
+    let files = list_files(state.path());
+    assert!(!files.iter().any(|f| f.contains("blog")), "{files:?}");
+}
+
+#[test]
+fn invalid_commit_applies_nothing_and_deletes_nothing() {
+    let (mut repo, state, target, ctx) = setup();
+    apply(&ctx, &target).expect("first apply");
+    let before = list_files(state.path());
+    repo.remove("blog.yaml");
+    repo.write(
+        "shop.yaml",
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {name: shop}\n",
+    );
+    repo.commit("broken");
+    let err = apply(&ctx, &target).expect_err("invalid commit");
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert!(
+        !err.is_retryable(),
+        "an invalid commit is final until a new commit arrives"
+    );
+    assert_eq!(list_files(state.path()), before);
+}
