@@ -22,6 +22,7 @@ pub mod graph;
 pub mod live;
 pub mod model;
 pub mod ownership;
+pub mod palette_sim;
 pub mod plan;
 pub mod reconcile;
 pub mod source;
