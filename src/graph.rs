@@ -141,15 +141,16 @@ impl ResourceGraph {
                     path: "".into(),
                     line: 0,
                 });
-            out.push(Violation::at(
-                &loc,
-                Rule::Cycle,
+            let message = if let [only] = names.as_slice() {
+                format!("dependency cycle: {only} depends on itself")
+            } else {
                 format!(
                     "dependency cycle between {} objects: {}",
                     names.len(),
                     names.join(", ")
-                ),
-            ));
+                )
+            };
+            out.push(Violation::at(&loc, Rule::Cycle, message));
         }
         out
     }

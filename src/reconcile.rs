@@ -147,12 +147,16 @@ pub struct Loaded {
 pub fn parse(snapshot: &Snapshot, limits: &Limits) -> (DesiredState, Vec<Violation>) {
     let mut objects = Vec::new();
     let mut violations = Vec::new();
+    let mut rejected = Vec::new();
     for file in &snapshot.files {
-        let (mut objs, mut v) = model::parse_file(file, limits);
-        objects.append(&mut objs);
-        violations.append(&mut v);
+        let mut parsed = model::parse_file_detailed(file, limits);
+        objects.append(&mut parsed.objects);
+        violations.append(&mut parsed.violations);
+        rejected.append(&mut parsed.rejected);
     }
-    let desired = DesiredState::from_objects(snapshot.revision.clone(), objects, &mut violations);
+    let mut desired =
+        DesiredState::from_objects(snapshot.revision.clone(), objects, &mut violations);
+    desired.rejected.extend(rejected);
     (desired, violations)
 }
 

@@ -12,14 +12,14 @@ mod parse;
 mod validate;
 pub mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 pub use key::{Kind, ObjectKey};
-pub use parse::{Limits, parse_file, parse_live};
+pub use parse::{Limits, ParsedFile, parse_file, parse_file_detailed, parse_live};
 pub use validate::{Catalog, Resolution, resolve, validate};
 
 /// Label marking a Model or Application bundle with its inference engine (seed document).
@@ -459,6 +459,9 @@ pub struct DesiredState {
     pub index: HashMap<ObjectKey, usize>,
     /// Non-fatal findings (merged duplicates, ...).
     pub warnings: Vec<String>,
+    /// Identities (without version) of documents that were rejected with a violation of
+    /// their own; references to them are not reported a second time as unresolved.
+    pub rejected: BTreeSet<ObjectKey>,
 }
 
 impl DesiredState {
@@ -503,7 +506,17 @@ impl DesiredState {
             objects,
             index,
             warnings,
+            rejected: BTreeSet::new(),
         }
+    }
+
+    /// True when a rejected document claimed this identity (any version).
+    pub fn is_rejected(&self, key: &ObjectKey) -> bool {
+        !self.rejected.is_empty()
+            && self.rejected.contains(&ObjectKey {
+                version: None,
+                ..key.clone()
+            })
     }
 
     /// The object with this key.

@@ -36,6 +36,57 @@ impl Default for Limits {
 /// Parses every document of one file. Returns the objects that parsed and a violation for
 /// each document (or the whole file) that did not.
 pub fn parse_file(file: &SourceFile, limits: &Limits) -> (Vec<Object>, Vec<Violation>) {
+    let parsed = parse_file_detailed(file, limits);
+    (parsed.objects, parsed.violations)
+}
+
+/// What one file parsed into.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    /// Objects whose spec parsed. An object whose only faults are in its metadata (a name
+    /// that is not RFC 1123, say) is kept, beside its violations, so the bundle rules are
+    /// still checked on it and one push can fix everything.
+    pub objects: Vec<Object>,
+    /// Every violation of the file.
+    pub violations: Vec<Violation>,
+    /// Identities (version left out) claimed by documents that were rejected: a reference
+    /// to one is not also reported as unresolved, as the document's own violation says why.
+    pub rejected: Vec<ObjectKey>,
+}
+
+/// [`parse_file`], also returning the identities of rejected documents.
+pub fn parse_file_detailed(file: &SourceFile, limits: &Limits) -> ParsedFile {
+    let rejected_file = |v: Violation| ParsedFile {
+        violations: vec![v],
+        ..ParsedFile::default()
+    };
+    let text = match read_text(file, limits) {
+        Ok(text) => text,
+        Err(v) => return rejected_file(v),
+    };
+    let docs = match yaml::load_all(text, limits.yaml) {
+        Ok(docs) => docs,
+        Err(e) => {
+            let at = Location {
+                path: file.path.clone(),
+                line: e.line,
+            };
+            return rejected_file(Violation::at(&at, Rule::Yaml, e.message));
+        }
+    };
+    let mut out = ParsedFile::default();
+    for doc in docs {
+        let lines = |segs: &[PathSegment<'_>]| doc.root.line_of(segs.iter().copied());
+        let mut d = document(&file.path, doc.line, doc.root.to_json(), &lines);
+        out.objects.extend(d.object);
+        out.violations.append(&mut d.violations);
+        out.rejected.extend(d.claimed);
+    }
+    out
+}
+
+/// The file's text, or the violation that keeps it from being read (size, encoding).
+fn read_text<'a>(file: &'a SourceFile, limits: &Limits) -> Result<&'a str, Violation> {
     let at = |line: u32| Location {
         path: file.path.clone(),
         line,
@@ -50,7 +101,7 @@ pub fn parse_file(file: &SourceFile, limits: &Limits) -> (Vec<Object>, Vec<Viola
                     limits.max_file_bytes
                 ),
             );
-            return (Vec::new(), vec![v]);
+            return Err(v);
         }
         Content::Bytes(b) => b,
     };
@@ -64,43 +115,20 @@ pub fn parse_file(file: &SourceFile, limits: &Limits) -> (Vec<Object>, Vec<Viola
                 limits.max_file_bytes
             ),
         );
-        return (Vec::new(), vec![v]);
+        return Err(v);
     }
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let valid = &bytes[..e.valid_up_to()];
-            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-            let v = Violation::at(
-                &at(u32::try_from(line).unwrap_or(u32::MAX)),
-                Rule::Encoding,
-                format!(
-                    "file is not valid UTF-8 (invalid byte at offset {})",
-                    e.valid_up_to()
-                ),
-            );
-            return (Vec::new(), vec![v]);
-        }
-    };
-    let docs = match yaml::load_all(text, limits.yaml) {
-        Ok(d) => d,
-        Err(e) => {
-            return (
-                Vec::new(),
-                vec![Violation::at(&at(e.line), Rule::Yaml, e.message)],
-            );
-        }
-    };
-    let mut objects = Vec::with_capacity(docs.len());
-    let mut violations = Vec::new();
-    for doc in docs {
-        let lines = |segs: &[PathSegment<'_>]| doc.root.line_of(segs.iter().copied());
-        match object_from_json(&file.path, doc.line, doc.root.to_json(), &lines) {
-            Ok(obj) => objects.push(obj),
-            Err(mut v) => violations.append(&mut v),
-        }
-    }
-    (objects, violations)
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        Violation::at(
+            &at(u32::try_from(line).unwrap_or(u32::MAX)),
+            Rule::Encoding,
+            format!(
+                "file is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })
 }
 
 /// Parses a manifest read back from a target (no line information), to learn what a live
@@ -108,6 +136,71 @@ pub fn parse_file(file: &SourceFile, limits: &Limits) -> (Vec<Object>, Vec<Viola
 pub fn parse_live(path: &str, manifest: &serde_json::Value) -> Option<Object> {
     let path: Arc<str> = Arc::from(path);
     object_from_json(&path, 0, manifest.clone(), &|_| 0).ok()
+}
+
+/// One document: the object (when its spec parsed), its violations, and the identity it
+/// claims when it was rejected.
+struct DocumentResult {
+    object: Option<Object>,
+    violations: Vec<Violation>,
+    claimed: Option<ObjectKey>,
+}
+
+fn document(
+    path: &Arc<str>,
+    doc_line: u32,
+    json: serde_json::Value,
+    lines: &Lines<'_>,
+) -> DocumentResult {
+    let claimed = json
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .and_then(Kind::parse)
+        .and_then(|kind| claimed_key(kind, &json));
+    match object_from_json(path, doc_line, json, lines) {
+        Ok(obj) => DocumentResult {
+            object: Some(obj),
+            violations: Vec::new(),
+            claimed: None,
+        },
+        Err(Rejected { violations, object }) => DocumentResult {
+            claimed: if object.is_some() { None } else { claimed },
+            object: object.map(|o| *o),
+            violations,
+        },
+    }
+}
+
+/// The identity a document claims, read without validating anything but its presence.
+fn claimed_key(kind: Kind, json: &serde_json::Value) -> Option<ObjectKey> {
+    let text = |ptr: &str| {
+        json.pointer(ptr)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let name = text("/metadata/name")?;
+    let namespace = if kind.is_palette() {
+        text("/metadata/scope").unwrap_or("project")
+    } else {
+        text("/metadata/namespace")?
+    };
+    Some(ObjectKey::new(kind, namespace, name))
+}
+
+/// Why a document is not a valid object.
+struct Rejected {
+    violations: Vec<Violation>,
+    /// The object anyway, when only its metadata is at fault (see [`ParsedFile::objects`]).
+    object: Option<Box<Object>>,
+}
+
+impl From<Vec<Violation>> for Rejected {
+    fn from(violations: Vec<Violation>) -> Self {
+        Self {
+            violations,
+            object: None,
+        }
+    }
 }
 
 type Lines<'a> = dyn Fn(&[PathSegment<'_>]) -> u32 + 'a;
@@ -135,7 +228,7 @@ fn object_from_json(
     doc_line: u32,
     json: serde_json::Value,
     lines: &Lines<'_>,
-) -> Result<Object, Vec<Violation>> {
+) -> Result<Object, Rejected> {
     use PathSegment::Key;
     let loc = |line: u32| Location {
         path: path.clone(),
@@ -143,46 +236,54 @@ fn object_from_json(
     };
     let doc_loc = loc(doc_line);
     if !json.is_object() {
-        return Err(vec![Violation::at(
+        return Err(Rejected::from(vec![Violation::at(
             &doc_loc,
             Rule::Shape,
             "a document must be a mapping",
-        )]);
+        )]));
     }
     let header: Header = serde_json::from_value(json.clone()).unwrap_or(Header {
         api_version: None,
         kind: None,
     });
     let (Some(serde_json::Value::String(api_version)), Some(serde_json::Value::String(kind))) =
-        (header.api_version, header.kind)
+        (&header.api_version, &header.kind)
     else {
-        return Err(vec![Violation::at(
+        let missing: Vec<&str> = [("apiVersion", &header.api_version), ("kind", &header.kind)]
+            .into_iter()
+            .filter(|(_, v)| !matches!(v, Some(serde_json::Value::String(_))))
+            .map(|(field, _)| field)
+            .collect();
+        return Err(Rejected::from(vec![Violation::at(
             &doc_loc,
             Rule::Shape,
-            "document has no apiVersion and kind strings",
-        )]);
+            format!(
+                "document has no {} string; every document needs apiVersion and kind",
+                missing.join(" and ")
+            ),
+        )]));
     };
     let kind_loc = loc(lines(&[Key("kind")]));
-    let Some(kind) = Kind::parse(&kind) else {
+    let Some(kind) = Kind::parse(kind) else {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        return Err(vec![Violation::at(
+        return Err(Rejected::from(vec![Violation::at(
             &kind_loc,
             Rule::UnknownKind,
             format!(
                 "kind {kind:?} is not managed by pbsync (known kinds: {})",
                 known.join(", ")
             ),
-        )]);
+        )]));
     };
     if !kind.api_versions().contains(&api_version.as_str()) {
-        return Err(vec![Violation::at(
+        return Err(Rejected::from(vec![Violation::at(
             &loc(lines(&[Key("apiVersion")])),
             Rule::Shape,
             format!(
                 "apiVersion {api_version:?} is not accepted for {kind}; use {}",
                 kind.api_versions().join(" or ")
             ),
-        )]);
+        )]));
     }
     let meta: Metadata = typed(&json, &[Key("metadata")], lines, path)?.unwrap_or_default();
     let mut violations = Vec::new();
@@ -247,7 +348,7 @@ fn object_from_json(
         Ok(s) => s,
         Err(mut v) => {
             violations.append(&mut v);
-            return Err(violations);
+            return Err(violations.into());
         }
     };
     let depends_on = match meta.annotations.get(DEPENDS_ON_ANNOTATION) {
@@ -267,22 +368,29 @@ fn object_from_json(
             }
         }
     };
-    if !violations.is_empty() {
-        return Err(violations);
-    }
     let key = ObjectKey {
         kind,
         namespace: ns,
         name: Arc::from(name.as_str()),
         version,
     };
-    Ok(Object {
+    let object = Object {
         key,
         location: doc_loc,
         manifest: json,
         spec,
         depends_on,
-    })
+    };
+    if violations.is_empty() {
+        Ok(object)
+    } else {
+        // Keep an object that has an identity, however badly spelt, for the rules.
+        let named = !object.key.name.is_empty() && !object.key.namespace.is_empty();
+        Err(Rejected {
+            violations,
+            object: named.then(|| Box::new(object)),
+        })
+    }
 }
 
 /// Deserializes the value at `at` (None when absent), reporting a shape violation at the line
@@ -592,17 +700,37 @@ fn parse_spec(
                 &["spec", "workloadProfileDependencies", "ociRepositories"],
                 "OCI repository",
             ));
-            for r in doc
-                .cluster_profiles
-                .iter()
-                .filter_map(|r| r.scope.as_deref())
-            {
-                if r != "project" && r != "tenant" {
-                    return Err(shape(
-                        spec_line,
-                        format!("cluster profile scope {r:?} must be project or tenant"),
+            // Rule 9 for the references themselves: each at the line of its own field.
+            let mut bad_refs = Vec::new();
+            for (i, r) in doc.cluster_profiles.iter().enumerate() {
+                let at = |field| {
+                    let line = lines(&[Key("spec"), Key("clusterProfiles"), Index(i), Key(field)]);
+                    Location {
+                        path: path.clone(),
+                        line,
+                    }
+                };
+                if let Some(scope) = r
+                    .scope
+                    .as_deref()
+                    .filter(|s| !matches!(*s, "project" | "tenant"))
+                {
+                    bad_refs.push(Violation::at(
+                        &at("scope"),
+                        Rule::Names,
+                        format!("cluster profile scope {scope:?} must be project or tenant"),
                     ));
                 }
+                if r.version.trim().is_empty() {
+                    bad_refs.push(Violation::at(
+                        &at("version"),
+                        Rule::Names,
+                        format!("cluster profile {} needs a non-empty version", r.name),
+                    ));
+                }
+            }
+            if !bad_refs.is_empty() {
+                return Err(bad_refs);
             }
             Spec::Bundle(Bundle {
                 bundle_type: doc.bundle_type,
@@ -862,7 +990,10 @@ fn check_subdomain(name: &str) -> Result<(), &'static str> {
         return Err("longer than 253 characters");
     }
     for label in name.split('.') {
-        check_label_chars(label)?;
+        check_label_chars(
+            label,
+            "only lower-case letters, digits, '-' and '.' are allowed",
+        )?;
     }
     Ok(())
 }
@@ -872,10 +1003,11 @@ fn check_label(name: &str) -> Result<(), &'static str> {
     if name.len() > 63 {
         return Err("longer than 63 characters");
     }
-    check_label_chars(name)
+    // A label has no dots: say so, rather than the subdomain's "'-' and '.' are allowed".
+    check_label_chars(name, "only lower-case letters, digits and '-' are allowed")
 }
 
-fn check_label_chars(label: &str) -> Result<(), &'static str> {
+fn check_label_chars(label: &str, allowed: &'static str) -> Result<(), &'static str> {
     let bytes = label.as_bytes();
     if bytes.is_empty() {
         return Err("empty segment");
@@ -884,7 +1016,7 @@ fn check_label_chars(label: &str) -> Result<(), &'static str> {
         .iter()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
     {
-        return Err("only lower-case letters, digits, '-' and '.' are allowed");
+        return Err(allowed);
     }
     if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
         return Err("must start and end with a letter or digit");
@@ -955,6 +1087,41 @@ mod tests {
         };
         let (_, v) = parse_file(&f, &Limits::default());
         assert_eq!((v[0].rule, v[0].line), (Rule::Encoding, 3));
+    }
+
+    #[test]
+    fn an_object_with_only_a_bad_name_is_kept_for_the_rules() {
+        let (objs, v) = parse(
+            "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {name: Web, namespace: ns}\nspec:\n  type: Application\n",
+        );
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].rule, Rule::Names);
+        assert_eq!(objs.len(), 1, "kept beside its violation");
+    }
+
+    #[test]
+    fn a_rejected_document_still_claims_its_identity() {
+        let parsed = parse_file_detailed(
+            &file(
+                "apiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata: {name: charts, namespace: ns}\nspec: {url: charts.example.com}\n",
+            ),
+            &Limits::default(),
+        );
+        assert!(parsed.objects.is_empty());
+        assert_eq!(parsed.violations[0].line, 4);
+        assert_eq!(
+            parsed.rejected,
+            vec![ObjectKey::new(Kind::HelmRepository, "ns", "charts")]
+        );
+    }
+
+    #[test]
+    fn bundle_cluster_profile_references_need_a_version_and_a_scope() {
+        let (_, v) = parse(
+            "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {name: b, namespace: ns}\nspec:\n  type: Infrastructure\n  clusterProfiles:\n    - name: infra\n      version: ''\n      scope: global\n",
+        );
+        let got: Vec<(Rule, u32)> = v.iter().map(|v| (v.rule, v.line)).collect();
+        assert_eq!(got, vec![(Rule::Names, 9), (Rule::Names, 8)]);
     }
 
     #[test]

@@ -66,17 +66,18 @@ pub fn validate(desired: &DesiredState, catalog: &Catalog) -> (Vec<Violation>, V
     let mut unchecked: BTreeMap<ObjectKey, usize> = BTreeMap::new();
     for obj in &desired.objects {
         for r in obj.refs() {
+            let rejected = || r.candidates.iter().any(|k| desired.is_rejected(k));
             match resolve(desired, r, catalog) {
-                Resolution::Missing => {
+                Resolution::Missing if !rejected() => {
                     let loc = obj.location.with_line(r.line);
                     let where_ = if r.primary().kind.may_be_external() && !r.ordering_only {
                         if r.primary().kind.is_palette() {
-                            "declared in the repository nor found in Palette"
+                            "neither declared in the repository nor found in Palette"
                         } else {
-                            "declared in the repository nor found on the hub"
+                            "neither declared in the repository nor found on the hub"
                         }
                     } else {
-                        "declared in the repository"
+                        "not declared in the repository"
                     };
                     let tried = if r.candidates.len() > 1 {
                         format!(
@@ -93,11 +94,16 @@ pub fn validate(desired: &DesiredState, catalog: &Catalog) -> (Vec<Violation>, V
                     violations.push(Violation::at(
                         &loc,
                         Rule::UnresolvedReference,
-                        format!("{} {} is neither {where_}{tried}", r.field, r.primary()),
+                        format!("{} {} is {where_}{tried}", r.field, r.primary()),
                     ));
                 }
-                Resolution::Unchecked(k) => *unchecked.entry(k).or_default() += 1,
-                Resolution::Repo(_) | Resolution::Live(..) => {}
+                Resolution::Unchecked(k) if !rejected() => {
+                    *unchecked.entry(k).or_default() += 1;
+                }
+                Resolution::Missing
+                | Resolution::Unchecked(_)
+                | Resolution::Repo(_)
+                | Resolution::Live(..) => {}
             }
         }
         if let Spec::Bundle(_) = obj.spec {
@@ -162,6 +168,9 @@ fn check_bundle(
         .filter(|(_, t)| t.is_some_and(ProfileType::is_infrastructure))
         .map(|(r, _)| *r)
         .collect();
+    // A workload profile that does not resolve is already a rule 6 violation; do not also
+    // claim the bundle has no Application or Model profile when that one may be it.
+    let all_workload_types_known = workloads.iter().all(|(_, t)| t.is_some());
     let has_app_or_model = workloads
         .iter()
         .any(|(_, t)| matches!(t, Some(WorkloadType::Application | WorkloadType::Model)));
@@ -202,7 +211,7 @@ fn check_bundle(
                     ));
                 }
             }
-            if !has_app_or_model {
+            if !has_app_or_model && all_workload_types_known {
                 violations.push(Violation::at(
                     &obj.location,
                     Rule::ApplicationBundle,
@@ -236,7 +245,7 @@ fn check_bundle(
                     format!("{name}: a Fullstack bundle needs a cluster profile of type Infrastructure or Full"),
                 ));
             }
-            if !has_app_or_model {
+            if !has_app_or_model && all_workload_types_known {
                 violations.push(Violation::at(
                     &obj.location,
                     Rule::FullstackBundle,

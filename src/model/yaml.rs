@@ -45,7 +45,9 @@ pub struct Error {
 /// A YAML value with the line it starts on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
-    /// 1-based line of the node's first character.
+    /// 1-based line the node is written on: its first character, or for a mapping value
+    /// the line of its key (a block value starts on the next line, but a message about
+    /// `spec.workloadProfiles` belongs on the line that says `workloadProfiles:`).
     pub line: u32,
     /// The value.
     pub value: Value,
@@ -213,7 +215,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 }
             },
         };
-        let Some((node, anchor, count)) = complete else {
+        let Some((mut node, anchor, count)) = complete else {
             continue;
         };
         if anchor != 0 {
@@ -237,6 +239,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                             message: format!("duplicate mapping key {key:?}"),
                         });
                     }
+                    node.line = key_line;
                     map.entries.push((key, node));
                 }
             },
@@ -469,7 +472,8 @@ impl Node {
     }
 
     /// The line of the deepest node along `path` (segments are map keys or sequence indexes);
-    /// the path stops where the document does, so a missing field reports its parent's line.
+    /// the path stops where the document does, so a missing field reports the line of its
+    /// parent's key.
     pub fn line_of<'a>(&self, path: impl IntoIterator<Item = PathSegment<'a>>) -> u32 {
         let mut node = self;
         for seg in path {
@@ -640,8 +644,14 @@ mod tests {
         let missing = [PathSegment::Key("spec"), PathSegment::Key("nope")];
         assert_eq!(
             root.line_of(missing),
+            1,
+            "a missing field reports the line of its parent's key"
+        );
+        let block_value = [PathSegment::Key("spec"), PathSegment::Key("refs")];
+        assert_eq!(
+            root.line_of(block_value),
             2,
-            "a missing field reports where its parent starts"
+            "a block value is reported on its key's line, not on the line below"
         );
     }
 
