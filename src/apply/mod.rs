@@ -4,6 +4,7 @@
 //! Client types stay private to each target's file. `run` is the only caller of
 //! `Target::write`, `Target::release` and (through [`guarded_delete`]) `Target::delete`.
 
+pub mod kubernetes;
 pub mod local_dir;
 mod split;
 

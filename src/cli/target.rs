@@ -4,12 +4,13 @@
 use clap::Args;
 
 use super::{CascadeArg, ConfigError};
+use crate::apply::kubernetes::{self, KubeOptions, KubeTarget};
 use crate::apply::local_dir::LocalDir;
 
 /// Where objects go and how pbsync decides.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Target: dir:PATH (a local directory)
+    /// Target: dir:PATH (a local directory) or kube (the Kubernetes hub of the kubeconfig)
     #[arg(long, default_value = "dir:./pbsync-state")]
     pub(crate) target: String,
     /// Name of this pbsync instance; several instances can share a target
@@ -27,6 +28,8 @@ pub struct TargetArgs {
     /// Mass-deletion guard: ... and that is more than this many objects
     #[arg(long, default_value_t = 10)]
     pub(crate) guard_min: usize,
+    #[command(flatten)]
+    pub(crate) kube: KubeArgs,
 }
 
 /// A target built from the arguments. Each variant is one concrete combination, so code
@@ -35,6 +38,8 @@ pub struct TargetArgs {
 pub enum Built {
     /// `dir:PATH`: hub objects and cluster profiles as files.
     Dir(LocalDir),
+    /// `kube`: hub objects on Kubernetes; a repository naming cluster profiles is refused.
+    Kube(Box<KubeTarget>),
 }
 
 /// Runs `$body` with `$t` bound to the concrete target inside `$built`.
@@ -42,6 +47,10 @@ macro_rules! with_target {
     ($built:expr, $t:ident => $body:expr) => {
         match $built {
             $crate::cli::target::Built::Dir($t) => $body,
+            $crate::cli::target::Built::Kube($t) => {
+                let $t = *$t;
+                $body
+            }
         }
     };
 }
@@ -57,6 +66,7 @@ impl TargetArgs {
             cascade: CascadeArg::Client,
             guard_percent: 50,
             guard_min: 10,
+            kube: KubeArgs::default(),
         }
     }
 
@@ -66,10 +76,77 @@ impl TargetArgs {
             Some(("dir", path)) if !path.is_empty() => {
                 Ok(Built::Dir(LocalDir::new(path, self.instance.clone())))
             }
+            None if self.target == "kube" => Ok(Built::Kube(Box::new(KubeTarget::new(
+                self.kube.options(&self.instance)?,
+            )))),
             _ => Err(ConfigError(format!(
-                "unknown target {:?}: expected dir:PATH",
+                "unknown target {:?}: expected dir:PATH or kube",
                 self.target
             ))),
         }
+    }
+}
+
+/// How to reach the Kubernetes hub (`--target kube`) and how hard to use it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KubeArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account)
+    #[arg(long, env = "PBSYNC_KUBECONFIG")]
+    pub(crate) kubeconfig: Option<std::path::PathBuf>,
+    /// Kubeconfig context (default: the current context)
+    #[arg(long)]
+    pub(crate) context: Option<String>,
+    /// Namespace of the status ConfigMap pbsync-status-<instance> (must exist)
+    #[arg(long, default_value = kubernetes::DEFAULT_STATUS_NAMESPACE)]
+    pub(crate) status_namespace: String,
+    /// Requests per second to the API server (token bucket refill; 0: no limit)
+    #[arg(long, default_value_t = KubeOptions::default().qps)]
+    pub(crate) kube_qps: f64,
+    /// Requests that may be sent at once after an idle period (token bucket size)
+    #[arg(long, default_value_t = KubeOptions::default().burst)]
+    pub(crate) kube_burst: u32,
+    /// Requests in flight at once (dry-runs, lists, writes of one wave)
+    #[arg(long, default_value_t = KubeOptions::default().concurrency)]
+    pub(crate) kube_concurrency: usize,
+}
+
+impl Default for KubeArgs {
+    fn default() -> Self {
+        let d = KubeOptions::default();
+        Self {
+            kubeconfig: None,
+            context: None,
+            status_namespace: d.status_namespace,
+            kube_qps: d.qps,
+            kube_burst: d.burst,
+            kube_concurrency: d.concurrency,
+        }
+    }
+}
+
+impl KubeArgs {
+    /// The target options these flags describe.
+    pub(crate) fn options(&self, instance: &str) -> Result<KubeOptions, ConfigError> {
+        if !(self.kube_qps.is_finite() && self.kube_qps >= 0.0) {
+            return Err(ConfigError(format!(
+                "--kube-qps must be a number >= 0, not {}",
+                self.kube_qps
+            )));
+        }
+        if self.kube_concurrency == 0 || self.kube_burst == 0 {
+            return Err(ConfigError(
+                "--kube-burst and --kube-concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            instance: instance.to_string(),
+            status_namespace: self.status_namespace.clone(),
+            qps: self.kube_qps,
+            burst: self.kube_burst,
+            concurrency: self.kube_concurrency,
+            ..KubeOptions::default()
+        })
     }
 }
