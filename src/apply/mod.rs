@@ -6,6 +6,7 @@
 
 pub mod kubernetes;
 pub mod local_dir;
+pub mod palette;
 mod split;
 
 pub use split::Split;

@@ -4,8 +4,10 @@
 use clap::Args;
 
 use super::{CascadeArg, ConfigError};
+use crate::apply::Split;
 use crate::apply::kubernetes::{self, KubeOptions, KubeTarget};
 use crate::apply::local_dir::LocalDir;
+use crate::apply::palette::{self, ApiKey, PaletteConfig, PaletteTarget};
 
 /// Where objects go and how pbsync decides.
 #[derive(Debug, Clone, Args)]
@@ -30,6 +32,8 @@ pub struct TargetArgs {
     pub(crate) guard_min: usize,
     #[command(flatten)]
     pub(crate) kube: KubeArgs,
+    #[command(flatten)]
+    pub(crate) palette: PaletteArgs,
 }
 
 /// A target built from the arguments. Each variant is one concrete combination, so code
@@ -40,6 +44,8 @@ pub enum Built {
     Dir(LocalDir),
     /// `kube`: hub objects on Kubernetes; a repository naming cluster profiles is refused.
     Kube(Box<KubeTarget>),
+    /// `dir:PATH` with `--palette-url`: hub objects as files, cluster profiles in Palette.
+    DirPalette(Box<Split<LocalDir, PaletteTarget>>),
 }
 
 /// Runs `$body` with `$t` bound to the concrete target inside `$built`.
@@ -48,6 +54,10 @@ macro_rules! with_target {
         match $built {
             $crate::cli::target::Built::Dir($t) => $body,
             $crate::cli::target::Built::Kube($t) => {
+                let $t = *$t;
+                $body
+            }
+            $crate::cli::target::Built::DirPalette($t) => {
                 let $t = *$t;
                 $body
             }
@@ -67,6 +77,7 @@ impl TargetArgs {
             guard_percent: 50,
             guard_min: 10,
             kube: KubeArgs::default(),
+            palette: PaletteArgs::default(),
         }
     }
 
@@ -74,7 +85,14 @@ impl TargetArgs {
     pub fn build(&self) -> Result<Built, ConfigError> {
         match self.target.split_once(':') {
             Some(("dir", path)) if !path.is_empty() => {
-                Ok(Built::Dir(LocalDir::new(path, self.instance.clone())))
+                let dir = LocalDir::new(path, self.instance.clone());
+                match self.palette.config()? {
+                    None => Ok(Built::Dir(dir)),
+                    Some(config) => Ok(Built::DirPalette(Box::new(Split {
+                        hub: dir,
+                        palette: self.palette.target(config, &self.instance)?,
+                    }))),
+                }
             }
             None if self.target == "kube" => Ok(Built::Kube(Box::new(KubeTarget::new(
                 self.kube.options(&self.instance)?,
@@ -148,5 +166,57 @@ impl KubeArgs {
             concurrency: self.kube_concurrency,
             ..KubeOptions::default()
         })
+    }
+}
+
+/// Where Palette is (`--palette-url`): cluster profiles then go there, whatever the hub side.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct PaletteArgs {
+    /// Palette API base URL (e.g. https://api.spectrocloud.com); cluster profiles go there
+    #[arg(long)]
+    pub(crate) palette_url: Option<String>,
+    /// File holding the Palette API key (default: the PALETTE_API_KEY environment variable)
+    #[arg(long)]
+    pub(crate) palette_api_key_file: Option<std::path::PathBuf>,
+    /// Palette project uid (ProjectUid header); without it, tenant scope only
+    #[arg(long)]
+    pub(crate) palette_project_uid: Option<String>,
+    /// Timeout of one Palette request (e.g. 30s, 500ms, 2m)
+    #[arg(long, value_parser = palette::parse_timeout)]
+    pub(crate) palette_timeout: Option<std::time::Duration>,
+}
+
+impl PaletteArgs {
+    /// The Palette configuration, or `None` without `--palette-url`.
+    pub(crate) fn config(&self) -> Result<Option<PaletteConfig>, ConfigError> {
+        let Some(url) = &self.palette_url else {
+            return Ok(None);
+        };
+        let key = match &self.palette_api_key_file {
+            Some(path) => {
+                ApiKey::from_file(path).map_err(|e| ConfigError(crate::error_chain(&e)))?
+            }
+            None => ApiKey::new(std::env::var("PALETTE_API_KEY").map_err(|_| {
+                ConfigError(
+                    "--palette-url needs an API key: --palette-api-key-file or PALETTE_API_KEY"
+                        .into(),
+                )
+            })?),
+        };
+        let mut config = PaletteConfig::new(url.clone(), key);
+        config.project_uid.clone_from(&self.palette_project_uid);
+        if let Some(t) = self.palette_timeout {
+            config.timeout = t;
+        }
+        Ok(Some(config))
+    }
+
+    /// The Palette target for `config`.
+    pub(crate) fn target(
+        &self,
+        config: PaletteConfig,
+        instance: &str,
+    ) -> Result<PaletteTarget, ConfigError> {
+        PaletteTarget::new(config, instance).map_err(|e| ConfigError(crate::error_chain(&e)))
     }
 }
