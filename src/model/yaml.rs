@@ -84,6 +84,7 @@ pub struct Document {
 enum Frame {
     Seq {
         line: u32,
+        col: usize,
         anchor: usize,
         items: Vec<Node>,
     },
@@ -92,6 +93,7 @@ enum Frame {
 
 struct MapFrame {
     line: u32,
+    col: usize,
     anchor: usize,
     entries: Vec<(String, Node)>,
     index: HashSet<String>,
@@ -107,9 +109,24 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
     let mut nodes = 0usize;
     let mut root: Option<Node> = None;
     for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| Error {
-            line: to_line(e.marker().line()),
-            message: e.info().to_string(),
+        let (event, span) = event.map_err(|e| {
+            let line = to_line(e.marker().line());
+            let mut message = match e.info() {
+                // The scanner counts flow levels in a u8 and gives up past 255, before our
+                // own depth limit sees the events.
+                "recursion limit exceeded" => {
+                    "flow collections nest deeper than the parser allows (recursion limit exceeded)"
+                        .to_string()
+                }
+                info => info.to_string(),
+            };
+            // An unclosed `[` or `{` is noticed lines later; name where it was opened.
+            if let Some((what, start)) = open_flow(text, &stack).filter(|(_, l)| *l < line) {
+                message.push_str(&format!(
+                    " (in the flow {what} that starts at line {start})"
+                ));
+            }
+            Error { line, message }
         })?;
         let line = to_line(span.start.line());
         let complete = match event {
@@ -161,6 +178,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                     &mut stack,
                     Frame::Seq {
                         line,
+                        col: span.start.col(),
                         anchor,
                         items: Vec::new(),
                     },
@@ -173,6 +191,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 check_nodes(nodes, limits, line)?;
                 let frame = Frame::Map(MapFrame {
                     line,
+                    col: span.start.col(),
                     anchor,
                     entries: Vec::new(),
                     index: HashSet::new(),
@@ -187,6 +206,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                     line,
                     anchor,
                     items,
+                    ..
                 }) => {
                     let count = 1 + items.iter().map(count_nodes).sum::<usize>();
                     Some((
@@ -246,6 +266,20 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
         }
     }
     Ok(docs)
+}
+
+/// The innermost open collection when it is a flow one (`[` or `{` where it starts): its
+/// kind and line. Flow collections hold only flow collections, so the innermost is enough.
+fn open_flow(text: &str, stack: &[Frame]) -> Option<(&'static str, u32)> {
+    let (what, line, col) = match stack.last()? {
+        Frame::Seq { line, col, .. } => ("sequence", *line, *col),
+        Frame::Map(m) => ("mapping", m.line, m.col),
+    };
+    let first = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let opener = if what == "sequence" { '[' } else { '{' };
+    (first.chars().nth(col)? == opener).then_some((what, line))
 }
 
 fn to_line(line: usize) -> u32 {
@@ -716,6 +750,19 @@ mod tests {
     fn syntax_errors_carry_their_line() {
         let err = load_all("a: 1\nb: [unclosed\nc: 2\n", Limits::default()).unwrap_err();
         assert!(err.line >= 2, "{err}");
+    }
+
+    #[test]
+    fn an_unclosed_flow_collection_names_the_line_it_opens_on() {
+        let err = load_all("a: 1\nb: [x, y\nc: 2\n", Limits::default()).unwrap_err();
+        assert!(err.line > 2, "{err}");
+        assert!(
+            err.message
+                .ends_with("(in the flow sequence that starts at line 2)"),
+            "{err}"
+        );
+        let err = load_all("a:\n  b: c\n   d: e\n", Limits::default()).unwrap_err();
+        assert!(!err.message.contains("flow"), "a block error: {err}");
     }
 
     #[test]

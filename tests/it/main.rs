@@ -12,3 +12,5 @@ mod orchestration;
 mod git_source;
 // The local-directory target: layout, atomic writes, idempotence.
 mod local_dir;
+// Bad input: invalid repositories as fixtures, hostile files; apply of any writes nothing.
+mod invalid;
