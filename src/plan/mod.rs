@@ -505,6 +505,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 ));
             } else if key.kind == Kind::ProfileBundle {
                 let (policy, from) = effective_policy(key);
+                change.effective_policy = Some(policy);
                 change
                     .reasons
                     .push(format!("{gone}; its deletionPolicy is {policy}{from}"));
