@@ -1,0 +1,1408 @@
+//! The Kubernetes target against a real kube-apiserver and etcd (`scripts/testcluster`),
+//! driven through the real pipeline (`reconcile::run_once` on git repositories built in temp
+//! dirs). Each test gets its own namespace and its own pbsync instance, and depends on no
+//! other test.
+//!
+//! The cluster is found through `KUBECONFIG`, else `scripts/testcluster env`. Without one the
+//! tests print that they were skipped; with `CI` set they fail instead.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+
+use pbsync::apply::kubernetes::{KubeOptions, KubeTarget, RequestCounts, Verb};
+use pbsync::apply::{self, DeletePermit, Outcome, RunError, RunOptions, Status, Target};
+use pbsync::graph::ResourceGraph;
+use pbsync::live::Observed;
+use pbsync::model::Kind;
+use pbsync::ownership::Stamp;
+use pbsync::plan::{Action, Cascade, Change, Plan};
+use pbsync::reconcile::{self, Context, Error, Planned, Report};
+
+// ---------------------------------------------------------------------------------------
+// Finding the cluster
+// ---------------------------------------------------------------------------------------
+
+/// The kubeconfig of the test cluster, looked up once per test binary.
+fn kubeconfig() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+                return Some(PathBuf::from(p));
+            }
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testcluster");
+            let out = std::process::Command::new(script)
+                .arg("env")
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text.lines().find(|l| l.contains("KUBECONFIG="))?;
+            let value = line
+                .split_once("KUBECONFIG=")?
+                .1
+                .trim()
+                .trim_matches(['"', '\'']);
+            Some(PathBuf::from(value))
+        })
+        .clone()
+}
+
+async fn client_for(path: &Path) -> Option<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path).ok()?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .ok()?;
+    let client = kube::Client::try_from(config).ok()?;
+    tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+        .await
+        .ok()?
+        .ok()?;
+    Some(client)
+}
+
+/// One test's corner of the cluster: a namespace and a pbsync instance of its own.
+struct Env {
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    ns: String,
+    instance: String,
+}
+
+/// The test's environment, or `None` (printed) when no cluster is available outside CI.
+async fn env(test: &str) -> Option<Env> {
+    let found = match kubeconfig() {
+        Some(path) => client_for(&path).await.map(|c| (path, c)),
+        None => None,
+    };
+    let Some((kubeconfig, client)) = found else {
+        let why = "no test cluster: start one with `eval \"$(scripts/testcluster up)\"`";
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: {why} (CI is set, so this is a failure, not a skip)");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
+    };
+    let short: String = test
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(40)
+        .collect();
+    let ns = format!("kt-{short}-{:06x}", fastrand::u32(..0xff_ffff)).to_ascii_lowercase();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let body: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+    namespaces
+        .create(&PostParams::default(), &body)
+        .await
+        .expect("create namespace");
+    Some(Env {
+        kubeconfig,
+        client,
+        instance: ns.clone(),
+        ns,
+    })
+}
+
+impl Env {
+    fn options(&self) -> KubeOptions {
+        KubeOptions {
+            kubeconfig: Some(self.kubeconfig.clone()),
+            instance: self.instance.clone(),
+            status_namespace: self.ns.clone(),
+            ..KubeOptions::default()
+        }
+    }
+
+    /// A fresh target, as a new pbsync process would have.
+    fn target(&self) -> KubeTarget {
+        KubeTarget::new(self.options())
+    }
+
+    fn ctx(&self, repo: &Repo) -> Context {
+        let mut ctx = Context::new(repo.dir.path(), "HEAD", "");
+        ctx.plan.instance.clone_from(&self.instance);
+        ctx
+    }
+
+    async fn apply_with<T: Target>(
+        &self,
+        ctx: &Context,
+        target: &T,
+        opts: RunOptions,
+    ) -> reconcile::Result<Report> {
+        let snapshot = reconcile::fetch(ctx).expect("fetch");
+        reconcile::run_once(ctx, &snapshot, target, opts).await
+    }
+
+    async fn apply<T: Target>(&self, repo: &Repo, target: &T) -> reconcile::Result<Report> {
+        self.apply_with(&self.ctx(repo), target, RunOptions::default())
+            .await
+    }
+
+    async fn plan<T: Target>(&self, repo: &Repo, target: &T) -> Planned {
+        let ctx = self.ctx(repo);
+        let snapshot = reconcile::fetch(&ctx).expect("fetch");
+        reconcile::plan_commit(&ctx, &snapshot, target)
+            .await
+            .expect("plan")
+    }
+
+    fn api(&self, kind: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, &resource(kind))
+    }
+
+    async fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        let obj = self.api(kind).get_opt(name).await.expect("get")?;
+        Some(serde_json::to_value(obj).expect("json"))
+    }
+
+    async fn must_get(&self, kind: &str, name: &str) -> Value {
+        self.get(kind, name)
+            .await
+            .unwrap_or_else(|| panic!("{kind} {}/{name} should exist", self.ns))
+    }
+
+    /// Creates an object by hand (as a person or another tool would).
+    async fn create(&self, kind: &str, manifest: Value) {
+        let obj: DynamicObject = serde_json::from_value(manifest).expect("object");
+        self.api(kind)
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create by hand");
+    }
+
+    /// Changes an object by hand, with its own field manager.
+    async fn edit(&self, kind: &str, name: &str, patch: Value) {
+        let pp = PatchParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..PatchParams::default()
+        };
+        self.api(kind)
+            .patch(name, &pp, &Patch::Merge(patch))
+            .await
+            .expect("edit by hand");
+    }
+
+    async fn delete(&self, kind: &str, name: &str) {
+        self.api(kind)
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete by hand");
+    }
+
+    /// The status ConfigMap's data.
+    async fn status(&self) -> BTreeMap<String, String> {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let cm = cms
+            .get(&format!("pbsync-status-{}", self.instance))
+            .await
+            .expect("status configmap");
+        cm.data.unwrap_or_default().into_iter().collect()
+    }
+
+    async fn events_for(&self, bundle: &str) -> Vec<(String, String)> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let list = events
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("events");
+        let mut out: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(bundle))
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn cleanup(self) {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client);
+        let _ = namespaces
+            .delete(&self.ns, &DeleteParams::background())
+            .await;
+    }
+}
+
+fn resource(kind: &str) -> ApiResource {
+    let (group, version, plural) = match kind {
+        "ProfileBundle" => ("spectrocloud.com", "v1beta1", "profilebundles"),
+        "WorkloadProfile" => ("spectrocloud.com", "v1beta1", "workloadprofiles"),
+        "ComputePool" => ("spectrocloud.com", "v1alpha1", "computepools"),
+        "HelmRepository" => ("source.toolkit.fluxcd.io", "v1", "helmrepositories"),
+        "ComponentDefinition" => ("core.oam.dev", "v1beta1", "componentdefinitions"),
+        other => panic!("no test resource for {other}"),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+fn labels(obj: &Value) -> BTreeMap<String, String> {
+    obj.pointer("/metadata/labels")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+fn rv(obj: &Value) -> String {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .expect("resourceVersion")
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Repositories
+// ---------------------------------------------------------------------------------------
+
+/// A git repository in a temp dir.
+struct Repo {
+    dir: tempfile::TempDir,
+    repo: git2::Repository,
+}
+
+impl Repo {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = git2::Repository::init(dir.path()).expect("git init");
+        Self { dir, repo }
+    }
+
+    fn write(&self, rel: &str, content: &str) -> &Self {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+        self
+    }
+
+    fn remove(&self, rel: &str) -> &Self {
+        std::fs::remove_file(self.dir.path().join(rel)).expect("remove");
+        self
+    }
+
+    /// Commits the whole work tree (additions and removals); returns the commit id.
+    fn commit(&self, message: &str) -> String {
+        let mut index = self.repo.index().expect("index");
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .expect("add");
+        index.update_all(["*"], None).expect("update");
+        index.write().expect("write index");
+        let tree = self
+            .repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("find tree");
+        let sig = git2::Signature::now("pbsync tests", "tests@pbsync.invalid").expect("sig");
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        self.repo
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .expect("commit")
+            .to_string()
+    }
+}
+
+/// An Application bundle naming WorkloadProfiles and HelmRepositories of its namespace.
+fn bundle(ns: &str, name: &str, policy: &str, wps: &[&str], helm: &[&str]) -> String {
+    let items = |indent: &str, names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("{indent}- name: {n}\n"))
+            .collect::<String>()
+    };
+    let mut s = format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: Application\n  deletionPolicy: {policy}\n  workloadProfiles:\n{}",
+        items("    ", wps)
+    );
+    if !helm.is_empty() {
+        s += "  workloadProfileDependencies:\n    helmRepositories:\n";
+        s += &items("      ", helm);
+    }
+    s + "---\n"
+}
+
+/// An Application WorkloadProfile with one component of type `definition`.
+fn workload(ns: &str, name: &str, definition: &str, chart: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: Application\n  workload:\n    components:\n      - name: main\n        type: {definition}\n        properties:\n          chart: {chart}\n---\n"
+    )
+}
+
+fn definition(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: core.oam.dev/v1beta1\nkind: ComponentDefinition\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workload:\n    definition:\n      apiVersion: apps/v1\n      kind: Deployment\n  schematic:\n    cue:\n      template: |\n        output: {{}}\n---\n"
+    )
+}
+
+fn helm(ns: &str, name: &str, url: &str, interval: &str) -> String {
+    format!(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  url: {url}\n  interval: {interval}\n---\n"
+    )
+}
+
+/// Bundle `name` with its own WorkloadProfile `<name>-wp` (component type `web`, declared in
+/// `shared.yaml`) and the HelmRepositories `helm`, in `bundles/<name>.yaml`.
+fn app(ns: &str, name: &str, policy: &str, helm_repos: &[&str]) -> String {
+    let wp = format!("{name}-wp");
+    bundle(ns, name, policy, &[&wp], helm_repos) + &workload(ns, &wp, "web", name)
+}
+
+/// The definition `web` and the HelmRepositories every test may use.
+fn shared(ns: &str, repos: &[&str]) -> String {
+    let mut s = definition(ns, "web");
+    for r in repos {
+        s += &helm(ns, r, &format!("https://{r}.example.com"), "1h");
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading results
+// ---------------------------------------------------------------------------------------
+
+fn change<'a>(plan: &'a Plan, kind: Kind, name: &str) -> &'a Change {
+    plan.changes
+        .iter()
+        .find(|c| c.key.kind == kind && &*c.key.name == name)
+        .unwrap_or_else(|| panic!("no change for {kind} {name} in plan:\n{}", render(plan)))
+}
+
+fn render(plan: &Plan) -> String {
+    pbsync::plan::render_text(plan, false, true)
+}
+
+fn outcomes(report: &Report) -> BTreeMap<String, Outcome> {
+    report
+        .changes
+        .entries
+        .iter()
+        .map(|e| (format!("{} {}", e.key.kind, e.key.name), e.outcome))
+        .collect()
+}
+
+fn writes_between(before: &RequestCounts, after: &RequestCounts) -> RequestCounts {
+    after.since(before)
+}
+
+/// Expects a successful pass.
+fn ok(r: reconcile::Result<Report>) -> Report {
+    match r {
+        Ok(report) => report,
+        Err(e) => panic!("pass failed: {}", pbsync::error_chain(&e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Create, update, no-op, drift
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_objects_with_ownership_marks_then_updates_only_what_changed() {
+    let Some(env) = env("create-update").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/chat.yaml", &app(ns, "chat", "delete", &["charts"]));
+    let first = repo.commit("one");
+    let target = env.target();
+
+    let report = ok(env.apply(&repo, &target).await);
+    assert_eq!(
+        report.changes.counts().get("created"),
+        Some(&4),
+        "{:?}",
+        outcomes(&report)
+    );
+    let wp = env.must_get("WorkloadProfile", "chat-wp").await;
+    let l = labels(&wp);
+    assert_eq!(l["app.kubernetes.io/managed-by"], "pbsync");
+    assert_eq!(l["pbsync.dev/instance"], env.instance);
+    assert!(!l.contains_key("pbsync.dev/adopted"));
+    assert_eq!(
+        annotation(&wp, "pbsync.dev/source"),
+        Some("bundles/chat.yaml")
+    );
+    assert_eq!(annotation(&wp, "pbsync.dev/revision"), Some(first.as_str()));
+    let fields = wp["metadata"]["managedFields"]
+        .as_array()
+        .expect("managed fields");
+    assert!(
+        fields
+            .iter()
+            .any(|f| f["manager"] == "pbsync" && f["operation"] == "Apply"),
+        "written by server-side apply as field manager pbsync: {fields:?}"
+    );
+    let status = env.status().await;
+    assert_eq!(status["lastAppliedRevision"], first);
+    assert_eq!(status["lastAttemptedRevision"], first);
+    assert_eq!(status["outcome"], "applied");
+    assert_eq!(status["counts"], r#"{"created":4}"#);
+    let events = env.events_for("chat").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "Created");
+
+    // Change one property: one object is updated, nothing else is written.
+    repo.write(
+        "bundles/chat.yaml",
+        &app(ns, "chat", "delete", &["charts"]).replace("chart: chat", "chart: chat-v2"),
+    );
+    let second = repo.commit("two");
+    let planned = env.plan(&repo, &target).await;
+    let wp_change = change(&planned.plan, Kind::WorkloadProfile, "chat-wp");
+    assert_eq!(
+        wp_change.action,
+        Action::Update,
+        "{}",
+        render(&planned.plan)
+    );
+    assert_eq!(
+        wp_change.diff[0].path,
+        "spec.workload.components[0].properties.chart"
+    );
+    assert_eq!(
+        planned.plan.summary().unchanged,
+        3,
+        "{}",
+        render(&planned.plan)
+    );
+    let before = target.requests();
+    let report = ok(env.apply(&repo, &target).await);
+    let delta = writes_between(&before, &target.requests());
+    assert_eq!(
+        outcomes(&report)["WorkloadProfile chat-wp"],
+        Outcome::Configured
+    );
+    // The object, then the status ConfigMap (revision and counts changed).
+    assert_eq!(delta.verb(Verb::Apply), 2, "{delta}");
+    assert_eq!(delta.writes(), 2, "{delta}");
+    let wp = env.must_get("WorkloadProfile", "chat-wp").await;
+    assert_eq!(
+        wp["spec"]["workload"]["components"][0]["properties"]["chart"],
+        "chat-v2"
+    );
+    assert_eq!(
+        annotation(&wp, "pbsync.dev/revision"),
+        Some(second.as_str())
+    );
+    // Unchanged objects keep the revision they were written at.
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(annotation(&h, "pbsync.dev/revision"), Some(first.as_str()));
+    assert_eq!(env.status().await["lastAppliedRevision"], second);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_with_nothing_to_do_issues_no_writes_and_a_repeated_plan_no_dry_runs() {
+    let Some(env) = env("noop").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", &app(ns, "b", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    // The same target (a daemon's next pass): every comparison is cached, so no dry-runs,
+    // and nothing to write.
+    let before = target.requests();
+    let report = ok(env.apply(&repo, &target).await);
+    let delta = writes_between(&before, &target.requests());
+    assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
+    assert_eq!(delta.writes(), 0, "a no-op pass writes nothing: {delta}");
+    assert_eq!(delta.verb(Verb::DryRun), 0, "cached comparisons: {delta}");
+    assert_eq!(
+        delta.verb(Verb::Get),
+        0,
+        "lists, not one GET per object: {delta}"
+    );
+
+    // A fresh target (a new process): dry-runs again, still writes nothing.
+    let fresh = env.target();
+    let report = ok(env.apply(&repo, &fresh).await);
+    let counts = fresh.requests();
+    assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
+    assert_eq!(counts.writes(), 0, "{counts}");
+    assert_eq!(counts.verb(Verb::DryRun), 6, "{counts}");
+
+    // A new commit that changes no object: no object write, only the status revision.
+    repo.write("README.md", "not yaml\n");
+    repo.commit("docs only");
+    let before = fresh.requests();
+    ok(env.apply(&repo, &fresh).await);
+    let delta = writes_between(&before, &fresh.requests());
+    assert_eq!(delta.verb(Verb::DryRun), 0, "{delta}");
+    assert_eq!(delta.writes(), 1, "only the status ConfigMap: {delta}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_made_by_hand_is_planned_and_restored() {
+    let Some(env) = env("drift").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    env.edit(
+        "HelmRepository",
+        "charts",
+        json!({"spec": {"url": "https://evil.example.com"}}),
+    )
+    .await;
+    let planned = env.plan(&repo, &target).await;
+    let c = change(&planned.plan, Kind::HelmRepository, "charts");
+    assert_eq!(c.action, Action::Update, "{}", render(&planned.plan));
+    assert_eq!(c.diff.len(), 1, "{:?}", c.diff);
+    assert_eq!(c.diff[0].path, "spec.url");
+    assert_eq!(c.diff[0].before, Some(json!("https://evil.example.com")));
+    let report = ok(env.apply(&repo, &target).await);
+    assert_eq!(
+        outcomes(&report)["HelmRepository charts"],
+        Outcome::Configured
+    );
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(h["spec"]["url"], "https://charts.example.com");
+    let again = env.plan(&repo, &target).await;
+    assert!(!again.plan.has_changes(), "{}", render(&again.plan));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_between_plan_and_apply_is_retried_after_rereading() {
+    let Some(env) = env("conflict").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    repo.write(
+        "shared.yaml",
+        &shared(ns, &["charts"]).replace("interval: 1h", "interval: 2h"),
+    );
+    repo.commit("two");
+    let planned = env.plan(&repo, &target).await;
+    assert_eq!(
+        change(&planned.plan, Kind::HelmRepository, "charts").action,
+        Action::Update
+    );
+    // Someone changes the object after the plan read it.
+    env.edit(
+        "HelmRepository",
+        "charts",
+        json!({"metadata": {"labels": {"team": "search"}}}),
+    )
+    .await;
+    let stamp = Stamp {
+        instance: &env.instance,
+        revision: &planned.plan.revision,
+        adopted: false,
+    };
+    let before = target.requests();
+    let (set, result) = apply::run(
+        &target,
+        &planned.graph,
+        &planned.plan,
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    result.expect("apply");
+    let delta = writes_between(&before, &target.requests());
+    assert_eq!(
+        delta.get(Verb::Apply, 409),
+        1,
+        "the stale write conflicted: {delta}"
+    );
+    assert_eq!(delta.get(Verb::Get, 200), 1, "then re-read: {delta}");
+    assert!(set.entries.iter().any(|e| e.outcome == Outcome::Configured));
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(h["spec"]["interval"], "2h");
+    assert_eq!(labels(&h)["team"], "search", "the other change is kept");
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deletion rules (domain.md §4)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_referrer() {
+    let Some(env) = env("shared-kept").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["common", "a-only"]))
+        .write(
+            "bundles/a.yaml",
+            &app(ns, "a", "delete", &["common", "a-only"]),
+        )
+        .write("bundles/b.yaml", &app(ns, "b", "delete", &["common"]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    // a goes: its own objects are deleted, `common` stays for b.
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &["common"]));
+    repo.commit("a leaves");
+    let planned = env.plan(&repo, &target).await;
+    let common = change(&planned.plan, Kind::HelmRepository, "common");
+    assert_eq!(
+        common.action,
+        Action::Unchanged,
+        "{}",
+        render(&planned.plan)
+    );
+    assert!(
+        common
+            .reasons
+            .iter()
+            .any(|r| r.contains("kept: still referenced by ProfileBundle") && r.contains("/b")),
+        "{:?}",
+        common.reasons
+    );
+    let report = ok(env.apply(&repo, &target).await);
+    let o = outcomes(&report);
+    assert_eq!(o["ProfileBundle a"], Outcome::Deleted);
+    assert_eq!(o["WorkloadProfile a-wp"], Outcome::Deleted);
+    assert_eq!(o["HelmRepository a-only"], Outcome::Deleted);
+    assert!(env.get("ProfileBundle", "a").await.is_none());
+    assert!(env.get("HelmRepository", "a-only").await.is_none());
+    assert!(env.get("HelmRepository", "common").await.is_some());
+    let events = env.events_for("a").await;
+    assert!(events.iter().any(|(r, _)| r == "Deleted"), "{events:?}");
+
+    // b goes: it was the last referrer of `common`, with policy delete.
+    repo.remove("bundles/b.yaml");
+    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.commit("b leaves");
+    let planned = env.plan(&repo, &target).await;
+    let common = change(&planned.plan, Kind::HelmRepository, "common");
+    assert_eq!(common.action, Action::Delete, "{}", render(&planned.plan));
+    assert!(
+        common.reasons[0].starts_with("last referrer"),
+        "{:?}",
+        common.reasons
+    );
+    ok(env.apply(&repo, &target).await);
+    assert!(env.get("HelmRepository", "common").await.is_none());
+    assert!(env.get("ProfileBundle", "keeper").await.is_some());
+    assert!(
+        env.get("ComponentDefinition", "web").await.is_some(),
+        "keeper still uses it"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() {
+    let Some(env) = env("orphan").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "orphan", &["charts"]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.commit("a leaves");
+    let planned = env.plan(&repo, &target).await;
+    assert_eq!(
+        change(&planned.plan, Kind::HelmRepository, "charts").action,
+        Action::Orphan
+    );
+    let report = ok(env.apply(&repo, &target).await);
+    let o = outcomes(&report);
+    assert_eq!(o["HelmRepository charts"], Outcome::Orphaned);
+    assert_eq!(o["WorkloadProfile a-wp"], Outcome::Orphaned);
+    assert_eq!(o["ProfileBundle a"], Outcome::Deleted);
+    for (kind, name) in [("HelmRepository", "charts"), ("WorkloadProfile", "a-wp")] {
+        let obj = env.must_get(kind, name).await;
+        let l = labels(&obj);
+        assert!(
+            !l.contains_key("app.kubernetes.io/managed-by"),
+            "{kind} {name}: {l:?}"
+        );
+        assert!(!l.contains_key("pbsync.dev/instance"));
+        assert_eq!(
+            annotation(&obj, "pbsync.dev/released-by"),
+            Some(env.instance.as_str())
+        );
+        assert_eq!(annotation(&obj, "pbsync.dev/revision"), None);
+    }
+    // No later pass touches released objects.
+    let again = env.plan(&repo, &target).await;
+    assert!(!again.plan.has_changes(), "{}", render(&again.plan));
+
+    // A new bundle needs `charts` again: taken back, not a conflict.
+    repo.write("bundles/c.yaml", &app(ns, "c", "delete", &["charts"]));
+    repo.write("shared.yaml", &shared(ns, &["charts"]));
+    repo.commit("c needs charts");
+    let planned = env.plan(&repo, &target).await;
+    let charts = change(&planned.plan, Kind::HelmRepository, "charts");
+    assert_eq!(charts.action, Action::Update, "{}", render(&planned.plan));
+    assert!(
+        charts.reasons[0].starts_with("taken back"),
+        "{:?}",
+        charts.reasons
+    );
+    ok(env.apply(&repo, &target).await);
+    let l = labels(&env.must_get("HelmRepository", "charts").await);
+    assert_eq!(l["pbsync.dev/instance"], env.instance);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_whose_bundle_was_removed_out_of_band_is_orphaned_with_a_warning() {
+    let Some(env) = env("out-of-band").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    // Someone deletes the bundle by hand; then the repository drops it too.
+    env.delete("ProfileBundle", "a").await;
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.commit("a removed out of band");
+    let report = ok(env.apply(&repo, &target).await);
+    assert!(
+        report
+            .plan
+            .warnings
+            .iter()
+            .any(|w| w.contains("HelmRepository") && w.contains("no live bundle references it")),
+        "{:?}",
+        report.plan.warnings
+    );
+    let o = outcomes(&report);
+    assert_eq!(o["HelmRepository charts"], Outcome::Orphaned);
+    assert_eq!(o["WorkloadProfile a-wp"], Outcome::Orphaned);
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(
+        annotation(&h, "pbsync.dev/released-by"),
+        Some(env.instance.as_str())
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_pool_blocks_the_deletion_of_its_bundle_and_its_dependents() {
+    let Some(env) = env("pool-blocks").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    // A pool deployed from bundle a, created outside pbsync.
+    env.create(
+        "ComputePool",
+        json!({
+            "apiVersion": "spectrocloud.com/v1alpha1",
+            "kind": "ComputePool",
+            "metadata": {"name": "edge-pool", "namespace": ns},
+            "spec": {"profileBundleRef": {"name": "a"}, "clusterVariant": {"dedicated": {}}},
+        }),
+    )
+    .await;
+
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.commit("a leaves");
+    let report = ok(env.apply(&repo, &target).await);
+    let a = change(&report.plan, Kind::ProfileBundle, "a");
+    assert_eq!(a.action, Action::Blocked, "{}", render(&report.plan));
+    assert!(a.reasons[0].contains("ComputePool"), "{:?}", a.reasons);
+    assert!(a.reasons[0].contains("edge-pool"), "{:?}", a.reasons);
+    assert!(env.get("ProfileBundle", "a").await.is_some());
+    assert!(env.get("WorkloadProfile", "a-wp").await.is_some());
+    assert!(env.get("HelmRepository", "charts").await.is_some());
+
+    // Once the pool is gone, the next pass deletes the bundle and its dependents.
+    env.delete("ComputePool", "edge-pool").await;
+    ok(env.apply(&repo, &target).await);
+    assert!(env.get("ProfileBundle", "a").await.is_none());
+    assert!(env.get("WorkloadProfile", "a-wp").await.is_none());
+    assert!(env.get("HelmRepository", "charts").await.is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mass_deletion_guard_refuses_until_allowed() {
+    let Some(env) = env("guard").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", &app(ns, "b", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    repo.remove("bundles/a.yaml").remove("bundles/b.yaml");
+    repo.write("shared.yaml", "# nothing left\n");
+    repo.commit("everything leaves");
+    let before = target.requests();
+    let err = env.apply(&repo, &target).await.expect_err("guard");
+    let Error::Apply { source, .. } = &err else {
+        panic!(
+            "expected a refused apply, got {}",
+            pbsync::error_chain(&err)
+        );
+    };
+    assert!(matches!(**source, RunError::GuardRefused(_)), "{source}");
+    let delta = writes_between(&before, &target.requests());
+    assert_eq!(delta.verb(Verb::Delete), 0, "{delta}");
+    assert_eq!(delta.verb(Verb::Patch), 0, "{delta}");
+    assert!(env.get("ProfileBundle", "a").await.is_some());
+
+    let report = ok(env
+        .apply_with(
+            &env.ctx(&repo),
+            &target,
+            RunOptions {
+                allow_mass_deletion: true,
+            },
+        )
+        .await);
+    assert_eq!(report.changes.counts().get("deleted"), Some(&6));
+    assert!(env.get("ProfileBundle", "a").await.is_none());
+    assert!(env.get("ComponentDefinition", "web").await.is_none());
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Ownership: foreign objects, other instances, adoption
+// ---------------------------------------------------------------------------------------
+
+fn foreign_helm(ns: &str, name: &str, url: &str) -> Value {
+    json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "HelmRepository",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"url": url, "interval": "5m"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_object_is_left_alone_and_another_instance_leaves_ours_alone() {
+    let Some(env) = env("foreign").await else {
+        return;
+    };
+    let ns = &env.ns;
+    env.create(
+        "HelmRepository",
+        foreign_helm(ns, "charts", "https://theirs.example.com"),
+    )
+    .await;
+    env.create(
+        "HelmRepository",
+        foreign_helm(ns, "unrelated", "https://other.example.com"),
+    )
+    .await;
+    let charts_before = env.must_get("HelmRepository", "charts").await;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    let report = ok(env.apply(&repo, &target).await);
+    let c = change(&report.plan, Kind::HelmRepository, "charts");
+    assert_eq!(c.action, Action::Blocked, "{}", render(&report.plan));
+    assert!(
+        c.reasons[0].contains("not created by pbsync"),
+        "{:?}",
+        c.reasons
+    );
+    let charts = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(rv(&charts), rv(&charts_before), "never written");
+    assert!(env.get("ProfileBundle", "a").await.is_some());
+
+    // Another instance sharing the hub, with nothing to apply, deletes nothing of ours.
+    let other = KubeTarget::new(KubeOptions {
+        instance: format!("{}-other", env.instance),
+        ..env.options()
+    });
+    let empty = Repo::new();
+    empty.write("README.md", "nothing here\n");
+    empty.commit("empty");
+    let mut ctx = env.ctx(&empty);
+    ctx.plan.instance = format!("{}-other", env.instance);
+    let report = ok(env.apply_with(&ctx, &other, RunOptions::default()).await);
+    assert!(report.plan.changes.is_empty(), "{}", render(&report.plan));
+    assert_eq!(
+        other.requests().writes(),
+        1,
+        "only its own status ConfigMap"
+    );
+
+    // Our bundle leaves: the foreign objects stay untouched.
+    repo.remove("bundles/a.yaml");
+    repo.commit("a leaves");
+    ok(env.apply(&repo, &target).await);
+    assert!(env.get("ProfileBundle", "a").await.is_none());
+    assert_eq!(
+        rv(&env.must_get("HelmRepository", "charts").await),
+        rv(&charts_before)
+    );
+    assert!(env.get("HelmRepository", "unrelated").await.is_some());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_takes_over_a_foreign_object_and_only_ever_releases_it() {
+    let Some(env) = env("adopt").await else {
+        return;
+    };
+    let ns = &env.ns;
+    env.create(
+        "HelmRepository",
+        foreign_helm(ns, "charts", "https://theirs.example.com"),
+    )
+    .await;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    let mut ctx = env.ctx(&repo);
+    ctx.plan.adopt = true;
+    let report = ok(env.apply_with(&ctx, &target, RunOptions::default()).await);
+    let c = change(&report.plan, Kind::HelmRepository, "charts");
+    assert_eq!(c.action, Action::Update, "{}", render(&report.plan));
+    assert!(c.reasons[0].starts_with("adopted"), "{:?}", c.reasons);
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(labels(&h)["pbsync.dev/adopted"], "true");
+    assert_eq!(labels(&h)["pbsync.dev/instance"], env.instance);
+    assert_eq!(h["spec"]["url"], "https://charts.example.com");
+
+    // Its last referrer leaves with policy delete: an adopted object is released instead.
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.commit("a leaves");
+    let report = ok(env
+        .apply_with(&env.ctx(&repo), &target, RunOptions::default())
+        .await);
+    assert_eq!(
+        outcomes(&report)["HelmRepository charts"],
+        Outcome::Orphaned
+    );
+    assert_eq!(outcomes(&report)["WorkloadProfile a-wp"], Outcome::Deleted);
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert!(!labels(&h).contains_key("pbsync.dev/adopted"));
+    assert!(!labels(&h).contains_key("pbsync.dev/instance"));
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration errors and rejected objects
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_crd_is_a_configuration_error_before_anything_is_written() {
+    let Some(env) = env("missing-crd").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    // A hub where WorkloadProfiles would be served by a group that is not installed.
+    let mut options = env.options();
+    options
+        .api_versions
+        .insert(Kind::WorkloadProfile, "missing.pbsync.test/v1".into());
+    let target = KubeTarget::new(options);
+    let err = env.apply(&repo, &target).await.expect_err("missing CRD");
+    let Error::Observe(apply::Error::Config(msg)) = &err else {
+        panic!(
+            "expected a configuration error, got {}",
+            pbsync::error_chain(&err)
+        );
+    };
+    assert!(
+        msg.contains("CRD workloadprofiles.missing.pbsync.test is not installed"),
+        "{msg}"
+    );
+    assert!(!err.is_retryable());
+    let counts = target.requests();
+    assert_eq!(counts.writes(), 0, "{counts}");
+    assert_eq!(counts.verb(Verb::DryRun), 0, "{counts}");
+    assert!(env.get("ProfileBundle", "a").await.is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing() {
+    let Some(env) = env("schema-rejects").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    let charts_before = env.must_get("HelmRepository", "charts").await;
+
+    // An interval Flux's schema rejects on an existing object, and a new object with one.
+    repo.write(
+        "shared.yaml",
+        &(shared(ns, &["charts"]).replace("interval: 1h", "interval: often")
+            + &helm(ns, "fresh", "https://fresh.example.com", "sometimes")),
+    );
+    repo.write(
+        "bundles/a.yaml",
+        &app(ns, "a", "delete", &["charts", "fresh"]),
+    );
+    repo.commit("invalid intervals");
+    let planned = env.plan(&repo, &target).await;
+    for name in ["charts", "fresh"] {
+        let c = change(&planned.plan, Kind::HelmRepository, name);
+        assert_eq!(c.action, Action::Unknown, "{}", render(&planned.plan));
+        let why = c.reasons.last().expect("reason");
+        assert!(why.contains("spec.interval"), "the server's message: {why}");
+    }
+    let before = target.requests();
+    let err = env.apply(&repo, &target).await.expect_err("unknown");
+    let Error::Apply { source, .. } = &err else {
+        panic!("{}", pbsync::error_chain(&err));
+    };
+    assert!(matches!(**source, RunError::Unknown(2)), "{source}");
+    let delta = writes_between(&before, &target.requests());
+    // The bundle changed (it names `fresh`), so it is written; the rejected objects are not.
+    assert_eq!(delta.verb(Verb::Delete), 0, "{delta}");
+    assert_eq!(
+        rv(&env.must_get("HelmRepository", "charts").await),
+        rv(&charts_before),
+        "the rejected update was not written"
+    );
+    assert!(env.get("HelmRepository", "fresh").await.is_none());
+    assert!(env.status().await["outcome"].contains("could not be compared"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_update_alone_writes_nothing() {
+    let Some(env) = env("invalid-only").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    repo.write(
+        "shared.yaml",
+        &shared(ns, &["charts"]).replace("interval: 1h", "interval: often"),
+    );
+    repo.commit("invalid interval");
+    let before = target.requests();
+    let err = env.apply(&repo, &target).await.expect_err("unknown");
+    let delta = writes_between(&before, &target.requests());
+    assert!(pbsync::error_chain(&err).contains("could not be compared"));
+    // Only the status ConfigMap records the failed attempt; no object is written.
+    assert_eq!(delta.writes(), 1, "{delta}");
+    assert_eq!(delta.verb(Verb::Apply), 1, "{delta}");
+    let h = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(h["spec"]["interval"], "1h");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_status_namespace_is_reported_clearly() {
+    let Some(env) = env("status-ns").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    let target = KubeTarget::new(KubeOptions {
+        status_namespace: format!("{ns}-nowhere"),
+        ..env.options()
+    });
+    let err = env.apply(&repo, &target).await.expect_err("status");
+    let msg = pbsync::error_chain(&err);
+    assert!(
+        msg.contains(&format!("status namespace \"{ns}-nowhere\" does not exist")),
+        "{msg}"
+    );
+    // The objects themselves were applied.
+    assert!(env.get("ProfileBundle", "a").await.is_some());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_profiles_without_a_palette_target_are_a_configuration_error() {
+    let Some(env) = env("cluster-profiles").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write(
+        "profiles.yaml",
+        "apiVersion: pbsync.dev/v1\nkind: ClusterProfile\nmetadata:\n  name: edge-infra\nspec:\n  version: 1.0.0\n  template:\n    type: infra\n    cloudType: edge-native\n    packs: []\n",
+    )
+    .write("bundles/a.yaml", &app(ns, "a", "delete", &[]))
+    .write("shared.yaml", &shared(ns, &[]));
+    repo.commit("one");
+    let target = env.target();
+    let err = env.apply(&repo, &target).await.expect_err("config");
+    let Error::Observe(apply::Error::Config(msg)) = &err else {
+        panic!("{}", pbsync::error_chain(&err));
+    };
+    assert!(
+        msg.contains("Palette cluster profiles (project/edge-infra@1.0.0)"),
+        "{msg}"
+    );
+    assert!(msg.contains("--palette-url"), "{msg}");
+    assert_eq!(
+        target.requests().total(),
+        0,
+        "refused before contacting the hub"
+    );
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Interrupted passes and the server-side cascade
+// ---------------------------------------------------------------------------------------
+
+/// A target that "dies" after `deletes` deletions: the next delete never returns, as if the
+/// process were killed before sending it. Everything else goes to the real target.
+struct DiesAfter<'a> {
+    inner: &'a KubeTarget,
+    deletes: std::sync::atomic::AtomicUsize,
+}
+
+impl Target for DiesAfter<'_> {
+    async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> apply::Result<Observed> {
+        self.inner.observe(graph, stamp).await
+    }
+    async fn prepare(&self, changes: &[&Change]) -> apply::Result<()> {
+        self.inner.prepare(changes).await
+    }
+    async fn write(&self, change: &Change, desired: &Value) -> apply::Result<()> {
+        self.inner.write(change, desired).await
+    }
+    async fn release(&self, change: &Change) -> apply::Result<()> {
+        self.inner.release(change).await
+    }
+    async fn delete(&self, change: &Change, permit: DeletePermit) -> apply::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self
+            .deletes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+        self.inner.delete(change, permit).await
+    }
+    async fn record(&self, status: &Status) -> apply::Result<()> {
+        self.inner.record(status).await
+    }
+    fn concurrency(&self) -> usize {
+        self.inner.concurrency()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_interrupted_between_dependents_and_bundle_is_completed_by_the_next() {
+    let Some(env) = env("interrupted").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["common", "a-only"]))
+        .write(
+            "bundles/a.yaml",
+            &app(ns, "a", "delete", &["common", "a-only"]),
+        )
+        .write(
+            "bundles/keeper.yaml",
+            &app(ns, "keeper", "delete", &["common"]),
+        );
+    repo.commit("one");
+    ok(env.apply(&repo, &env.target()).await);
+
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &["common"]));
+    repo.commit("a leaves");
+    // a's dependents (its WorkloadProfile and a-only) go, then the pass dies before the bundle.
+    let target = env.target();
+    let dying = DiesAfter {
+        inner: &target,
+        deletes: 2.into(),
+    };
+    let killed = tokio::time::timeout(Duration::from_secs(20), env.apply(&repo, &dying)).await;
+    assert!(killed.is_err(), "the pass was cut off");
+    assert!(env.get("WorkloadProfile", "a-wp").await.is_none());
+    assert!(env.get("HelmRepository", "a-only").await.is_none());
+    let a = env.must_get("ProfileBundle", "a").await;
+    assert_eq!(
+        labels(&a)["pbsync.dev/instance"],
+        env.instance,
+        "still managed"
+    );
+
+    // A new process: the bundle is still the record of what has to go, and goes now.
+    let next = env.target();
+    let report = ok(env.apply(&repo, &next).await);
+    assert_eq!(outcomes(&report)["ProfileBundle a"], Outcome::Deleted);
+    assert!(env.get("ProfileBundle", "a").await.is_none());
+    // Nothing lost: the keeper and what it uses are intact and unchanged.
+    for (kind, name) in [
+        ("ProfileBundle", "keeper"),
+        ("WorkloadProfile", "keeper-wp"),
+        ("HelmRepository", "common"),
+        ("ComponentDefinition", "web"),
+    ] {
+        let obj = env.must_get(kind, name).await;
+        assert_eq!(
+            labels(&obj)["pbsync.dev/instance"],
+            env.instance,
+            "{kind} {name}"
+        );
+    }
+    let again = env.plan(&repo, &next).await;
+    assert!(!again.plan.has_changes(), "{}", render(&again.plan));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascade_server_sets_the_live_policy_to_orphan_before_deleting_only_the_bundle() {
+    let Some(env) = env("cascade-server").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", &app(ns, "b", "delete", &[]))
+        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    repo.commit("one");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    // Hold the bundles' deletion so the live object can be inspected afterwards (PaletteAI's
+    // controller would hold it the same way while it cleans up).
+    for b in ["a", "b"] {
+        env.edit(
+            "ProfileBundle",
+            b,
+            json!({"metadata": {"finalizers": ["test.pbsync.dev/hold"]}}),
+        )
+        .await;
+    }
+
+    // Commit two says orphan for a; commit three removes a and b. Both land in one pass.
+    repo.write("bundles/a.yaml", &app(ns, "a", "orphan", &["charts"]));
+    repo.commit("a: orphan");
+    repo.remove("bundles/a.yaml").remove("bundles/b.yaml");
+    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.commit("a and b leave");
+    let mut ctx = env.ctx(&repo);
+    ctx.plan.cascade = Cascade::Server;
+    let report = ok(env.apply_with(&ctx, &target, RunOptions::default()).await);
+    let a = change(&report.plan, Kind::ProfileBundle, "a");
+    assert_eq!(
+        a.effective_policy,
+        Some(pbsync::model::DeletionPolicy::Orphan)
+    );
+    let o = outcomes(&report);
+    assert_eq!(o["ProfileBundle a"], Outcome::Deleted);
+    assert_eq!(o["ProfileBundle b"], Outcome::Deleted);
+    // b's dependent is the server's to delete: reported, not performed.
+    let bwp = change(&report.plan, Kind::WorkloadProfile, "b-wp");
+    assert_eq!(
+        bwp.executor,
+        pbsync::plan::Executor::Server,
+        "{}",
+        render(&report.plan)
+    );
+    assert_eq!(o["WorkloadProfile b-wp"], Outcome::Skipped);
+    assert!(env.get("WorkloadProfile", "b-wp").await.is_some());
+
+    let a_live = env.must_get("ProfileBundle", "a").await;
+    assert!(
+        a_live["metadata"]["deletionTimestamp"].is_string(),
+        "deleted"
+    );
+    assert_eq!(
+        a_live["spec"]["deletionPolicy"], "orphan",
+        "patched before the delete"
+    );
+    let b_live = env.must_get("ProfileBundle", "b").await;
+    assert_eq!(
+        b_live["spec"]["deletionPolicy"], "delete",
+        "b's policy left as it was"
+    );
+    for b in ["a", "b"] {
+        env.edit(
+            "ProfileBundle",
+            b,
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+    }
+    env.cleanup().await;
+}
