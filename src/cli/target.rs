@@ -12,7 +12,8 @@ use crate::apply::palette::{self, ApiKey, PaletteConfig, PaletteTarget};
 /// Where objects go and how pbsync decides.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Target: dir:PATH (a local directory) or kube (the Kubernetes hub of the kubeconfig)
+    /// Target: dir:PATH (a local directory) or kube (the Kubernetes hub of the kubeconfig);
+    /// cluster profiles go to Palette with --palette-url
     #[arg(long, default_value = "dir:./pbsync-state")]
     pub(crate) target: String,
     /// Name of this pbsync instance; several instances can share a target
@@ -46,6 +47,8 @@ pub enum Built {
     Kube(Box<KubeTarget>),
     /// `dir:PATH` with `--palette-url`: hub objects as files, cluster profiles in Palette.
     DirPalette(Box<Split<LocalDir, PaletteTarget>>),
+    /// `kube` with `--palette-url`: hub objects on Kubernetes, cluster profiles in Palette.
+    KubePalette(Box<Split<KubeTarget, PaletteTarget>>),
 }
 
 /// Runs `$body` with `$t` bound to the concrete target inside `$built`.
@@ -58,6 +61,10 @@ macro_rules! with_target {
                 $body
             }
             $crate::cli::target::Built::DirPalette($t) => {
+                let $t = *$t;
+                $body
+            }
+            $crate::cli::target::Built::KubePalette($t) => {
                 let $t = *$t;
                 $body
             }
@@ -94,9 +101,19 @@ impl TargetArgs {
                     }))),
                 }
             }
-            None if self.target == "kube" => Ok(Built::Kube(Box::new(KubeTarget::new(
-                self.kube.options(&self.instance)?,
-            )))),
+            None if self.target == "kube" => {
+                let mut options = self.kube.options(&self.instance)?;
+                match self.palette.config()? {
+                    None => Ok(Built::Kube(Box::new(KubeTarget::new(options)))),
+                    Some(config) => {
+                        options.cluster_profiles = kubernetes::ClusterProfiles::Elsewhere;
+                        Ok(Built::KubePalette(Box::new(Split {
+                            hub: KubeTarget::new(options),
+                            palette: self.palette.target(config, &self.instance)?,
+                        })))
+                    }
+                }
+            }
             _ => Err(ConfigError(format!(
                 "unknown target {:?}: expected dir:PATH or kube",
                 self.target
