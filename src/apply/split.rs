@@ -40,6 +40,15 @@ impl<H: Target, P: Target> Target for Split<H, P> {
                 .into_iter()
                 .filter(|(k, _)| k.kind == Kind::ClusterProfile),
         );
+        observed
+            .rejected
+            .retain(|k, _| k.kind != Kind::ClusterProfile);
+        observed.rejected.extend(
+            palette
+                .rejected
+                .into_iter()
+                .filter(|(k, _)| k.kind == Kind::ClusterProfile),
+        );
         observed.read_at = observed.read_at.or(palette.read_at);
         Ok(observed)
     }

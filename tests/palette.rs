@@ -1,0 +1,1029 @@
+//! The Palette target against the Palette API simulator on 127.0.0.1:0: the whole pipeline
+//! (`reconcile::run_once` with hub objects in a local directory and cluster profiles in
+//! Palette) on git repositories built in temp dirs. Each test has its own simulator.
+
+use std::path::Path;
+use std::time::Duration;
+
+use git2::{Repository, Signature, Time};
+use pbsync::apply::local_dir::LocalDir;
+use pbsync::apply::palette::{ApiKey, PaletteConfig, PaletteTarget};
+use pbsync::apply::{RunOptions, Split, Target as _};
+use pbsync::live::Observed;
+use pbsync::model::{ObjectKey, Rule};
+use pbsync::palette_sim::{self, Fault, RateLimit, Scope, SeedProfile, Simulator};
+use pbsync::plan::{Action, Plan};
+use pbsync::reconcile::{self, Context, Error, Report};
+use serde_json::{Value, json};
+
+const KEY: &str = "test-api-key";
+const PROJECT: &str = "project-uid-1";
+const INSTANCE: &str = "default";
+
+/// A git repository in a temp dir with deterministic commits.
+struct Repo {
+    dir: tempfile::TempDir,
+    repo: Repository,
+    tick: i64,
+}
+
+impl Repo {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("git init");
+        Self { dir, repo, tick: 0 }
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+
+    fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.dir.path().join(rel)).expect("remove");
+    }
+
+    fn commit(&mut self) {
+        let mut index = self.repo.index().expect("index");
+        index
+            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+            .expect("add");
+        index.update_all(["*"].iter(), None).expect("update");
+        index.write().expect("index write");
+        let tree = self
+            .repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
+        self.tick += 1;
+        let sig = Signature::new(
+            "pbsync tests",
+            "tests@pbsync.invalid",
+            &Time::new(1_700_000_000 + self.tick * 60, 0),
+        )
+        .expect("signature");
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        self.repo
+            .commit(Some("HEAD"), &sig, &sig, "test", &tree, &parents)
+            .expect("commit");
+    }
+}
+
+fn profile(name: &str, version: &str, ptype: &str, values: &str) -> String {
+    format!(
+        r#"apiVersion: pbsync.dev/v1
+kind: ClusterProfile
+metadata:
+  name: {name}
+  scope: project
+  labels: {{team: platform}}
+spec:
+  version: {version}
+  template:
+    type: {ptype}
+    cloudType: edge-native
+    packs:
+      - name: edge-k8s
+        tag: 1.32.3
+        layer: k8s
+        values: "{values}"
+      - name: extras
+        tag: 1.0.0
+        type: manifest
+        layer: addon
+        manifests:
+          - {{name: config, content: "kind: ConfigMap"}}
+  variables:
+    - {{name: vip, displayName: VIP, format: ipv4, required: true}}
+"#
+    )
+}
+
+fn bundle(name: &str, profiles: &[&str], policy: &str) -> String {
+    let refs: String = profiles
+        .iter()
+        .map(|p| {
+            let (n, v) = p.split_once('@').expect("name@version");
+            format!("    - {{name: {n}, version: {v}}}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {{name: {name}, namespace: project-a}}\nspec:\n  type: Infrastructure\n  deletionPolicy: {policy}\n  clusterProfiles:\n{refs}"
+    )
+}
+
+fn seed(name: &str, version: &str, ptype: &str) -> SeedProfile {
+    SeedProfile {
+        name: name.into(),
+        version: version.into(),
+        scope: Some(Scope::Project),
+        project_uid: Some(PROJECT.into()),
+        template: json!({"type": ptype, "cloudType": "edge-native",
+            "packs": [{"name": "os", "tag": "1.0", "layer": "os"}]}),
+        ..SeedProfile::default()
+    }
+}
+
+/// A simulator, a repository and a state directory.
+struct World {
+    sim: Simulator,
+    repo: Repo,
+    state: tempfile::TempDir,
+}
+
+fn sim_config() -> palette_sim::Config {
+    palette_sim::Config {
+        api_key: Some(KEY.into()),
+        ..palette_sim::Config::default()
+    }
+}
+
+impl World {
+    async fn new() -> Self {
+        Self::with(sim_config()).await
+    }
+
+    async fn with(config: palette_sim::Config) -> Self {
+        let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), config)
+            .await
+            .expect("simulator");
+        Self {
+            sim,
+            repo: Repo::new(),
+            state: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn palette_config(&self) -> PaletteConfig {
+        let mut c = PaletteConfig::new(self.sim.url(), ApiKey::new(KEY));
+        c.project_uid = Some(PROJECT.into());
+        c.timeout = Duration::from_secs(5);
+        c.retry_base = Duration::from_millis(10);
+        c.max_retries = 8;
+        c.jitter_seed = 42;
+        c
+    }
+
+    /// A fresh target, as each CLI run builds one.
+    fn target(&self) -> Split<LocalDir, PaletteTarget> {
+        self.target_with(self.palette_config())
+    }
+
+    fn target_with(&self, config: PaletteConfig) -> Split<LocalDir, PaletteTarget> {
+        Split {
+            hub: LocalDir::new(self.state.path(), INSTANCE),
+            palette: PaletteTarget::new(config, INSTANCE).expect("palette target"),
+        }
+    }
+
+    fn context(&self) -> Context {
+        Context::new(self.repo.dir.path(), "HEAD", "")
+    }
+
+    async fn pass(&self) -> Result<Report, Error> {
+        self.pass_with(&self.target()).await
+    }
+
+    async fn pass_with(&self, target: &Split<LocalDir, PaletteTarget>) -> Result<Report, Error> {
+        let ctx = self.context();
+        let snapshot = reconcile::fetch(&ctx).expect("fetch");
+        reconcile::run_once(&ctx, &snapshot, target, RunOptions::default()).await
+    }
+
+    async fn plan(&self) -> Plan {
+        let ctx = self.context();
+        let snapshot = reconcile::fetch(&ctx).expect("fetch");
+        reconcile::plan_commit(&ctx, &snapshot, &self.target())
+            .await
+            .expect("plan")
+            .plan
+    }
+
+    fn only(&self, name: &str, version: &str) -> palette_sim::Profile {
+        let found = self.sim.find(name, version);
+        assert_eq!(found.len(), 1, "exactly one {name}@{version}: {found:#?}");
+        found.into_iter().next().expect("one")
+    }
+}
+
+/// A plain HTTP client for talking to the simulator directly.
+fn http() -> reqwest::Client {
+    // reqwest is built without a default crypto provider (see the Palette client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn key(name: &str, version: &str) -> ObjectKey {
+    ObjectKey::cluster_profile("project", name, version)
+}
+
+fn action_of(plan: &Plan, key: &ObjectKey) -> Action {
+    plan.changes
+        .iter()
+        .find(|c| &c.key == key)
+        .map(|c| c.action)
+        .unwrap_or_else(|| panic!("{key} not in plan"))
+}
+
+fn outcome_of(report: &Report, key: &ObjectKey) -> String {
+    report
+        .changes
+        .entries
+        .iter()
+        .find(|e| &e.key == key)
+        .map(|e| e.outcome.to_string())
+        .unwrap_or_else(|| panic!("{key} not in change set"))
+}
+
+fn file_exists(dir: &Path, rel: &str) -> bool {
+    dir.join(rel).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_profile_is_created_published_and_a_second_pass_writes_nothing() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("edge", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+
+    let report = w.pass().await.expect("first pass");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "created");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(p.scope, Scope::Project);
+    assert_eq!(p.project_uid.as_deref(), Some(PROJECT));
+    let published = p.published.as_ref().expect("published");
+    assert_eq!(published["packs"][0]["values"], json!("a: 1"));
+    assert_eq!(
+        published["packs"][1]["manifests"][0]["content"],
+        json!("kind: ConfigMap")
+    );
+    assert_eq!(p.labels["app.kubernetes.io/managed-by"], json!("pbsync"));
+    assert_eq!(p.labels["pbsync.dev/instance"], json!(INSTANCE));
+    assert_eq!(p.labels["team"], json!("platform"));
+    assert_eq!(p.annotations["pbsync.dev/source"], json!("cp.yaml"));
+    assert_eq!(p.variables[0]["name"], json!("vip"));
+    let stats = w.sim.stats();
+    assert_eq!(stats.count("POST /v1/clusterprofiles"), 1);
+    assert_eq!(stats.count("PATCH /v1/clusterprofiles/{uid}/publish"), 1);
+    assert_eq!(stats.writes(), 2, "{stats:#?}");
+    assert!(file_exists(
+        w.state.path(),
+        "project-a/profilebundle/edge.yaml"
+    ));
+
+    // An empty commit: a new revision, nothing to change, not a single write.
+    w.repo.write("README.md", "docs\n");
+    w.repo.commit();
+    w.sim.reset_stats();
+    let report = w.pass().await.expect("second pass");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "unchanged");
+    assert_eq!(report.plan.summary().unchanged, 2);
+    let stats = w.sim.stats();
+    assert_eq!(stats.writes(), 0, "{stats:#?}");
+    assert!(stats.count("GET /v1/clusterprofiles/{uid}") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_profile_is_written_as_draft_then_published() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("edge", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create");
+    let uid = w.only("edge", "1.0.0").uid;
+
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 2"));
+    w.repo.commit();
+    let plan = w.plan().await;
+    let change = plan
+        .changes
+        .iter()
+        .find(|c| c.key == key("edge", "1.0.0"))
+        .expect("change");
+    assert_eq!(change.action, Action::Update);
+    let paths: Vec<&str> = change.diff.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["spec.template.packs[0].values"]);
+
+    w.sim.reset_stats();
+    let report = w.pass().await.expect("update");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "configured");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(p.uid, uid, "updated in place");
+    assert_eq!(
+        p.published.as_ref().expect("published")["packs"][0]["values"],
+        json!("a: 2")
+    );
+    let stats = w.sim.stats();
+    assert_eq!(stats.count("PUT /v1/clusterprofiles/{uid}"), 1);
+    assert_eq!(stats.count("PATCH /v1/clusterprofiles/{uid}/publish"), 1);
+    // Only the template differed: no variables or metadata writes.
+    assert_eq!(stats.writes(), 2, "{stats:#?}");
+
+    // Variables and labels go through their own endpoints.
+    w.repo.write(
+        "cp.yaml",
+        &profile("edge", "1.0.0", "infra", "a: 2")
+            .replace("team: platform", "team: ml")
+            .replace("required: true", "required: false"),
+    );
+    w.repo.commit();
+    w.sim.reset_stats();
+    w.pass().await.expect("update metadata and variables");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(p.labels["team"], json!("ml"));
+    assert_eq!(p.variables[0]["required"], json!(false));
+    let stats = w.sim.stats();
+    assert_eq!(stats.count("PUT /v1/clusterprofiles/{uid}/variables"), 1);
+    assert_eq!(stats.count("PATCH /v1/clusterprofiles/{uid}/metadata"), 1);
+    assert_eq!(stats.count("PUT /v1/clusterprofiles/{uid}"), 0);
+    assert_eq!(w.plan().await.summary().unchanged, 2, "converged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_bundle_deletes_its_profile_across_both_targets() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("edge", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create");
+
+    w.repo.remove("b.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.write("README.md", "empty\n");
+    w.repo.commit();
+    let ctx = w.context();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let target = w.target();
+    // Deleting every managed bundle trips the mass-deletion guard: allow it explicitly.
+    let report = reconcile::run_once(
+        &ctx,
+        &snapshot,
+        &target,
+        RunOptions {
+            allow_mass_deletion: true,
+        },
+    )
+    .await
+    .expect("delete pass");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "deleted");
+    assert!(w.sim.find("edge", "1.0.0").is_empty());
+    assert!(!file_exists(
+        w.state.path(),
+        "project-a/profilebundle/edge.yaml"
+    ));
+    // The profile goes before the bundle that referenced it.
+    let order: Vec<String> = report
+        .changes
+        .entries
+        .iter()
+        .map(|e| e.key.kind.to_string())
+        .collect();
+    assert_eq!(order, ["ClusterProfile", "ProfileBundle"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_profile_is_kept_until_its_last_referrer_goes() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo
+        .write("b.yaml", &bundle("b", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create");
+
+    w.repo.remove("a.yaml");
+    w.repo.commit();
+    let report = w.pass().await.expect("remove a");
+    let change = report
+        .plan
+        .changes
+        .iter()
+        .find(|c| c.key == key("edge", "1.0.0"))
+        .expect("profile");
+    assert_eq!(change.action, Action::Unchanged);
+    assert!(
+        change.reasons.iter().any(|r| r.contains("kept")),
+        "{:?}",
+        change.reasons
+    );
+    w.only("edge", "1.0.0");
+    assert!(!file_exists(
+        w.state.path(),
+        "project-a/profilebundle/a.yaml"
+    ));
+
+    w.repo.remove("b.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.write("README.md", "empty\n");
+    w.repo.commit();
+    let ctx = w.context();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let report = reconcile::run_once(
+        &ctx,
+        &snapshot,
+        &w.target(),
+        RunOptions {
+            allow_mass_deletion: true,
+        },
+    )
+    .await
+    .expect("remove b");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "deleted");
+    assert!(w.sim.find("edge", "1.0.0").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_policy_releases_the_profile_in_palette() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
+    w.repo
+        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "orphan"));
+    w.repo
+        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create");
+
+    w.repo.remove("a.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.commit();
+    let report = w.pass().await.expect("orphan");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "orphaned");
+    let p = w.only("edge", "1.0.0");
+    assert!(!p.labels.contains_key("app.kubernetes.io/managed-by"));
+    assert!(!p.labels.contains_key("pbsync.dev/instance"));
+    assert_eq!(p.labels["team"], json!("platform"), "other labels stay");
+    assert_eq!(p.annotations["pbsync.dev/released-by"], json!(INSTANCE));
+    assert_eq!(p.annotations["scope"], json!("project"));
+
+    // Released: no later pass touches it.
+    w.sim.reset_stats();
+    w.pass().await.expect("quiet pass");
+    assert_eq!(w.sim.stats().writes(), 0);
+
+    // A commit that needs it again takes it back.
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    let report = w.pass().await.expect("take back");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "configured");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(p.labels["pbsync.dev/instance"], json!(INSTANCE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_in_use_is_blocked_naming_its_clusters() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
+    w.repo
+        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo
+        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create");
+    let uid = w.only("edge", "1.0.0").uid;
+    w.sim
+        .set_in_use(
+            &uid,
+            vec![
+                json!({"name": "edge-2", "uid": "c2"}),
+                json!({"name": "edge-1", "uid": "c1"}),
+            ],
+        )
+        .expect("in use");
+
+    w.repo.remove("a.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.commit();
+    w.sim.reset_stats();
+    let report = w.pass().await.expect("pass");
+    let change = report
+        .plan
+        .changes
+        .iter()
+        .find(|c| c.key == key("edge", "1.0.0"))
+        .expect("profile");
+    assert_eq!(change.action, Action::Blocked);
+    assert!(
+        change
+            .reasons
+            .iter()
+            .any(|r| r.contains("in use by cluster(s) edge-1, edge-2")),
+        "{:?}",
+        change.reasons
+    );
+    w.only("edge", "1.0.0");
+    assert_eq!(w.sim.stats().count("DELETE /v1/clusterprofiles/{uid}"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_profile_that_exists_is_validated_and_never_changed() {
+    let mut w = World::new().await;
+    let uid = w
+        .sim
+        .seed(seed("base-infra", "2.0.0", "cluster"))
+        .expect("seed");
+    w.repo
+        .write("b.yaml", &bundle("a", &["base-infra@2.0.0"], "delete"));
+    w.repo.commit();
+    w.sim.reset_stats();
+    let report = w.pass().await.expect("pass");
+    assert!(
+        report
+            .plan
+            .changes
+            .iter()
+            .all(|c| c.key.kind != pbsync::model::Kind::ClusterProfile),
+        "an external profile is not planned: {:?}",
+        report.plan.changes
+    );
+    assert_eq!(w.sim.stats().writes(), 0);
+    let p = w.only("base-infra", "2.0.0");
+    assert_eq!(p.uid, uid);
+    assert!(p.labels.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_profile_that_does_not_exist_is_a_violation() {
+    let mut w = World::new().await;
+    w.repo
+        .write("b.yaml", &bundle("a", &["missing@1.0.0"], "delete"));
+    w.repo.commit();
+    match w.pass().await {
+        Err(Error::Invalid { violations, .. }) => {
+            let v = &violations.0[0];
+            assert_eq!(v.rule, Rule::UnresolvedReference);
+            assert_eq!(&*v.path, "b.yaml");
+            assert!(v.message.contains("nor found in Palette"), "{v}");
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(w.sim.stats().writes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_profile_of_the_wrong_type_is_a_violation() {
+    let mut w = World::new().await;
+    w.sim
+        .seed(seed("monitoring", "1.0.0", "add-on"))
+        .expect("seed");
+    // An Infrastructure bundle needs an Infrastructure or Full profile; this one is Add-on.
+    w.repo
+        .write("b.yaml", &bundle("a", &["monitoring@1.0.0"], "delete"));
+    w.repo.commit();
+    match w.pass().await {
+        Err(Error::Invalid { violations, .. }) => {
+            assert!(
+                violations
+                    .0
+                    .iter()
+                    .any(|v| v.rule == Rule::InfrastructureBundle),
+                "{violations:?}"
+            );
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(w.sim.stats().writes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
+    let mut w = World::new().await;
+    let mut foreign = seed("edge", "1.0.0", "infra");
+    foreign.labels.insert("team".into(), json!("other"));
+    let uid = w.sim.seed(foreign).expect("seed");
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.sim.reset_stats();
+    let report = w.pass().await.expect("pass");
+    assert_eq!(
+        action_of(&report.plan, &key("edge", "1.0.0")),
+        Action::Blocked
+    );
+    assert_eq!(w.sim.stats().writes(), 0);
+
+    // The target checks ownership itself, whatever a plan says.
+    let target = w.target();
+    let ctx = w.context();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let planned = reconcile::plan_commit(&ctx, &snapshot, &target)
+        .await
+        .expect("plan");
+    let mut change = planned
+        .plan
+        .changes
+        .iter()
+        .find(|c| c.key == key("edge", "1.0.0"))
+        .expect("change")
+        .clone();
+    change.action = Action::Update;
+    let err = target
+        .write(&change, &json!({"metadata": {"name": "edge"}}))
+        .await
+        .expect_err("refused");
+    let text = pbsync::error_chain(&err);
+    assert!(text.contains("ownership labels"), "{text}");
+    change.action = Action::Delete;
+    change.phase = pbsync::plan::Phase::Prune;
+    let plan = Plan {
+        changes: vec![change],
+        ..planned.plan.clone()
+    };
+    let err = pbsync::apply::guarded_delete(&target, &plan, &plan.changes[0], false)
+        .await
+        .expect_err("refused");
+    assert!(pbsync::error_chain(&err).contains("ownership labels"));
+    assert_eq!(w.only("edge", "1.0.0").uid, uid);
+    assert_eq!(w.sim.stats().writes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_and_5xx_answers_are_survived_without_duplicates() {
+    let mut w = World::new().await;
+    for i in 0..3 {
+        w.repo.write(
+            &format!("cp{i}.yaml"),
+            &profile(&format!("edge{i}"), "1.0.0", "infra", "a: 1"),
+        );
+        w.repo.write(
+            &format!("b{i}.yaml"),
+            &bundle(&format!("b{i}"), &[&format!("edge{i}@1.0.0")], "delete"),
+        );
+    }
+    w.repo.commit();
+    // Each request is retried at most `max_retries` (8) times, so the storm is spread
+    // over the endpoints a pass uses.
+    for (method, path) in [
+        ("POST", "/v1/dashboard/clusterprofiles"),
+        ("POST", "/v1/clusterprofiles"),
+        ("PATCH", "/v1/clusterprofiles"),
+        ("GET", "/v1/clusterprofiles"),
+    ] {
+        w.sim.inject(Fault::status(429).on(method, path).times(4));
+    }
+    // 5xx on a create is ambiguous: looked up before it is sent again.
+    w.sim.inject(
+        Fault::status(503)
+            .on("POST", "/v1/clusterprofiles")
+            .times(2),
+    );
+    w.sim.inject(
+        Fault::status(500)
+            .on("PATCH", "/v1/clusterprofiles")
+            .times(2),
+    );
+    w.sim
+        .inject(Fault::status(502).on("GET", "/v1/clusterprofiles").times(2));
+    w.pass().await.expect("survives");
+    w.pass().await.expect("observes through the rest");
+    assert!(w.sim.pending_faults().is_empty(), "every fault was hit");
+    let stats = w.sim.stats();
+    assert_eq!(stats.answered(429), 16, "{stats:#?}");
+    assert_eq!(stats.answered(503), 2);
+    assert_eq!(stats.answered(500), 2);
+    assert_eq!(stats.answered(502), 2);
+    assert_eq!(w.sim.profiles().len(), 3, "no duplicates");
+    for i in 0..3 {
+        let p = w.only(&format!("edge{i}"), "1.0.0");
+        assert!(p.published.is_some());
+    }
+    assert_eq!(w.plan().await.summary().unchanged, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_rate_limit_is_respected_by_backing_off() {
+    // A Palette far stricter than documented: 2 requests a second, no burst to speak of.
+    let mut config = sim_config();
+    config.rate_limits = vec![RateLimit {
+        prefix: "/".into(),
+        per_second: 4.0,
+        burst: 0.5,
+    }];
+    let mut w = World::with(config).await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create under a tight limit");
+    w.pass().await.expect("observe under a tight limit");
+    assert!(w.sim.stats().answered(429) > 0, "the limit was hit");
+    w.only("edge", "1.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_create_leaves_exactly_one_profile() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    // The server creates the profile, then the connection drops before the answer.
+    w.sim
+        .inject(Fault::drop_after_response().on("POST", "/v1/clusterprofiles"));
+    let report = w.pass().await.expect("pass");
+    assert!(
+        w.sim.pending_faults().is_empty(),
+        "the connection was dropped"
+    );
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "created");
+    let p = w.only("edge", "1.0.0");
+    assert!(p.published.is_some(), "published after the lookup");
+    let stats = w.sim.stats();
+    assert_eq!(
+        stats.count("POST /v1/clusterprofiles"),
+        1,
+        "found by lookup, not created again: {stats:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_timed_out_is_looked_up_not_repeated() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    // Slower than the client's timeout; the server still carries the create out.
+    w.sim
+        .inject(Fault::latency(700).on("POST", "/v1/clusterprofiles"));
+    let mut config = w.palette_config();
+    config.timeout = Duration::from_millis(300);
+    config.retry_base = Duration::from_millis(600);
+    let target = w.target_with(config);
+    w.pass_with(&target).await.expect("pass");
+    assert!(w.sim.pending_faults().is_empty());
+    w.only("edge", "1.0.0");
+    let stats = w.sim.stats();
+    assert_eq!(stats.count("POST /v1/clusterprofiles"), 1);
+    assert_eq!(stats.answered(201), 0, "the client never saw the answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_dropped_before_the_server_acted_is_tried_again_once() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.sim
+        .inject(Fault::drop_connection().on("POST", "/v1/clusterprofiles"));
+    w.pass().await.expect("pass");
+    w.only("edge", "1.0.0");
+    assert_eq!(w.sim.stats().count("POST /v1/clusterprofiles"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_profile_reports_palettes_code_and_its_file_and_line() {
+    let mut w = World::new().await;
+    // Palette knows no pack layer "firmware": a 400, not retried.
+    w.repo.write(
+        "profiles/cp.yaml",
+        &profile("edge", "1.0.0", "infra", "a: 1").replace("layer: k8s", "layer: firmware"),
+    );
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    let err = w.pass().await.expect_err("rejected");
+    let Error::Apply { changes, .. } = &err else {
+        panic!("expected an apply error, got {err:?}");
+    };
+    let text = pbsync::error_chain(&err);
+    assert!(text.contains("profiles/cp.yaml:1"), "{text}");
+    assert!(text.contains("400 BadRequest"), "{text}");
+    assert!(text.contains("firmware"), "{text}");
+    assert!(!err.is_retryable());
+    assert_eq!(outcome_of_set(changes, &key("edge", "1.0.0")), "failed");
+    assert_eq!(
+        w.sim.stats().count("POST /v1/clusterprofiles"),
+        1,
+        "not retried"
+    );
+    // The bundle was not written: it comes after its profile.
+    assert!(!file_exists(
+        w.state.path(),
+        "project-a/profilebundle/a.yaml"
+    ));
+}
+
+fn outcome_of_set(set: &pbsync::apply::ChangeSet, key: &ObjectKey) -> String {
+    set.entries
+        .iter()
+        .find(|e| &e.key == key)
+        .map(|e| e.outcome.to_string())
+        .unwrap_or_else(|| panic!("{key} not in change set"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_pages_through_every_profile() {
+    let mut config = sim_config();
+    config.page_cap = 2;
+    let mut w = World::with(config).await;
+    for i in 0..7 {
+        w.sim
+            .seed(seed(&format!("aaa-other-{i}"), "1.0.0", "add-on"))
+            .expect("seed");
+    }
+    // Sorts last: on the fourth page of two.
+    w.sim
+        .seed(seed("zz-infra", "1.0.0", "infra"))
+        .expect("seed");
+    w.repo
+        .write("b.yaml", &bundle("a", &["zz-infra@1.0.0"], "delete"));
+    w.repo.commit();
+    let target = w.target();
+    let ctx = w.context();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let planned = reconcile::plan_commit(&ctx, &snapshot, &target)
+        .await
+        .expect("plan");
+    let observed: &Observed = &planned.observed;
+    assert!(observed.get(&key("zz-infra", "1.0.0")).is_some());
+    assert!(observed.read_at.is_some());
+    assert!(
+        w.sim.stats().count("POST /v1/dashboard/clusterprofiles") >= 4,
+        "{:#?}",
+        w.sim.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_profile_without_a_project_uid_is_unknown_not_created() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    let mut config = w.palette_config();
+    config.project_uid = None;
+    let target = w.target_with(config);
+    let err = w.pass_with(&target).await.expect_err("unknown");
+    let Error::Apply { plan, .. } = &err else {
+        panic!("expected an apply error, got {err:?}");
+    };
+    assert_eq!(action_of(plan, &key("edge", "1.0.0")), Action::Unknown);
+    assert!(w.sim.profiles().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_that_violate_the_schema_are_answered_400() {
+    let w = World::new().await;
+    let http = http();
+    let post = |body: Value| {
+        http.post(format!("{}/v1/clusterprofiles", w.sim.url()))
+            .header("ApiKey", KEY)
+            .header("ProjectUid", PROJECT)
+            .json(&body)
+            .send()
+    };
+    // A field the API does not define (the update template has no cloudType, but here it
+    // is the create entity with a misspelt field).
+    let resp = post(json!({"metadata": {"name": "x"}, "spec": {"version": "1",
+        "template": {"type": "infra", "packz": []}}}))
+    .await
+    .expect("send");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("v1Error");
+    assert_eq!(body["code"], json!("BadRequest"));
+    assert_eq!(body["details"]["path"], json!("body.spec.template.packz"));
+    assert!(body["ref"].is_string());
+    // A wrong type and a value outside an enum.
+    for (bad, path) in [
+        (
+            json!({"metadata": {"name": "x"}, "spec": {"version": 1}}),
+            "body.spec.version",
+        ),
+        (
+            json!({"metadata": {"name": "x"}, "spec": {"template": {"type": "full"}}}),
+            "body.spec.template.type",
+        ),
+        (
+            json!({"metadata": {"name": "x"}, "spec": {"template": {"packs": [{"tag": "1"}]}}}),
+            "body.spec.template.packs[0]",
+        ),
+    ] {
+        let resp = post(bad).await.expect("send");
+        assert_eq!(resp.status(), 400);
+        let body: Value = resp.json().await.expect("v1Error");
+        assert_eq!(body["details"]["path"], json!(path), "{body}");
+    }
+    // The update entity is checked against its own definition.
+    let uid = w.sim.seed(seed("edge", "1.0.0", "infra")).expect("seed");
+    let resp = http
+        .put(format!("{}/v1/clusterprofiles/{uid}", w.sim.url()))
+        .header("ApiKey", KEY)
+        .header("ProjectUid", PROJECT)
+        .json(&json!({"spec": {"template": {"cloudType": "aws", "packs": []}}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    // No key, no entry.
+    let resp = http
+        .post(format!("{}/v1/clusterprofiles", w.sim.url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(w.sim.profiles().len(), 1, "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_refused_with_409() {
+    let w = World::new().await;
+    let http = http();
+    let body = json!({"metadata": {"name": "x"}, "spec": {"version": "1.0.0",
+        "template": {"type": "add-on", "cloudType": "all", "packs": []}}});
+    for expected in [201, 409] {
+        let resp = http
+            .post(format!("{}/v1/clusterprofiles", w.sim.url()))
+            .header("ApiKey", KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
+    let mut w = World::new().await;
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    let key_file = w.state.path().join("palette.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key file");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .arg("apply")
+        .arg("--repo")
+        .arg(w.repo.dir.path())
+        .arg("--target")
+        .arg(format!("dir:{}", w.state.path().join("hub").display()))
+        .args(["--palette-url", &w.sim.url()])
+        .arg("--palette-api-key-file")
+        .arg(&key_file)
+        .args(["--palette-project-uid", PROJECT, "--palette-timeout", "5s"])
+        .env_remove("PALETTE_API_KEY")
+        .output()
+        .await
+        .expect("run pbsync");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ClusterProfile project/edge@1.0.0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+    w.only("edge", "1.0.0");
+    assert!(file_exists(
+        &w.state.path().join("hub"),
+        "project-a/profilebundle/a.yaml"
+    ));
+    assert!(
+        !w.state.path().join("hub/palette").exists(),
+        "profiles went to Palette, not to files"
+    );
+
+    // A URL without a key is a configuration error (exit 2).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .arg("plan")
+        .arg("--repo")
+        .arg(w.repo.dir.path())
+        .arg("--target")
+        .arg(format!("dir:{}", w.state.path().join("hub").display()))
+        .args(["--palette-url", &w.sim.url()])
+        .env_remove("PALETTE_API_KEY")
+        .output()
+        .await
+        .expect("run pbsync");
+    assert_eq!(out.status.code(), Some(2));
+}
