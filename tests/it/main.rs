@@ -14,3 +14,5 @@ mod git_source;
 mod local_dir;
 // Bad input: invalid repositories as fixtures, hostile files; apply of any writes nothing.
 mod invalid;
+// The built binary end to end: flags, output formats, exit codes.
+mod cli;
