@@ -205,7 +205,7 @@ impl Client {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(k);
             url.push('=');
-            url.push_str(&super::encode_segment(v));
+            url.push_str(&encode_segment(v));
         }
         let mut req = self
             .http
@@ -265,5 +265,29 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string()),
             reference: field("ref"),
         })
+    }
+}
+
+/// Percent-encodes one path segment or query value.
+pub(super) fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode_segment("edge-k8s_1.0"), "edge-k8s_1.0");
+        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
     }
 }

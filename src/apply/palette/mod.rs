@@ -13,14 +13,15 @@
 //! never changed or deleted (unless adoption made the plan say so).
 
 mod client;
+mod config;
 mod convert;
+mod profiles;
 mod throttle;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
-use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+
+pub use config::{ApiKey, PaletteConfig, parse_timeout};
 
 use futures::StreamExt as _;
 use reqwest::Method;
@@ -33,82 +34,8 @@ use crate::model::{Kind, ObjectKey, ProfileType};
 use crate::ownership::{self, Ownership, Stamp};
 use crate::plan::Change;
 
-use client::{Call, Client};
-
-const LIST_PATH: &str = "/v1/dashboard/clusterprofiles";
-const PROFILES_PATH: &str = "/v1/clusterprofiles";
-
-/// A Palette API key. Its `Debug` output is redacted, and it is sent only as the `ApiKey`
-/// header, marked sensitive.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// A key (surrounding whitespace removed).
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into().trim().to_string())
-    }
-
-    /// Reads a key from a file (its whole content, trimmed).
-    pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::KeyFile {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(Self::new(text))
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
-
-/// How to reach Palette.
-#[derive(Debug, Clone)]
-pub struct PaletteConfig {
-    /// Base URL, e.g. `https://api.spectrocloud.com`.
-    pub url: String,
-    /// The API key.
-    pub api_key: ApiKey,
-    /// Project uid (`ProjectUid` header); tenant scope only without it.
-    pub project_uid: Option<String>,
-    /// Timeout of one request.
-    pub timeout: Duration,
-    /// First wait after a 429 or 5xx; doubles per retry, with jitter (Palette: about 2 s).
-    pub retry_base: Duration,
-    /// Retries of one request before giving up.
-    pub max_retries: u32,
-    /// Pace requests within Palette's documented per-IP limits.
-    pub rate_limits: bool,
-    /// Page size of the summary list (Palette allows at most 50).
-    pub page_size: u32,
-    /// Seed of the backoff jitter.
-    pub jitter_seed: u64,
-}
-
-impl PaletteConfig {
-    /// Palette's documented defaults: 30 s timeout, retries from 2 s, 5 retries, rate
-    /// limits on, pages of 50.
-    pub fn new(url: impl Into<String>, api_key: ApiKey) -> Self {
-        Self {
-            url: url.into(),
-            api_key,
-            project_uid: None,
-            timeout: Duration::from_secs(30),
-            retry_base: Duration::from_secs(2),
-            max_retries: 5,
-            rate_limits: true,
-            page_size: 50,
-            jitter_seed: fastrand::u64(..),
-        }
-    }
-}
+use client::{Call, Client, encode_segment};
+use profiles::{Listed, PROFILES_PATH};
 
 /// Errors of the Palette target.
 #[derive(Debug, thiserror::Error)]
@@ -245,35 +172,6 @@ pub struct PaletteTarget {
     known: Mutex<HashMap<ObjectKey, Known>>,
 }
 
-/// Parses a timeout: `30`, `30s`, `500ms`, `2m`.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{s:?} is not a duration like 30s, 500ms or 2m")),
-    }
-}
-
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// RFC 3339 (UTC, seconds) of the current time, for `Observed::read_at`.
 fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
@@ -313,14 +211,6 @@ fn write_error(verb: &'static str, change: &Change, e: Error) -> super::Error {
     }
 }
 
-/// One entry of the summary list, as far as observe needs it.
-#[derive(Debug)]
-struct Listed {
-    key: ObjectKey,
-    uid: String,
-    ownership: Ownership,
-}
-
 impl PaletteTarget {
     /// A target for `config`, acting as pbsync instance `instance`.
     pub fn new(config: PaletteConfig, instance: impl Into<String>) -> Result<Self, Error> {
@@ -348,241 +238,6 @@ impl PaletteTarget {
             ))),
             _ => Ok(false),
         }
-    }
-
-    /// Every page of the summary list matching `filter`.
-    async fn list(&self, filter: &Value) -> Result<Vec<Value>, Error> {
-        let project = self.client.project_uid().is_some();
-        let mut items = Vec::new();
-        let mut token: Option<String> = None;
-        let mut seen = BTreeSet::new();
-        loop {
-            let mut call = Call::new(Method::POST, LIST_PATH, project)
-                .body(filter)
-                .query("limit", self.page_size.to_string());
-            if let Some(t) = &token {
-                call = call.query("continue", t.clone());
-            }
-            let page = self.client.send(&call).await?;
-            items.extend(
-                page.get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            match page
-                .pointer("/listmeta/continue")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
-                Some(next) if !seen.insert(next.to_string()) => {
-                    return Err(Error::Unexpected(format!(
-                        "the profile list returned continue token {next:?} twice"
-                    )));
-                }
-                Some(next) => token = Some(next.to_string()),
-                None => return Ok(items),
-            }
-        }
-    }
-
-    fn listed(&self, item: &Value) -> Option<Listed> {
-        let meta = item.get("metadata")?;
-        let annotations = meta.get("annotations").and_then(Value::as_object);
-        let scope = annotations
-            .and_then(|a| a.get("scope"))
-            .and_then(Value::as_str)
-            .unwrap_or(if self.client.project_uid().is_some() {
-                "project"
-            } else {
-                "tenant"
-            });
-        if scope != "project" && scope != "tenant" {
-            return None;
-        }
-        let name = meta.get("name").and_then(Value::as_str)?;
-        let uid = meta.get("uid").and_then(Value::as_str)?;
-        let version = item
-            .pointer("/specSummary/version")
-            .and_then(Value::as_str)?;
-        Some(Listed {
-            key: ObjectKey::cluster_profile(scope, name, version),
-            uid: uid.to_string(),
-            ownership: ownership::read(
-                meta.get("labels").and_then(Value::as_object),
-                annotations,
-                &self.instance,
-            ),
-        })
-    }
-
-    /// Reads one profile in full; `None` when it went away meanwhile.
-    async fn read_profile(
-        &self,
-        key: &ObjectKey,
-        uid: &str,
-    ) -> Result<Option<(Value, Value)>, Error> {
-        let project = self.project_scoped(key)?;
-        let path = format!("{PROFILES_PATH}/{}", encode_segment(uid));
-        let profile = match self
-            .client
-            .send(&Call::new(Method::GET, &path, project))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let variables = self
-            .client
-            .send(&Call::new(
-                Method::GET,
-                format!("{path}/variables"),
-                project,
-            ))
-            .await?;
-        let variables: Vec<Value> = variables
-            .get("variables")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut manifests = BTreeMap::new();
-        for pack in convert::packs_with_manifests(&profile) {
-            let entities = self
-                .client
-                .send(&Call::new(
-                    Method::GET,
-                    format!("{path}/packs/{}/manifests", encode_segment(&pack)),
-                    project,
-                ))
-                .await?;
-            manifests.insert(pack, convert::published_manifests(&entities));
-        }
-        let entity = convert::live_entity(&profile, &variables, &manifests);
-        Ok(Some((profile, entity)))
-    }
-
-    /// Profiles of `key`'s scope with its name and version, with their ownership.
-    async fn lookup(&self, key: &ObjectKey) -> Result<Vec<(String, Ownership)>, Error> {
-        let version = key.version.as_deref().unwrap_or_default();
-        let filter = json!({"filter": {
-            "profileName": {"eq": &*key.name, "ignoreCase": false},
-            "version": {"eq": version},
-            "scope": &*key.namespace,
-        }});
-        let items = self.list(&filter).await?;
-        Ok(items
-            .iter()
-            .filter_map(|i| self.listed(i))
-            .filter(|l| l.key == *key)
-            .map(|l| (l.uid, l.ownership))
-            .collect())
-    }
-
-    /// Creates the profile; returns its uid. After an ambiguous failure the profile is
-    /// looked up before another attempt, so a retry never duplicates it.
-    async fn create(
-        &self,
-        key: &ObjectKey,
-        desired: &Value,
-        project: bool,
-    ) -> Result<String, Error> {
-        let mut attempt = 0;
-        loop {
-            let call = Call::new(Method::POST, PROFILES_PATH, project)
-                .body(desired)
-                .not_idempotent();
-            let err = match self.client.send(&call).await {
-                Ok(answer) => {
-                    return answer
-                        .get("uid")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| Error::Unexpected("the create answer has no uid".into()));
-                }
-                Err(e) => e,
-            };
-            let retry = err.is_ambiguous() && attempt < self.client.max_retries();
-            if !(retry || err.is_conflict()) {
-                return Err(err);
-            }
-            if retry {
-                tokio::time::sleep(self.client.backoff(attempt)).await;
-                attempt += 1;
-            }
-            let found = self.lookup(key).await?;
-            match found.as_slice() {
-                [] if err.is_conflict() => return Err(err),
-                [] => {
-                    tracing::info!(profile = %key, "create failed before the profile existed; trying again");
-                }
-                [(uid, own)] if own.is_managed() => {
-                    tracing::info!(profile = %key, uid, "create failed ambiguously but the profile exists; using it");
-                    return Ok(uid.clone());
-                }
-                _ => {
-                    return Err(Error::Refused(format!(
-                        "{key} exists in Palette but was not created by this pbsync instance"
-                    )));
-                }
-            }
-        }
-    }
-
-    async fn publish(&self, uid: &str, project: bool) -> Result<(), Error> {
-        let path = format!("{PROFILES_PATH}/{}/publish", encode_segment(uid));
-        self.client
-            .send(&Call::new(Method::PATCH, path, project))
-            .await
-            .map(drop)
-    }
-
-    /// Brings an existing profile to `desired`, sending only the parts that differ.
-    async fn update(
-        &self,
-        change: &Change,
-        desired: &Value,
-        uid: &str,
-        project: bool,
-    ) -> Result<(), Error> {
-        let paths: Vec<&str> = change.diff.iter().map(|d| d.path.as_str()).collect();
-        let all = paths.is_empty();
-        let touches = |p: &str| {
-            all || paths.iter().any(|x| {
-                x.strip_prefix(p)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-            })
-        };
-        if paths.contains(&"spec.template.cloudType") {
-            return Err(Error::Refused(
-                "the cloudType of an existing profile version cannot change; declare a new version"
-                    .into(),
-            ));
-        }
-        let path = format!("{PROFILES_PATH}/{}", encode_segment(uid));
-        if touches("spec.variables") {
-            let body = convert::variables_entity(desired);
-            self.client
-                .send(&Call::new(Method::PUT, format!("{path}/variables"), project).body(&body))
-                .await?;
-        }
-        let template = touches("spec.template") || touches("spec.version");
-        if template {
-            let body = convert::update_entity(desired);
-            self.client
-                .send(&Call::new(Method::PUT, &path, project).body(&body))
-                .await?;
-        }
-        if touches("metadata") {
-            let body = convert::metadata_entity(desired);
-            self.client
-                .send(&Call::new(Method::PATCH, format!("{path}/metadata"), project).body(&body))
-                .await?;
-        }
-        if template {
-            self.publish(uid, project).await?;
-        }
-        Ok(())
     }
 
     /// The observed facts about `change`'s profile, if `allowed` accepts its ownership.
@@ -886,16 +541,6 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_parse_with_units() {
-        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_timeout("soon").is_err());
-        assert!(parse_timeout("3h").is_err());
-    }
-
-    #[test]
     fn errors_classify_for_retries() {
         let api = |status| Error::Api {
             method: "POST".into(),
@@ -914,12 +559,6 @@ mod tests {
             source: Box::new(api(429)),
         };
         assert!(wrapped.is_throttled() && !wrapped.is_ambiguous());
-    }
-
-    #[test]
-    fn path_segments_are_encoded() {
-        assert_eq!(encode_segment("edge-k8s_1.0"), "edge-k8s_1.0");
-        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
     }
 
     #[test]
