@@ -201,6 +201,7 @@ invalid_repositories! {
     Repo a_dangling_helm_repository_is_an_error => "r6-dangling-helm-repository",
     Repo a_dangling_oci_repository_is_an_error => "r6-dangling-oci-repository",
     Repo a_dangling_compute_pool_bundle_ref_is_an_error => "r6-dangling-compute-pool-bundle-ref",
+    Repo an_ai_workload_names_a_missing_bundle_and_pool => "r6-dangling-ai-workload-refs",
     Live a_cluster_profile_found_nowhere_is_an_error_at_plan_time => "r6-dangling-cluster-profile",
     Live a_component_type_found_nowhere_is_an_error_at_plan_time => "r6-dangling-component-definition",
     Live a_trait_type_found_nowhere_is_an_error_at_plan_time => "r6-dangling-trait-definition",
