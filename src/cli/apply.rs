@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
-use super::target::with_target;
+use super::target::{RequestStats as _, with_target};
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
 use crate::apply::{ChangeSet, Outcome, RunOptions};
 use crate::reconcile::{self, Error};
@@ -20,6 +20,9 @@ pub struct ApplyArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Print the requests sent to the target (by verb and status code) to stderr
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,7 +72,13 @@ pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::
     let opts = RunOptions {
         allow_mass_deletion: args.allow_mass_deletion,
     };
-    let outcome = with_target!(args.target.build()?, t => reconcile::run_once(&ctx, &snapshot, &t, opts).await);
+    let outcome = with_target!(args.target.build()?, t => {
+        let outcome = reconcile::run_once(&ctx, &snapshot, &t, opts).await;
+        if let Some(stats) = args.stats.then(|| t.request_stats()).flatten() {
+            eprintln!("requests: {stats}");
+        }
+        outcome
+    });
     match outcome {
         Ok(report) => {
             for w in &report.plan.warnings {

@@ -122,6 +122,34 @@ impl TargetArgs {
     }
 }
 
+/// Requests a target sent, for `apply --stats`.
+pub(crate) trait RequestStats {
+    /// `verb code: count, ...`, for targets that count their requests.
+    fn request_stats(&self) -> Option<String> {
+        None
+    }
+}
+
+impl RequestStats for LocalDir {}
+
+impl RequestStats for PaletteTarget {}
+
+impl RequestStats for KubeTarget {
+    fn request_stats(&self) -> Option<String> {
+        let r = self.requests();
+        Some(format!("{r} (total {}, writes {})", r.total(), r.writes()))
+    }
+}
+
+impl<H: RequestStats, P: RequestStats> RequestStats for Split<H, P> {
+    fn request_stats(&self) -> Option<String> {
+        match (self.hub.request_stats(), self.palette.request_stats()) {
+            (Some(h), Some(p)) => Some(format!("hub: {h}; palette: {p}")),
+            (h, p) => h.or(p),
+        }
+    }
+}
+
 /// How to reach the Kubernetes hub (`--target kube`) and how hard to use it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct KubeArgs {

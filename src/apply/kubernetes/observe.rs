@@ -29,6 +29,64 @@ use crate::ownership::{self, INSTANCE_LABEL, Ownership, REVISION_ANNOTATION, Sta
 
 /// KubeVela's namespace for definitions shared by every namespace.
 const VELA_SYSTEM: &str = "vela-system";
+/// Above this many namespaces of one kind, other owners' objects are listed across all
+/// namespaces in one (paged) list instead of one list per namespace.
+const MAX_NAMESPACE_LISTS: usize = 8;
+
+/// Where to look for objects of other owners, per kind (bundles and pools are listed whole):
+/// - every namespace the graph names an object of that kind in (desired, unused or external
+///   references), so a desired object that exists unlabelled is known;
+/// - definitions also in `vela-system`, where references fall back to;
+/// - WorkloadProfiles also where live bundles may use them to reference a definition this
+///   instance manages (a foreign bundle keeps a shared object alive): the namespaces of those
+///   definitions, or every bundle's namespace when one of them is in `vela-system`.
+fn foreign_namespaces(
+    graph: &ResourceGraph,
+    listed: &BTreeMap<ObjectKey, Item>,
+) -> BTreeMap<Kind, BTreeSet<String>> {
+    let mut namespaces: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+    for node in graph.nodes() {
+        if !node.key.kind.is_palette() && !is_listed_whole(node.key.kind) {
+            namespaces
+                .entry(node.key.kind)
+                .or_default()
+                .insert(node.key.namespace.to_string());
+        }
+    }
+    for kind in [
+        Kind::ComponentDefinition,
+        Kind::TraitDefinition,
+        Kind::PolicyDefinition,
+    ] {
+        namespaces
+            .entry(kind)
+            .or_default()
+            .insert(VELA_SYSTEM.to_string());
+    }
+    let our_definitions: BTreeSet<&str> = listed
+        .keys()
+        .filter(|k| {
+            matches!(
+                k.kind,
+                Kind::ComponentDefinition | Kind::TraitDefinition | Kind::PolicyDefinition
+            )
+        })
+        .map(|k| &*k.namespace)
+        .collect();
+    let everywhere = our_definitions.contains(VELA_SYSTEM);
+    let wps = namespaces.entry(Kind::WorkloadProfile).or_default();
+    for k in listed.keys().filter(|k| k.kind == Kind::ProfileBundle) {
+        if everywhere || our_definitions.contains(&*k.namespace) {
+            wps.insert(k.namespace.to_string());
+        }
+    }
+    namespaces
+}
+
+/// Kinds listed in full across all namespaces whoever owns them.
+fn is_listed_whole(kind: Kind) -> bool {
+    matches!(kind, Kind::ProfileBundle | Kind::ComputePool)
+}
 
 /// The hash a comparison is cached by: the desired object without its revision annotation,
 /// so a new commit that leaves an object as it was still hits the cache.
@@ -122,7 +180,7 @@ impl KubeTarget {
         let ours = format!("{INSTANCE_LABEL}={instance}");
         let mut jobs = Vec::new();
         for (kind, res) in resources.served() {
-            let everyone = matches!(kind, Kind::ProfileBundle | Kind::ComputePool);
+            let everyone = is_listed_whole(kind);
             jobs.push(ListJob {
                 kind,
                 api_version: res.api_version(),
@@ -135,47 +193,29 @@ impl KubeTarget {
         let mut items = self.run_lists(api, jobs).await?;
 
         // 2. Other objects where the desired state (or a live bundle) may meet them.
-        let bundle_namespaces: BTreeSet<String> = items
-            .keys()
-            .filter(|k| k.kind == Kind::ProfileBundle)
-            .map(|k| k.namespace.to_string())
-            .collect();
-        let mut namespaces: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
-        for node in graph.nodes() {
-            if !node.key.kind.is_palette() {
-                namespaces
-                    .entry(node.key.kind)
-                    .or_default()
-                    .insert(node.key.namespace.to_string());
-            }
-        }
-        for kind in [
-            Kind::WorkloadProfile,
-            Kind::ComponentDefinition,
-            Kind::TraitDefinition,
-            Kind::PolicyDefinition,
-        ] {
-            let set = namespaces.entry(kind).or_default();
-            set.extend(bundle_namespaces.iter().cloned());
-            if kind != Kind::WorkloadProfile {
-                set.insert(VELA_SYSTEM.to_string());
-            }
-        }
+        let namespaces = foreign_namespaces(graph, &items);
         let not_ours = format!("{INSTANCE_LABEL}!={instance}");
         let mut jobs = Vec::new();
         for (kind, res) in resources.served() {
-            if matches!(kind, Kind::ProfileBundle | Kind::ComputePool) {
+            let Some(set) = namespaces.get(&kind) else {
                 continue;
-            }
-            for ns in namespaces.get(&kind).into_iter().flatten() {
+            };
+            // WorkloadProfiles are parsed for the definitions live bundles use.
+            let metadata_only = kind != Kind::WorkloadProfile;
+            // Many namespaces: one list across all of them costs fewer requests.
+            let scopes: Vec<Option<&String>> = if set.len() > MAX_NAMESPACE_LISTS {
+                vec![None]
+            } else {
+                set.iter().map(Some).collect()
+            };
+            for ns in scopes {
                 jobs.push(ListJob {
                     kind,
                     api_version: res.api_version(),
-                    path: res.collection(None, Some(ns)),
-                    namespace: Some(ns.clone()),
+                    path: res.collection(None, ns.map(String::as_str)),
+                    namespace: ns.cloned(),
                     selector: Some(not_ours.clone()),
-                    // WorkloadProfiles are parsed for the definitions live bundles use.
-                    metadata_only: kind != Kind::WorkloadProfile,
+                    metadata_only,
                 });
             }
         }
