@@ -773,7 +773,15 @@ fn parse_spec(
                     definitions.push(def_ref(
                         Kind::TraitDefinition,
                         &t.def_type,
-                        lines(&[at[0], at[1], at[2], at[3], Key("traits"), Index(j)]),
+                        lines(&[
+                            at[0],
+                            at[1],
+                            at[2],
+                            at[3],
+                            Key("traits"),
+                            Index(j),
+                            Key("type"),
+                        ]),
                         "trait type",
                     ));
                 }
@@ -782,7 +790,13 @@ fn parse_spec(
                 definitions.push(def_ref(
                     Kind::PolicyDefinition,
                     &p.def_type,
-                    lines(&[Key("spec"), Key("workload"), Key("policies"), Index(i)]),
+                    lines(&[
+                        Key("spec"),
+                        Key("workload"),
+                        Key("policies"),
+                        Index(i),
+                        Key("type"),
+                    ]),
                     "policy type",
                 ));
             }
