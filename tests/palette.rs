@@ -991,6 +991,7 @@ async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
         .arg("--palette-api-key-file")
         .arg(&key_file)
         .args(["--palette-project-uid", PROJECT, "--palette-timeout", "5s"])
+        .arg("--stats")
         .env_remove("PALETTE_API_KEY")
         .output()
         .await
@@ -1003,6 +1004,10 @@ async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
         "{stdout}"
     );
     assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+    assert!(
+        stderr.contains("requests: create 201: 1, list 200: 1, publish 204: 1"),
+        "{stderr}"
+    );
     w.only("edge", "1.0.0");
     assert!(file_exists(
         &w.state.path().join("hub"),
@@ -1026,4 +1031,48 @@ async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
         .await
         .expect("run pbsync");
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_takes_over_a_foreign_profile_and_only_ever_releases_it() {
+    let mut w = World::new().await;
+    let uid = w.sim.seed(seed("edge", "1.0.0", "infra")).expect("seed");
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
+    w.repo
+        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo
+        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
+    w.repo.commit();
+    let mut ctx = w.context();
+    ctx.plan.adopt = true;
+    let target = w.target();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let report = reconcile::run_once(&ctx, &snapshot, &target, RunOptions::default())
+        .await
+        .expect("adopt");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "configured");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(p.uid, uid, "adopted in place, not recreated");
+    assert_eq!(p.labels["pbsync.dev/adopted"], json!("true"));
+    assert_eq!(
+        p.published.as_ref().expect("published")["packs"][0]["name"],
+        json!("edge-k8s")
+    );
+
+    // Leaving: an adopted profile is released, never deleted, whatever the policy says.
+    w.repo.remove("a.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.commit();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let report = reconcile::run_once(&ctx, &snapshot, &w.target(), RunOptions::default())
+        .await
+        .expect("release");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "orphaned");
+    let p = w.only("edge", "1.0.0");
+    assert!(!p.labels.contains_key("pbsync.dev/adopted"));
+    assert!(!p.labels.contains_key("pbsync.dev/instance"));
+    assert_eq!(w.sim.stats().count("DELETE /v1/clusterprofiles/{uid}"), 0);
 }

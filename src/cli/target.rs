@@ -132,7 +132,12 @@ pub(crate) trait RequestStats {
 
 impl RequestStats for LocalDir {}
 
-impl RequestStats for PaletteTarget {}
+impl RequestStats for PaletteTarget {
+    fn request_stats(&self) -> Option<String> {
+        let r = self.requests();
+        Some(format!("{r} (total {}, writes {})", r.total(), r.writes()))
+    }
+}
 
 impl RequestStats for KubeTarget {
     fn request_stats(&self) -> Option<String> {

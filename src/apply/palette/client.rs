@@ -2,7 +2,9 @@
 //! pacing per endpoint prefix, retries of 429 and 5xx with backoff, and `v1Error` decoding.
 //! Private to the Palette target: the rest of the code sees only the `Target` trait.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -71,6 +73,58 @@ pub(super) struct Client {
     buckets: Buckets,
     backoff: Backoff,
     max_retries: u32,
+    counts: Mutex<RequestCounts>,
+}
+
+/// Requests sent, by operation and answer (`0` when none came), for `apply --stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    counts: BTreeMap<(&'static str, u16), u64>,
+}
+
+impl RequestCounts {
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Requests that change something (creates, updates, publishes, deletes).
+    pub fn writes(&self) -> u64 {
+        self.counts
+            .iter()
+            .filter(|((op, _), _)| !matches!(*op, "get" | "list"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl fmt::Display for RequestCounts {
+    /// `get 200: 3, list 200: 1, create 201: 1`, or `none`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.counts.is_empty() {
+            return f.write_str("none");
+        }
+        let parts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|((op, code), n)| format!("{op} {code}: {n}"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// The operation a request performs, for counting.
+fn operation(method: &Method, path: &str) -> &'static str {
+    match *method {
+        Method::GET => "get",
+        Method::POST if path.starts_with("/v1/dashboard") => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH if path.ends_with("/publish") => "publish",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
 }
 
 impl fmt::Debug for Client {
@@ -120,6 +174,7 @@ impl Client {
                 config.jitter_seed,
             ),
             max_retries: config.max_retries,
+            counts: Mutex::new(RequestCounts::default()),
         })
     }
 
@@ -139,6 +194,25 @@ impl Client {
 
     pub(super) fn max_retries(&self) -> u32 {
         self.max_retries
+    }
+
+    /// Requests sent so far.
+    pub(super) fn counts(&self) -> RequestCounts {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn count(&self, call: &Call<'_>, status: u16) {
+        let op = operation(&call.method, &call.path);
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counts
+            .entry((op, status))
+            .or_default() += 1;
     }
 
     fn headers(&self, project: bool) -> Result<HeaderMap, Error> {
@@ -167,8 +241,17 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             self.buckets.acquire(&call.path).await;
-            let err = match self.send_once(call).await {
-                Ok(v) => return Ok(v),
+            let result = self.send_once(call).await;
+            self.count(
+                call,
+                match &result {
+                    Ok((status, _)) => *status,
+                    Err(Error::Api { status, .. }) => *status,
+                    Err(_) => 0,
+                },
+            );
+            let err = match result {
+                Ok((_, v)) => return Ok(v),
                 Err(e) => e,
             };
             let again = match call.retry {
@@ -198,7 +281,7 @@ impl Client {
         }
     }
 
-    async fn send_once(&self, call: &Call<'_>) -> Result<Value, Error> {
+    async fn send_once(&self, call: &Call<'_>) -> Result<(u16, Value), Error> {
         let what = || (call.method.to_string(), call.path.clone());
         let mut url = format!("{}{}", self.base, call.path);
         for (i, (k, v)) in call.query.iter().enumerate() {
@@ -233,16 +316,18 @@ impl Client {
         })?;
         if status.is_success() {
             if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Value::Null);
+                return Ok((status.as_u16(), Value::Null));
             }
-            return serde_json::from_slice(&bytes).map_err(|source| {
-                let (method, path) = what();
-                Error::Decode {
-                    method,
-                    path,
-                    source,
-                }
-            });
+            return serde_json::from_slice(&bytes)
+                .map(|v| (status.as_u16(), v))
+                .map_err(|source| {
+                    let (method, path) = what();
+                    Error::Decode {
+                        method,
+                        path,
+                        source,
+                    }
+                });
         }
         // Palette answers v1Error; anything else is wrapped the way its SDK does: the
         // status text as the code, the raw body as the message.

@@ -21,6 +21,7 @@ mod throttle;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+pub use client::RequestCounts;
 pub use config::{ApiKey, PaletteConfig, parse_timeout};
 
 use futures::StreamExt as _;
@@ -220,6 +221,11 @@ impl PaletteTarget {
             page_size: config.page_size.clamp(1, 50),
             known: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Requests sent so far, by operation and answer.
+    pub fn requests(&self) -> RequestCounts {
+        self.client.counts()
     }
 
     fn known(&self) -> MutexGuard<'_, HashMap<ObjectKey, Known>> {
