@@ -1,1 +1,71 @@
-fn main() {}
+//! The pure middle of the pipeline at scale: parse + validate + graph + plan of a synthetic
+//! repository of 1,000 and 10,000 bundles (about 5,000 and 50,000 objects) against a live
+//! state in which everything was applied before (the steady state a daemon sees), plus the
+//! git read. Run with `cargo bench --bench pipeline`; results go into BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pbsync::graph::ResourceGraph;
+use pbsync::live::{LiveObject, Observed};
+use pbsync::model::Catalog;
+use pbsync::ownership::{self, Ownership, Stamp};
+use pbsync::plan::{self, History};
+use pbsync::reconcile::{self, Context};
+use pbsync::synthetic::{Params, commit_all, write_repo};
+
+/// The live state after an apply of `graph`: every declared object managed and identical.
+fn steady_state(graph: &ResourceGraph, instance: &str) -> Observed {
+    let stamp = Stamp {
+        instance,
+        revision: graph.revision(),
+        adopted: false,
+    };
+    let mut observed = Observed::default();
+    for node in graph.creation_order() {
+        let obj = graph.object(node).expect("declared");
+        observed.objects.insert(
+            node.key.clone(),
+            LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
+        );
+    }
+    observed
+}
+
+fn bench(c: &mut Criterion) {
+    for bundles in [1_000usize, 10_000] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let params = Params {
+            bundles,
+            ..Params::default()
+        };
+        write_repo(dir.path(), &params).expect("generate");
+        commit_all(dir.path(), "synthetic").expect("commit");
+        let ctx = Context::new(dir.path(), "HEAD", "");
+        let snapshot = reconcile::fetch(&ctx).expect("fetch");
+        let loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default()).expect("valid");
+        let observed = steady_state(&loaded.graph, "default");
+        let catalog = observed.catalog();
+
+        let mut group = c.benchmark_group(format!("{bundles}-bundles"));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(if bundles > 1_000 { 30 } else { 10 }));
+        group.bench_function("git-read", |b| {
+            b.iter(|| black_box(reconcile::fetch(&ctx).expect("fetch")));
+        });
+        group.bench_function("validate+graph+plan", |b| {
+            b.iter(|| {
+                let loaded = reconcile::load(&snapshot, &ctx.limits, &catalog).expect("valid");
+                let plan = plan::plan(&loaded.graph, &observed, &History::default(), &ctx.plan);
+                assert!(!plan.has_changes());
+                black_box(plan)
+            });
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

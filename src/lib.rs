@@ -26,6 +26,7 @@ pub mod palette_sim;
 pub mod plan;
 pub mod reconcile;
 pub mod source;
+pub mod synthetic;
 
 /// Formats an error and its sources once, as `a: b: c`.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

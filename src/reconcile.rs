@@ -145,14 +145,21 @@ pub struct Loaded {
 
 /// Parses every file of `snapshot` into a desired state; returns every violation found.
 pub fn parse(snapshot: &Snapshot, limits: &Limits) -> (DesiredState, Vec<Violation>) {
-    let mut objects = Vec::new();
+    use rayon::prelude::*;
+    // Files parse independently: spread them over the cores, then gather in file order so
+    // the result does not depend on scheduling.
+    let parsed: Vec<model::ParsedFile> = snapshot
+        .files
+        .par_iter()
+        .map(|file| model::parse_file_detailed(file, limits))
+        .collect();
+    let mut objects = Vec::with_capacity(parsed.iter().map(|p| p.objects.len()).sum());
     let mut violations = Vec::new();
     let mut rejected = Vec::new();
-    for file in &snapshot.files {
-        let mut parsed = model::parse_file_detailed(file, limits);
-        objects.append(&mut parsed.objects);
-        violations.append(&mut parsed.violations);
-        rejected.append(&mut parsed.rejected);
+    for mut p in parsed {
+        objects.append(&mut p.objects);
+        violations.append(&mut p.violations);
+        rejected.append(&mut p.rejected);
     }
     let mut desired =
         DesiredState::from_objects(snapshot.revision.clone(), objects, &mut violations);

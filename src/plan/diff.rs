@@ -60,6 +60,72 @@ fn prune_empty(meta: &mut Map<String, Value>, key: &str) {
     }
 }
 
+/// True when `live` and `desired` are equal once normalised (see [`normalize`]), decided
+/// without copying either: the common case of a plan over a large, unchanged repository.
+pub fn same_normalized(live: &Value, desired: &Value) -> bool {
+    let (Some(a), Some(b)) = (live.as_object(), desired.as_object()) else {
+        return live == desired;
+    };
+    maps_equal(
+        a,
+        b,
+        |k| k == "status",
+        |k, x, y| {
+            if k != "metadata" {
+                return x == y;
+            }
+            let (Some(x), Some(y)) = (x.as_object(), y.as_object()) else {
+                return x == y;
+            };
+            maps_equal(
+                x,
+                y,
+                |k| SERVER_METADATA.contains(&k),
+                |k, x, y| match k {
+                    "labels" | "annotations" => {
+                        let skip = |k: &str| {
+                            k == REVISION_ANNOTATION
+                                || k == "kubectl.kubernetes.io/last-applied-configuration"
+                        };
+                        match (x.as_object(), y.as_object()) {
+                            (Some(x), Some(y)) => maps_equal(x, y, skip, |_, x, y| x == y),
+                            _ => x == y,
+                        }
+                    }
+                    _ => x == y,
+                },
+            )
+        },
+    )
+}
+
+/// Compares two maps key by key, ignoring keys `skip` accepts and treating an absent key like
+/// an empty map or null (normalisation removes those).
+fn maps_equal(
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    skip: impl Fn(&str) -> bool,
+    eq: impl Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let empty = |v: &Value| v.is_null() || v.as_object().is_some_and(Map::is_empty);
+    for (k, x) in a {
+        if skip(k) {
+            continue;
+        }
+        match b.get(k) {
+            Some(y) => {
+                if !eq(k, x, y) {
+                    return false;
+                }
+            }
+            None if empty(x) => {}
+            None => return false,
+        }
+    }
+    b.iter()
+        .all(|(k, y)| skip(k) || a.contains_key(k) || empty(y))
+}
+
 /// Field-level differences from `live` to `desired`, in document order.
 pub fn diff(live: &Value, desired: &Value) -> Vec<FieldChange> {
     let mut out = Vec::new();
@@ -112,6 +178,25 @@ mod tests {
             "annotations": {REVISION_ANNOTATION: "old"}}, "status": {"x": 1}, "spec": {"a": 1}});
         let desired = json!({"metadata": {"name": "a", "annotations": {REVISION_ANNOTATION: "new"}}, "spec": {"a": 1}});
         assert!(diff(&normalize(&live), &normalize(&desired)).is_empty());
+    }
+
+    #[test]
+    fn fast_equality_agrees_with_normalised_diff() {
+        let live = json!({"metadata": {"name": "a", "uid": "1", "labels": {},
+            "annotations": {REVISION_ANNOTATION: "old", "x": "1"}}, "status": {"x": 1}, "spec": {"a": 1}});
+        let same = json!({"metadata": {"name": "a", "annotations": {REVISION_ANNOTATION: "new", "x": "1"}}, "spec": {"a": 1}});
+        let other = json!({"metadata": {"name": "a", "annotations": {"x": "2"}}, "spec": {"a": 1}});
+        let extra =
+            json!({"metadata": {"name": "a", "annotations": {"x": "1"}}, "spec": {"a": 1, "b": 2}});
+        for (d, expect) in [(&same, true), (&other, false), (&extra, false)] {
+            assert_eq!(same_normalized(&live, d), expect, "{d}");
+            assert_eq!(
+                diff(&normalize(&live), &normalize(d)).is_empty(),
+                expect,
+                "{d}"
+            );
+            assert_eq!(same_normalized(d, &live), expect, "symmetric: {d}");
+        }
     }
 
     #[test]

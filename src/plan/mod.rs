@@ -242,56 +242,46 @@ impl LiveRefs {
                 .find(|k| observed.objects.contains_key(*k))
                 .cloned()
         };
-        for (key, live) in &observed.objects {
-            let Some(manifest) = &live.manifest else {
+        let parsed = |kind: Kind| {
+            observed
+                .objects
+                .iter()
+                .filter(move |(k, _)| k.kind == kind)
+                .filter_map(|(k, live)| {
+                    live.manifest
+                        .as_ref()
+                        .and_then(|m| parse_live("(live)", m))
+                        .map(|o| (k, o))
+                })
+        };
+        // What each live workload profile uses, resolved once (many bundles share them).
+        let definitions: HashMap<&ObjectKey, Vec<ObjectKey>> = parsed(Kind::WorkloadProfile)
+            .map(|(k, wp)| (k, wp.refs().filter_map(|r| find(&r.candidates)).collect()))
+            .collect();
+        for (key, obj) in parsed(Kind::ProfileBundle) {
+            let Some(bundle) = obj.as_bundle() else {
                 continue;
             };
-            match key.kind {
-                Kind::ProfileBundle => {
-                    let Some(obj) = parse_live("(live)", manifest) else {
-                        continue;
-                    };
-                    let Some(bundle) = obj.as_bundle() else {
-                        continue;
-                    };
-                    policies.insert(key.clone(), bundle.deletion_policy);
-                    for r in obj.refs() {
-                        let Some(target) = find(&r.candidates) else {
-                            continue;
-                        };
-                        referrers
-                            .entry(target.clone())
-                            .or_default()
-                            .insert(key.clone());
-                        if target.kind != Kind::WorkloadProfile {
-                            continue;
-                        }
-                        let wp = observed.objects[&target]
-                            .manifest
-                            .as_ref()
-                            .and_then(|m| parse_live("(live)", m));
-                        for d in wp
-                            .iter()
-                            .flat_map(|w| w.refs().cloned().collect::<Vec<_>>())
-                        {
-                            if let Some(def) = find(&d.candidates) {
-                                referrers.entry(def).or_default().insert(key.clone());
-                            }
-                        }
-                    }
+            policies.insert(key.clone(), bundle.deletion_policy);
+            for r in obj.refs() {
+                let Some(target) = find(&r.candidates) else {
+                    continue;
+                };
+                for def in definitions.get(&target).into_iter().flatten() {
+                    referrers
+                        .entry(def.clone())
+                        .or_default()
+                        .insert(key.clone());
                 }
-                Kind::ComputePool => {
-                    let Some(obj) = parse_live("(live)", manifest) else {
-                        continue;
-                    };
-                    if let Spec::ComputePool(p) = &obj.spec {
-                        pools
-                            .entry(p.bundle.primary().clone())
-                            .or_default()
-                            .insert(key.clone());
-                    }
-                }
-                _ => {}
+                referrers.entry(target).or_default().insert(key.clone());
+            }
+        }
+        for (key, obj) in parsed(Kind::ComputePool) {
+            if let Spec::ComputePool(p) = &obj.spec {
+                pools
+                    .entry(p.bundle.primary().clone())
+                    .or_default()
+                    .insert(key.clone());
             }
         }
         Self {
@@ -686,7 +676,11 @@ fn compare(change: &mut Change, live: &LiveObject, rendered: &Value) {
         Some(Ok(v)) => v,
         None => rendered,
     };
-    let diff = diff::diff(&normalize(live_manifest), &normalize(desired));
+    let diff = if diff::same_normalized(live_manifest, desired) {
+        Vec::new()
+    } else {
+        diff::diff(&normalize(live_manifest), &normalize(desired))
+    };
     if diff.is_empty() {
         change.action = Action::Unchanged;
         change.reasons.push("matches the live object".to_string());

@@ -1,0 +1,47 @@
+//! Times each stage once on a repository (a development aid; the benchmark is benches/pipeline.rs):
+//! `cargo run --release --example profile_stages -- /tmp/big10000`.
+use std::time::Instant;
+
+use pbsync::live::{LiveObject, Observed};
+use pbsync::model::Catalog;
+use pbsync::ownership::{self, Ownership, Stamp};
+use pbsync::plan::{self, History};
+use pbsync::reconcile::{self, Context};
+
+fn main() {
+    let repo = std::env::args().nth(1).expect("repository path");
+    let ctx = Context::new(&repo, "HEAD", "");
+    let t = Instant::now();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    println!("fetch   {:?} ({} files)", t.elapsed(), snapshot.files.len());
+    let t = Instant::now();
+    let (desired, v) = reconcile::parse(&snapshot, &ctx.limits);
+    println!(
+        "parse   {:?} ({} objects, {} violations)",
+        t.elapsed(),
+        desired.objects.len(),
+        v.len()
+    );
+    let t = Instant::now();
+    let (v, _) = pbsync::model::validate(&desired, &Catalog::default());
+    println!("validate {:?} ({} violations)", t.elapsed(), v.len());
+    let t = Instant::now();
+    let (graph, _) = pbsync::graph::ResourceGraph::build(desired, &Catalog::default());
+    println!("graph   {:?}", t.elapsed());
+    let stamp = Stamp {
+        instance: "default",
+        revision: graph.revision(),
+        adopted: false,
+    };
+    let mut observed = Observed::default();
+    for node in graph.creation_order() {
+        let obj = graph.object(node).expect("declared");
+        observed.objects.insert(
+            node.key.clone(),
+            LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
+        );
+    }
+    let t = Instant::now();
+    let p = plan::plan(&graph, &observed, &History::default(), &ctx.plan);
+    println!("plan    {:?} ({} changes)", t.elapsed(), p.changes.len());
+}
