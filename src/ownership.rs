@@ -102,6 +102,48 @@ pub fn read_manifest(manifest: &Value, instance: &str) -> Ownership {
     )
 }
 
+/// The labels and annotations pbsync adds to a hub object: the one definition both
+/// [`render`] and the plan's copy-free comparison use.
+#[derive(Debug, Clone)]
+pub struct Marks<'a> {
+    instance: &'a str,
+    adopted: bool,
+    source: &'a str,
+    revision: &'a str,
+}
+
+impl<'a> Marks<'a> {
+    /// The marks of `obj` written under `stamp`.
+    pub fn of(obj: &'a Object, stamp: &Stamp<'a>) -> Self {
+        Self {
+            instance: stamp.instance,
+            adopted: stamp.adopted,
+            source: &obj.location.path,
+            revision: stamp.revision,
+        }
+    }
+
+    /// Labels, in the order they are added.
+    pub fn labels(&self) -> Vec<(&'static str, &'a str)> {
+        let mut v = vec![
+            (MANAGED_BY_LABEL, MANAGED_BY_VALUE),
+            (INSTANCE_LABEL, self.instance),
+        ];
+        if self.adopted {
+            v.push((ADOPTED_LABEL, "true"));
+        }
+        v
+    }
+
+    /// Annotations, in the order they are added.
+    pub fn annotations(&self) -> Vec<(&'static str, &'a str)> {
+        vec![
+            (SOURCE_ANNOTATION, self.source),
+            (REVISION_ANNOTATION, self.revision),
+        ]
+    }
+}
+
 /// The object as pbsync writes it: the manifest as committed plus the ownership marks.
 /// Cluster profiles render as Palette's create entity (`v1ClusterProfileEntity`).
 pub fn render(obj: &Object, stamp: &Stamp<'_>) -> Value {
@@ -117,18 +159,15 @@ pub fn render(obj: &Object, stamp: &Stamp<'_>) -> Value {
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
         .expect("invariant: parsed metadata is a mapping");
+    let marks = Marks::of(obj, stamp);
     let labels = sub_map(meta, "labels");
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(INSTANCE_LABEL.into(), stamp.instance.into());
-    if stamp.adopted {
-        labels.insert(ADOPTED_LABEL.into(), "true".into());
+    for (k, v) in marks.labels() {
+        labels.insert(k.into(), v.into());
     }
     let annotations = sub_map(meta, "annotations");
-    annotations.insert(
-        SOURCE_ANNOTATION.into(),
-        obj.location.path.to_string().into(),
-    );
-    annotations.insert(REVISION_ANNOTATION.into(), stamp.revision.into());
+    for (k, v) in marks.annotations() {
+        annotations.insert(k.into(), v.into());
+    }
     manifest
 }
 

@@ -133,9 +133,10 @@ fn read_text<'a>(file: &'a SourceFile, limits: &Limits) -> Result<&'a str, Viola
 
 /// Parses a manifest read back from a target (no line information), to learn what a live
 /// object references. `None` when the live object does not have a shape pbsync understands.
+/// The returned object's `manifest` is `Null`: the caller has the manifest already.
 pub fn parse_live(path: &str, manifest: &serde_json::Value) -> Option<Object> {
     let path: Arc<str> = Arc::from(path);
-    object_from_json(&path, 0, manifest.clone(), &|_| 0).ok()
+    object_from_json(&path, 0, std::borrow::Cow::Borrowed(manifest), &|_| 0).ok()
 }
 
 /// One document: the object (when its spec parsed), its violations, and the identity it
@@ -157,7 +158,7 @@ fn document(
         .and_then(serde_json::Value::as_str)
         .and_then(Kind::parse)
         .and_then(|kind| claimed_key(kind, &json));
-    match object_from_json(path, doc_line, json, lines) {
+    match object_from_json(path, doc_line, std::borrow::Cow::Owned(json), lines) {
         Ok(obj) => DocumentResult {
             object: Some(obj),
             violations: Vec::new(),
@@ -224,7 +225,7 @@ struct Metadata {
 fn object_from_json(
     path: &Arc<str>,
     doc_line: u32,
-    json: serde_json::Value,
+    json: std::borrow::Cow<'_, serde_json::Value>,
     lines: &Lines<'_>,
 ) -> Result<Object, Rejected> {
     use PathSegment::Key;
@@ -377,7 +378,11 @@ fn object_from_json(
     let object = Object {
         key,
         location: doc_loc,
-        manifest: json,
+        // A live object parsed for its references only keeps no copy of its manifest.
+        manifest: match json {
+            std::borrow::Cow::Owned(v) => v,
+            std::borrow::Cow::Borrowed(_) => serde_json::Value::Null,
+        },
         spec,
         depends_on,
     };

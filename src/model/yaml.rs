@@ -96,7 +96,9 @@ struct MapFrame {
     col: usize,
     anchor: usize,
     entries: Vec<(String, Node)>,
-    index: HashSet<String>,
+    /// Keys seen, built only once a mapping grows large: most mappings are small, and a
+    /// linear scan over them is cheaper than hashing and copying every key.
+    index: Option<HashSet<String>>,
     pending_key: Option<(String, u32, bool)>,
     merges: Vec<Node>,
 }
@@ -154,7 +156,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 check_nodes(nodes, limits, line)?;
                 let mut node = node.clone();
                 node.line = line;
-                Some((node, 0usize, *count))
+                Some((node, 0usize))
             }
             Event::Scalar(value, style, anchor, tag) => {
                 nodes += 1;
@@ -169,7 +171,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 }
                 let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
                 let value = resolve_scalar(&value, style, tag.as_deref(), line)?;
-                Some((Node { line, value }, anchor, 1))
+                Some((Node { line, value }, anchor))
             }
             Event::SequenceStart(anchor, _) => {
                 nodes += 1;
@@ -194,7 +196,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                     col: span.start.col(),
                     anchor,
                     entries: Vec::new(),
-                    index: HashSet::new(),
+                    index: None,
                     pending_key: None,
                     merges: Vec::new(),
                 });
@@ -207,17 +209,13 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                     anchor,
                     items,
                     ..
-                }) => {
-                    let count = 1 + items.iter().map(count_nodes).sum::<usize>();
-                    Some((
-                        Node {
-                            line,
-                            value: Value::Seq(items),
-                        },
-                        anchor,
-                        count,
-                    ))
-                }
+                }) => Some((
+                    Node {
+                        line,
+                        value: Value::Seq(items),
+                    },
+                    anchor,
+                )),
                 _ => {
                     return Err(Error {
                         line,
@@ -235,11 +233,12 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 }
             },
         };
-        let Some((mut node, anchor, count)) = complete else {
+        let Some((mut node, anchor)) = complete else {
             continue;
         };
         if anchor != 0 {
-            anchors.insert(anchor, (node.clone(), count));
+            // Counted only for anchored nodes: an alias adds this many nodes to the budget.
+            anchors.insert(anchor, (node.clone(), count_nodes(&node)));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -253,7 +252,7 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 }
                 Some((_, _, true)) => map.merges.push(node),
                 Some((key, key_line, false)) => {
-                    if !map.index.insert(key.clone()) {
+                    if !map.insert_key(&key) {
                         return Err(Error {
                             line: key_line,
                             message: format!("duplicate mapping key {key:?}"),
@@ -329,7 +328,22 @@ fn count_nodes(node: &Node) -> usize {
     count
 }
 
-fn finish_map(mut map: MapFrame) -> Result<(Node, usize, usize), Error> {
+impl MapFrame {
+    /// Records `key` as seen; false when it already was (a duplicate key).
+    fn insert_key(&mut self, key: &str) -> bool {
+        const SMALL: usize = 32;
+        if self.index.is_none() && self.entries.len() < SMALL {
+            return !self.entries.iter().any(|(k, _)| k == key);
+        }
+        let entries = &self.entries;
+        let index = self
+            .index
+            .get_or_insert_with(|| entries.iter().map(|(k, _)| k.clone()).collect());
+        index.insert(key.to_string())
+    }
+}
+
+fn finish_map(mut map: MapFrame) -> Result<(Node, usize), Error> {
     // YAML merge keys (`<<: *base`): explicit keys win, earlier merges win over later ones.
     for merge in std::mem::take(&mut map.merges) {
         let sources = match merge.value {
@@ -353,24 +367,18 @@ fn finish_map(mut map: MapFrame) -> Result<(Node, usize, usize), Error> {
         };
         for entries in sources {
             for (k, v) in entries {
-                if map.index.insert(k.clone()) {
+                if map.insert_key(&k) {
                     map.entries.push((k, v));
                 }
             }
         }
     }
-    let count = 1 + map
-        .entries
-        .iter()
-        .map(|(_, v)| count_nodes(v))
-        .sum::<usize>();
     Ok((
         Node {
             line: map.line,
             value: Value::Map(map.entries),
         },
         map.anchor,
-        count,
     ))
 }
 

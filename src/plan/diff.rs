@@ -63,40 +63,89 @@ fn prune_empty(meta: &mut Map<String, Value>, key: &str) {
 /// True when `live` and `desired` are equal once normalised (see [`normalize`]), decided
 /// without copying either: the common case of a plan over a large, unchanged repository.
 pub fn same_normalized(live: &Value, desired: &Value) -> bool {
+    same_with_marks(live, desired, &[], &[])
+}
+
+/// [`same_normalized`] against `desired` with `labels` and `annotations` laid over its own,
+/// which is how pbsync renders an object: the comparison never builds the rendered copy.
+pub fn same_with_marks(
+    live: &Value,
+    desired: &Value,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> bool {
     let (Some(a), Some(b)) = (live.as_object(), desired.as_object()) else {
         return live == desired;
     };
-    maps_equal(
-        a,
-        b,
-        |k| k == "status",
-        |k, x, y| {
-            if k != "metadata" {
-                return x == y;
-            }
-            let (Some(x), Some(y)) = (x.as_object(), y.as_object()) else {
-                return x == y;
-            };
-            maps_equal(
-                x,
-                y,
-                |k| SERVER_METADATA.contains(&k),
-                |k, x, y| match k {
-                    "labels" | "annotations" => {
-                        let skip = |k: &str| {
-                            k == REVISION_ANNOTATION
-                                || k == "kubectl.kubernetes.io/last-applied-configuration"
-                        };
-                        match (x.as_object(), y.as_object()) {
-                            (Some(x), Some(y)) => maps_equal(x, y, skip, |_, x, y| x == y),
-                            _ => x == y,
-                        }
-                    }
-                    _ => x == y,
-                },
-            )
-        },
+    let no_meta = Map::new();
+    let top_equal = maps_equal(a, b, |k| k == "status" || k == "metadata", |_, x, y| x == y);
+    if !top_equal {
+        return false;
+    }
+    let live_meta = a
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&no_meta);
+    let desired_meta = b
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&no_meta);
+    let skip_meta = |k: &str| SERVER_METADATA.contains(&k) || k == "labels" || k == "annotations";
+    if !maps_equal(live_meta, desired_meta, skip_meta, |_, x, y| x == y) {
+        return false;
+    }
+    let skip = |k: &str| {
+        k == REVISION_ANNOTATION || k == "kubectl.kubernetes.io/last-applied-configuration"
+    };
+    overlay_equal(
+        live_meta.get("labels"),
+        desired_meta.get("labels"),
+        labels,
+        &skip,
+    ) && overlay_equal(
+        live_meta.get("annotations"),
+        desired_meta.get("annotations"),
+        annotations,
+        &skip,
     )
+}
+
+/// Compares a live string map with a desired one plus `extra` entries (which win), ignoring
+/// keys `skip` accepts; absent, null and empty maps are all "no entries".
+fn overlay_equal(
+    live: Option<&Value>,
+    base: Option<&Value>,
+    extra: &[(&str, &str)],
+    skip: &dyn Fn(&str) -> bool,
+) -> bool {
+    fn as_map<'a>(
+        v: Option<&'a Value>,
+        no: &'a Map<String, Value>,
+    ) -> Option<&'a Map<String, Value>> {
+        match v {
+            None | Some(Value::Null) => Some(no),
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => None,
+        }
+    }
+    let no = Map::new();
+    let (Some(live), Some(base)) = (as_map(live, &no), as_map(base, &no)) else {
+        return false;
+    };
+    for (k, v) in live {
+        if skip(k) {
+            continue;
+        }
+        let same = match extra.iter().find(|(ek, _)| *ek == k) {
+            Some((_, ev)) => v.as_str() == Some(*ev),
+            None => base.get(k) == Some(v),
+        };
+        if !same {
+            return false;
+        }
+    }
+    let present = |k: &str| skip(k) || live.contains_key(k);
+    base.keys().all(|k| present(k)) && extra.iter().all(|(k, _)| present(k))
 }
 
 /// Compares two maps key by key, ignoring keys `skip` accepts and treating an absent key like
@@ -197,6 +246,30 @@ mod tests {
             );
             assert_eq!(same_normalized(d, &live), expect, "symmetric: {d}");
         }
+    }
+
+    #[test]
+    fn marks_laid_over_the_desired_object_compare_like_the_rendered_copy() {
+        let manifest =
+            json!({"metadata": {"name": "a", "labels": {"team": "x"}}, "spec": {"a": 1}});
+        let rendered = json!({"metadata": {"name": "a", "labels": {"team": "x", "owner": "me"},
+            "annotations": {"src": "f.yaml", REVISION_ANNOTATION: "r1"}}, "spec": {"a": 1}});
+        let labels = [("owner", "me")];
+        let annotations = [("src", "f.yaml"), (REVISION_ANNOTATION, "r2")];
+        assert!(same_with_marks(&rendered, &manifest, &labels, &annotations));
+        assert!(!same_with_marks(
+            &rendered,
+            &manifest,
+            &[("owner", "you")],
+            &annotations
+        ));
+        assert!(
+            !same_with_marks(&rendered, &manifest, &labels, &[]),
+            "a missing annotation differs"
+        );
+        let mut changed = rendered.clone();
+        changed["metadata"]["labels"]["team"] = json!("y");
+        assert!(!same_with_marks(&changed, &manifest, &labels, &annotations));
     }
 
     #[test]

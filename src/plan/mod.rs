@@ -10,7 +10,6 @@ mod render;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use serde_json::Value;
 
 pub use diff::{FieldChange, normalize};
 pub use render::{render_json, render_markdown, render_text};
@@ -383,16 +382,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         } else {
             format!("declared in {}", obj.location)
         };
-        let rendered = |adopted: bool| {
-            ownership::render(
-                obj,
-                &Stamp {
-                    instance: &opts.instance,
-                    revision: graph.revision(),
-                    adopted,
-                },
-            )
-        };
+
         match observed.get(key) {
             None => {
                 match observed.rejected.get(key) {
@@ -417,7 +407,12 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 own => {
                     let adopted = matches!(own, Ownership::Adopted | Ownership::Foreign { .. });
                     change.adopt = adopted;
-                    compare(&mut change, live, &rendered(adopted));
+                    let stamp = Stamp {
+                        instance: &opts.instance,
+                        revision: graph.revision(),
+                        adopted,
+                    };
+                    compare(&mut change, live, obj, &stamp);
                     match own {
                         Ownership::Foreign { .. } => {
                             change.action = Action::Update;
@@ -656,7 +651,7 @@ fn deletion_rank(kind: Kind) -> u8 {
     }
 }
 
-fn compare(change: &mut Change, live: &LiveObject, rendered: &Value) {
+fn compare(change: &mut Change, live: &LiveObject, obj: &crate::model::Object, stamp: &Stamp<'_>) {
     let Some(live_manifest) = &live.manifest else {
         change.action = Action::Unknown;
         change.reasons.push(format!(
@@ -665,7 +660,7 @@ fn compare(change: &mut Change, live: &LiveObject, rendered: &Value) {
         ));
         return;
     };
-    let desired = match &live.dry_run {
+    let same = match &live.dry_run {
         Some(Err(msg)) => {
             change.action = Action::Unknown;
             change
@@ -673,13 +668,28 @@ fn compare(change: &mut Change, live: &LiveObject, rendered: &Value) {
                 .push(format!("server-side dry-run failed: {msg}"));
             return;
         }
-        Some(Ok(v)) => v,
-        None => rendered,
+        Some(Ok(v)) => diff::same_normalized(live_manifest, v),
+        // Hub objects compare against the manifest with the ownership marks laid over it,
+        // without building the rendered copy; cluster profiles render to another shape.
+        None if obj.key.kind != Kind::ClusterProfile => {
+            let marks = ownership::Marks::of(obj, stamp);
+            diff::same_with_marks(
+                live_manifest,
+                &obj.manifest,
+                &marks.labels(),
+                &marks.annotations(),
+            )
+        }
+        None => diff::same_normalized(live_manifest, &ownership::render(obj, stamp)),
     };
-    let diff = if diff::same_normalized(live_manifest, desired) {
+    let diff = if same {
         Vec::new()
     } else {
-        diff::diff(&normalize(live_manifest), &normalize(desired))
+        let desired = match &live.dry_run {
+            Some(Ok(v)) => v.clone(),
+            _ => ownership::render(obj, stamp),
+        };
+        diff::diff(&normalize(live_manifest), &normalize(&desired))
     };
     if diff.is_empty() {
         change.action = Action::Unchanged;
