@@ -768,10 +768,10 @@ async fn a_create_that_timed_out_is_looked_up_not_repeated() {
     w.repo.commit();
     // Slower than the client's timeout; the server still carries the create out.
     w.sim
-        .inject(Fault::latency(700).on("POST", "/v1/clusterprofiles"));
+        .inject(Fault::latency(400).on("POST", "/v1/clusterprofiles"));
     let mut config = w.palette_config();
-    config.timeout = Duration::from_millis(300);
-    config.retry_base = Duration::from_millis(600);
+    config.timeout = Duration::from_millis(150);
+    config.retry_base = Duration::from_millis(1000);
     let target = w.target_with(config);
     w.pass_with(&target).await.expect("pass");
     assert!(w.sim.pending_faults().is_empty());
