@@ -102,13 +102,13 @@ pub fn render_text(plan: &Plan, color: bool, verbose: bool) -> String {
         } else {
             ""
         };
-        let _ = writeln!(
-            out,
+        let line = format!(
             "  {} {:<kind_w$}  {:<name_w$}  {refs}{by}",
             paint(color, c.action, &action),
             c.key.kind.as_str(),
             c.key.short(),
         );
+        let _ = writeln!(out, "{}", line.trim_end());
         for r in &c.reasons {
             let _ = writeln!(out, "      - {r}");
         }
