@@ -287,6 +287,12 @@ impl ResourceGraph {
         self.index.get(key).map_or(0, |n| self.waves[n.index()])
     }
 
+    /// Gives back the desired state the graph was built from (to build it again against
+    /// another catalogue without parsing again).
+    pub fn into_desired_state(self) -> DesiredState {
+        self.desired
+    }
+
     /// The desired state the graph was built from.
     pub fn desired_state(&self) -> &DesiredState {
         &self.desired

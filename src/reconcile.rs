@@ -143,15 +143,41 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// Parses one file. The daemon's cache implements it so a file whose blob did not change is
+/// not parsed again.
+pub trait FileParser: Sync {
+    /// The objects, violations and rejected identities of `file`.
+    fn parse_file(&self, file: &source::SourceFile, limits: &Limits) -> model::ParsedFile;
+}
+
+/// Parses every file, every time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uncached;
+
+impl FileParser for Uncached {
+    fn parse_file(&self, file: &source::SourceFile, limits: &Limits) -> model::ParsedFile {
+        model::parse_file_detailed(file, limits)
+    }
+}
+
 /// Parses every file of `snapshot` into a desired state; returns every violation found.
 pub fn parse(snapshot: &Snapshot, limits: &Limits) -> (DesiredState, Vec<Violation>) {
+    parse_with(snapshot, limits, &Uncached)
+}
+
+/// [`parse`] with each file parsed by `parser`.
+pub fn parse_with(
+    snapshot: &Snapshot,
+    limits: &Limits,
+    parser: &dyn FileParser,
+) -> (DesiredState, Vec<Violation>) {
     use rayon::prelude::*;
     // Files parse independently: spread them over the cores, then gather in file order so
     // the result does not depend on scheduling.
     let parsed: Vec<model::ParsedFile> = snapshot
         .files
         .par_iter()
-        .map(|file| model::parse_file_detailed(file, limits))
+        .map(|file| parser.parse_file(file, limits))
         .collect();
     let mut objects = Vec::with_capacity(parsed.iter().map(|p| p.objects.len()).sum());
     let mut violations = Vec::new();
@@ -170,15 +196,26 @@ pub fn parse(snapshot: &Snapshot, limits: &Limits) -> (DesiredState, Vec<Violati
 /// The pure stages on a snapshot: parse, validate against `catalog`, graph. Fails with
 /// every violation of the commit.
 pub fn load(snapshot: &Snapshot, limits: &Limits, catalog: &Catalog) -> Result<Loaded> {
-    let (desired, mut violations) = parse(snapshot, limits);
+    let (desired, violations) = parse(snapshot, limits);
+    check(desired, violations, catalog)
+}
+
+/// Validates a parsed desired state against `catalog` and builds its graph; `violations`
+/// are those found while parsing. Fails with every violation of the commit.
+pub fn check(
+    desired: DesiredState,
+    mut violations: Vec<Violation>,
+    catalog: &Catalog,
+) -> Result<Loaded> {
     let (mut v, mut warnings) = model::validate(&desired, catalog);
     violations.append(&mut v);
+    let revision = desired.revision.clone();
     let (graph, mut v) = ResourceGraph::build(desired, catalog);
     violations.append(&mut v);
     warnings.extend(graph.warnings());
     if !violations.is_empty() {
         return Err(Error::Invalid {
-            revision: snapshot.revision.clone(),
+            revision,
             violations: Violations(violations).normalized(),
             warnings,
         });
@@ -239,8 +276,18 @@ pub async fn plan_commit<T: Target>(
     snapshot: &Snapshot,
     target: &T,
 ) -> Result<Planned> {
-    let unchecked = Catalog::default();
-    let loaded = load(snapshot, &ctx.limits, &unchecked)?;
+    plan_commit_with(ctx, snapshot, target, &Uncached).await
+}
+
+/// [`plan_commit`] with each file parsed by `parser`.
+pub async fn plan_commit_with<T: Target>(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    target: &T,
+    parser: &dyn FileParser,
+) -> Result<Planned> {
+    let (desired, violations) = parse_with(snapshot, &ctx.limits, parser);
+    let loaded = check(desired, violations, &Catalog::default())?;
     let stamp = Stamp {
         instance: &ctx.plan.instance,
         revision: &snapshot.revision,
@@ -250,8 +297,13 @@ pub async fn plan_commit<T: Target>(
         .observe(&loaded.graph, &stamp)
         .await
         .map_err(Error::Observe)?;
-    // External references (cluster profiles, definitions) resolve against live state now.
-    let loaded = load(snapshot, &ctx.limits, &observed.catalog())?;
+    // External references (cluster profiles, definitions) resolve against live state now;
+    // the parsed objects are reused, not parsed again.
+    let loaded = check(
+        loaded.graph.into_desired_state(),
+        Vec::new(),
+        &observed.catalog(),
+    )?;
     let history = history(ctx, &loaded.graph, &observed, &snapshot.revision);
     let mut plan = plan::plan(&loaded.graph, &observed, &history, &ctx.plan);
     for w in loaded.warnings {
@@ -315,7 +367,18 @@ pub async fn run_once<T: Target>(
     target: &T,
     opts: RunOptions,
 ) -> Result<Report> {
-    let planned = plan_commit(ctx, snapshot, target).await?;
+    run_once_with(ctx, snapshot, target, opts, &Uncached).await
+}
+
+/// [`run_once`] with each file parsed by `parser`.
+pub async fn run_once_with<T: Target>(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    target: &T,
+    opts: RunOptions,
+    parser: &dyn FileParser,
+) -> Result<Report> {
+    let planned = plan_commit_with(ctx, snapshot, target, parser).await?;
     let stamp = Stamp {
         instance: &ctx.plan.instance,
         revision: &snapshot.revision,
