@@ -25,6 +25,7 @@ pub mod ownership;
 pub mod palette_sim;
 pub mod plan;
 pub mod reconcile;
+pub mod review;
 pub mod source;
 pub mod synthetic;
 

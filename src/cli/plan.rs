@@ -1,11 +1,16 @@
-//! `pbsync plan`: what applying a commit would change, and why.
+//! `pbsync plan`: what applying a commit would change, and why; with `--base`/`--head`, what
+//! merging a pull request would change (see `review`), as a PR comment or JSON for CI.
+
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
 use super::target::with_target;
-use super::{SourceArgs, Status, TargetArgs, color, print_invalid};
-use crate::plan::{render_json, render_markdown, render_text};
+use super::{ConfigError, SourceArgs, Status, TargetArgs, color, print_invalid};
+use crate::plan::comment::{self, render_comments};
+use crate::plan::{Plan, mask, render_json, render_text};
 use crate::reconcile::{self, Error};
+use crate::review::{self, Request};
 
 /// Arguments of `pbsync plan`.
 #[derive(Debug, Args)]
@@ -14,7 +19,7 @@ pub struct PlanArgs {
     source: SourceArgs,
     #[command(flatten)]
     target: TargetArgs,
-    /// Output format
+    /// Output format (markdown: pull-request comments, split under GitHub's size limit)
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Exit 0 when there are no changes, 2 when there are, 1 on error (or unknown results)
@@ -23,6 +28,18 @@ pub struct PlanArgs {
     /// List unchanged objects too
     #[arg(long, short)]
     verbose: bool,
+    /// Plan a pull request: the merge of --head into this base revision (instead of --ref)
+    #[arg(long, requires = "head")]
+    base: Option<String>,
+    /// The pull request's head revision (with --base)
+    #[arg(long, requires = "base")]
+    head: Option<String>,
+    /// With --base: plan against the state base would produce instead of the live target
+    #[arg(long, requires = "base")]
+    offline: bool,
+    /// With --format markdown: write the comments to DIR/comment-1.md, comment-2.md, ...
+    #[arg(long, value_name = "DIR")]
+    comment_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,12 +50,31 @@ enum Format {
 }
 
 pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::Error>> {
+    if args.comment_dir.is_some() && args.format != Format::Markdown {
+        return Err(ConfigError("--comment-dir needs --format markdown".into()).into());
+    }
+    if let (Some(base), Some(head)) = (&args.base, &args.head) {
+        return run_review(args, base, head).await;
+    }
     let ctx = args.source.context(Some(&args.target));
     let snapshot = reconcile::fetch(&ctx)?;
     let planned =
         with_target!(args.target.build()?, t => reconcile::plan_commit(&ctx, &snapshot, &t).await);
-    let planned = match planned {
-        Ok(p) => p,
+    let mut plan = match planned {
+        Ok(p) => p.plan,
+        Err(Error::Invalid {
+            revision,
+            violations,
+            warnings,
+        }) if args.format == Format::Markdown => Plan {
+            revision,
+            changes: Vec::new(),
+            warnings,
+            guard: None,
+            read_at: None,
+            impact: Vec::new(),
+            violations: violations.0,
+        },
         Err(Error::Invalid {
             revision,
             violations,
@@ -54,18 +90,105 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
         }
         Err(e) => return Err(e.into()),
     };
-    let plan = &planned.plan;
+    mask::mask_plan(&mut plan);
+    let json = render_json(&plan);
+    output(args, &plan, &comment::Context::default(), json)?;
+    Ok(status(args, &plan))
+}
+
+async fn run_review(
+    args: &PlanArgs,
+    base: &str,
+    head: &str,
+) -> Result<Status, Box<dyn std::error::Error>> {
+    let ctx = args.source.context(Some(&args.target));
+    let req = Request {
+        base: base.to_string(),
+        head: head.to_string(),
+    };
+    let mut review = if args.offline {
+        review::plan_offline(&ctx, &req)?
+    } else {
+        with_target!(args.target.build()?, t => review::plan_live(&ctx, &req, &t).await)?
+    };
+    if !review.offline && review.plan.read_at.is_none() && review.plan.violations.is_empty() {
+        review.plan.read_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());
+    }
+    output(
+        args,
+        &review.plan,
+        &review.comment_context(),
+        review.to_json(),
+    )?;
+    Ok(status(args, &review.plan))
+}
+
+fn output(
+    args: &PlanArgs,
+    plan: &Plan,
+    ctx: &comment::Context,
+    json: serde_json::Value,
+) -> Result<(), Box<dyn std::error::Error>> {
     match args.format {
-        Format::Text => print!("{}", render_text(plan, color(), args.verbose)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&render_json(plan))?),
-        Format::Markdown => print!("{}", render_markdown(plan)),
+        Format::Text => {
+            for v in &plan.violations {
+                println!("{v}");
+            }
+            if !plan.violations.is_empty() {
+                println!(
+                    "\n{} violation(s); nothing is applied from it\n",
+                    plan.violations.len()
+                );
+            }
+            print!("{}", render_text(plan, color(), args.verbose));
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        Format::Markdown => {
+            let parts = render_comments(plan, ctx);
+            match &args.comment_dir {
+                Some(dir) => write_comments(dir, &parts)?,
+                None => print!("{}", parts.join("\n")),
+            }
+        }
     }
-    if plan.has_unknown() {
-        return Ok(Status::Failure);
+    Ok(())
+}
+
+/// Writes `comment-1.md` ... `comment-n.md` into `dir` and removes higher-numbered ones left
+/// by an earlier, longer plan (CI posts every file it finds).
+fn write_comments(dir: &Path, parts: &[String]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (i, part) in parts.iter().enumerate() {
+        std::fs::write(dir.join(format!("comment-{}.md", i + 1)), part)?;
     }
-    Ok(if args.detailed_exitcode && plan.has_changes() {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let stale = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("comment-"))
+            .and_then(|n| n.strip_suffix(".md"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|i| i > parts.len());
+        if stale {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    eprintln!(
+        "wrote {} comment(s) to {}",
+        parts.len(),
+        dir.to_string_lossy()
+    );
+    Ok(())
+}
+
+/// 1 for violations or unknown results; with --detailed-exitcode 2 for changes; else 0.
+fn status(args: &PlanArgs, plan: &Plan) -> Status {
+    if !plan.violations.is_empty() || plan.has_unknown() {
+        Status::Failure
+    } else if args.detailed_exitcode && plan.has_changes() {
         Status::Changes
     } else {
         Status::Success
-    })
+    }
 }

@@ -4,7 +4,10 @@
 //! The deletion rules are the domain contract §4; each has its own golden fixture under
 //! `tests/fixtures/plans/`.
 
+pub mod comment;
 mod diff;
+pub mod impact;
+pub mod mask;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -12,11 +15,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 
 pub use diff::{FieldChange, normalize};
+pub use impact::Impact;
 pub use render::{render_json, render_markdown, render_text};
 
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
-use crate::model::{DeletionPolicy, Kind, Location, ObjectKey, Spec, parse_live};
+use crate::model::{DeletionPolicy, Kind, Location, ObjectKey, Spec, Violation, parse_live};
 use crate::ownership::{self, Ownership, Stamp};
 
 /// What a change does.
@@ -139,6 +143,11 @@ pub struct Plan {
     pub guard: Option<GuardTrip>,
     /// When the live state was read.
     pub read_at: Option<String>,
+    /// For each changed shared object, the roots that depend on it (see [`impact`]); filled
+    /// by callers that know the commit before (pull-request plans).
+    pub impact: Vec<Impact>,
+    /// Violations of the commit: a plan of an invalid commit has no changes, only these.
+    pub violations: Vec<Violation>,
 }
 
 /// The mass-deletion guard's thresholds.
@@ -543,6 +552,8 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         warnings,
         guard,
         read_at: observed.read_at.clone(),
+        impact: Vec::new(),
+        violations: Vec::new(),
     }
 }
 

@@ -50,6 +50,8 @@ pub fn render_json(plan: &Plan) -> Value {
         "warnings": plan.warnings,
         "guard": plan.guard,
         "readAt": plan.read_at,
+        "impact": plan.impact.iter().map(super::Impact::to_json).collect::<Vec<_>>(),
+        "violations": plan.violations,
     })
 }
 
@@ -68,8 +70,14 @@ fn paint(color: bool, action: Action, text: &str) -> String {
     format!("\x1b[{code}m{text}\x1b[0m")
 }
 
-fn short_rev(rev: &str) -> &str {
-    rev.get(..12).unwrap_or(rev)
+/// A commit id shortened to 12 characters; other revision labels (the merge of a pull
+/// request) are shown whole.
+pub(crate) fn short_rev(rev: &str) -> &str {
+    if rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        rev.get(..12).unwrap_or(rev)
+    } else {
+        rev
+    }
 }
 
 /// Terminal rendering: one aligned line per change, reasons beneath; unchanged objects are

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+pub mod merge;
+
 /// Name of the ignore file honoured at the root of the configured path (gitignore syntax).
 pub const IGNORE_FILE: &str = ".pbsyncignore";
 
@@ -151,12 +153,31 @@ pub fn read_commit(
     subpath: &str,
     max_file_bytes: u64,
 ) -> Result<Snapshot> {
+    let tree = repo
+        .find_commit(commit)
+        .map(|c| c.tree_id())
+        .map_err(|source| Error::ReadFailed {
+            what: format!("tree of commit {commit}"),
+            source,
+        })?;
+    read_tree(repo, tree, subpath, max_file_bytes, &commit.to_string())
+}
+
+/// Reads the YAML files of the tree `tree` under `subpath`, honouring `.pbsyncignore`; the
+/// snapshot's revision is `revision`. For trees that are not a commit's, such as the merge of
+/// a pull request computed in memory (see [`merge`]).
+pub fn read_tree(
+    repo: &Repository,
+    tree: Oid,
+    subpath: &str,
+    max_file_bytes: u64,
+    revision: &str,
+) -> Result<Snapshot> {
     let read_failed = |what: String| move |source| Error::ReadFailed { what, source };
     let subpath = normalize_path(subpath);
     let tree = repo
-        .find_commit(commit)
-        .and_then(|c| c.tree())
-        .map_err(read_failed(format!("tree of commit {commit}")))?;
+        .find_tree(tree)
+        .map_err(read_failed(format!("tree of commit {revision}")))?;
     let tree = if subpath.is_empty() {
         tree
     } else {
@@ -164,12 +185,12 @@ pub fn read_commit(
             .get_path(Path::new(&subpath))
             .map_err(|_| Error::PathNotFound {
                 path: subpath.clone(),
-                commit: commit.to_string(),
+                commit: revision.to_string(),
             })?;
         if entry.kind() != Some(ObjectType::Tree) {
             return Err(Error::PathNotFound {
                 path: subpath,
-                commit: commit.to_string(),
+                commit: revision.to_string(),
             });
         }
         repo.find_tree(entry.id())
@@ -206,7 +227,7 @@ pub fn read_commit(
             _ => TreeWalkResult::Ok,
         }
     })
-    .map_err(read_failed(format!("tree of commit {commit}")))?;
+    .map_err(read_failed(format!("tree of commit {revision}")))?;
     let mut files = Vec::with_capacity(found.len());
     for (rel, oid) in found {
         let path = if subpath.is_empty() {
@@ -233,7 +254,7 @@ pub fn read_commit(
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Snapshot {
-        revision: commit.to_string(),
+        revision: revision.to_string(),
         files,
     })
 }

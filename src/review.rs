@@ -1,0 +1,278 @@
+//! Pull-request plans: the merge of head into base (computed in memory, as Atlantis's merge
+//! checkout does), planned against the live state of a target or, offline, against the state
+//! base would produce; with the impact section and secrets masked. Runs the same pure stages
+//! as `reconcile`; only where the commit and the live state come from differ.
+
+use git2::{Oid, Repository};
+
+use crate::apply::{self, Target};
+use crate::graph::ResourceGraph;
+use crate::live::{LiveObject, Observed};
+use crate::model::{self, Catalog, Kind, Violations};
+use crate::ownership::{self, Ownership, Stamp};
+use crate::plan::{self, History, Plan, comment, impact, mask};
+use crate::reconcile::{self, Context};
+use crate::source::{self, merge};
+
+/// Errors of planning a pull request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository or a revision could not be read.
+    #[error("cannot read the {what} commit")]
+    ReadFailed {
+        /// `base` or `head`.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: source::Error,
+    },
+    /// Head does not merge cleanly into base.
+    #[error("cannot plan the merge")]
+    Merge(#[source] merge::Error),
+    /// Offline plans need the state base would produce, and base does not build.
+    #[error("base {revision} is invalid, so the state it would produce is unknown: {violations}")]
+    BaseInvalid {
+        /// Base commit.
+        revision: String,
+        /// Its violations.
+        violations: Violations,
+    },
+    /// The live state could not be read.
+    #[error("cannot read the live state")]
+    Observe(#[source] apply::Error),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to plan.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Base revision (the branch the pull request merges into).
+    pub base: String,
+    /// Head revision (the pull request).
+    pub head: String,
+}
+
+/// A pull request's plan.
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// The plan of the merge (with `impact`, and `violations` when the merge is invalid).
+    pub plan: Plan,
+    /// Base commit.
+    pub base: Oid,
+    /// Head commit.
+    pub head: Oid,
+    /// Planned against the state base would produce.
+    pub offline: bool,
+}
+
+impl Review {
+    /// Title and footer context for the Markdown comments.
+    pub fn comment_context(&self) -> comment::Context {
+        comment::Context {
+            base: Some(self.base.to_string()),
+            head: Some(self.head.to_string()),
+            offline: self.offline,
+        }
+    }
+
+    /// The JSON document: the plan's (README schema, with `impact` and `violations`) plus
+    /// `base`, `head` and `offline`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = plan::render_json(&self.plan);
+        if let Some(map) = doc.as_object_mut() {
+            map.insert("base".into(), self.base.to_string().into());
+            map.insert("head".into(), self.head.to_string().into());
+            map.insert("offline".into(), self.offline.into());
+        }
+        doc
+    }
+}
+
+/// Base, head, the merged tree, and base's graph when base is valid.
+struct Prepared {
+    repo: Repository,
+    merged: merge::Merged,
+    base_graph: Option<ResourceGraph>,
+    base_violations: Violations,
+}
+
+fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
+    let read = |what| move |source| Error::ReadFailed { what, source };
+    let repo = source::open(&ctx.git.repo).map_err(read("base"))?;
+    let base = source::resolve(&repo, &req.base).map_err(read("base"))?;
+    let head = source::resolve(&repo, &req.head).map_err(read("head"))?;
+    let merged = merge::read_merge(&repo, base, head, &ctx.git.path, ctx.git.max_file_bytes)
+        .map_err(Error::Merge)?;
+    let base_snapshot = source::read_commit(&repo, base, &ctx.git.path, ctx.git.max_file_bytes)
+        .map_err(read("base"))?;
+    let (base_graph, base_violations) =
+        match reconcile::load(&base_snapshot, &ctx.limits, &Catalog::default()) {
+            Ok(loaded) => (Some(loaded.graph), Violations::default()),
+            Err(reconcile::Error::Invalid { violations, .. }) => (None, violations),
+            Err(_) => (None, Violations::default()),
+        };
+    Ok(Prepared {
+        repo,
+        merged,
+        base_graph,
+        base_violations,
+    })
+}
+
+/// The state `graph` would leave on an empty target: every desired object, rendered and
+/// managed by `instance`. Pure.
+pub fn state_of(graph: &ResourceGraph, instance: &str) -> Observed {
+    let stamp = Stamp {
+        instance,
+        revision: graph.revision(),
+        adopted: false,
+    };
+    let mut observed = Observed::default();
+    for node in graph.creation_order() {
+        if let Some(obj) = graph.object(node) {
+            observed.objects.insert(
+                node.key.clone(),
+                LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
+            );
+        }
+    }
+    observed
+}
+
+/// Plans the merge of `req.head` into `req.base` against the state base would produce: no
+/// target is read, for CI jobs that cannot reach the hub.
+pub fn plan_offline(ctx: &Context, req: &Request) -> Result<Review> {
+    let prepared = prepare(ctx, req)?;
+    let Some(base_graph) = &prepared.base_graph else {
+        return Err(Error::BaseInvalid {
+            revision: prepared.merged.base.to_string(),
+            violations: prepared.base_violations,
+        });
+    };
+    let observed = state_of(base_graph, &ctx.plan.instance);
+    let loaded = match reconcile::load(&prepared.merged.snapshot, &ctx.limits, &Catalog::default())
+    {
+        Ok(l) => l,
+        Err(e) => return invalid(&prepared, e, true),
+    };
+    Ok(finish(ctx, &prepared, &loaded, &observed, true))
+}
+
+/// Plans the merge of `req.head` into `req.base` against the live state of `target`.
+pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> Result<Review> {
+    let prepared = prepare(ctx, req)?;
+    let snapshot = &prepared.merged.snapshot;
+    let loaded = match reconcile::load(snapshot, &ctx.limits, &Catalog::default()) {
+        Ok(l) => l,
+        Err(e) => return invalid(&prepared, e, false),
+    };
+    let stamp = Stamp {
+        instance: &ctx.plan.instance,
+        revision: &snapshot.revision,
+        adopted: false,
+    };
+    let observed = target
+        .observe(&loaded.graph, &stamp)
+        .await
+        .map_err(Error::Observe)?;
+    // External references (cluster profiles, definitions) resolve against live state now.
+    let loaded = match reconcile::load(snapshot, &ctx.limits, &observed.catalog()) {
+        Ok(l) => l,
+        Err(e) => return invalid(&prepared, e, false),
+    };
+    Ok(finish(ctx, &prepared, &loaded, &observed, false))
+}
+
+/// The plan of an invalid merge: its violations, no changes.
+fn invalid(prepared: &Prepared, err: reconcile::Error, offline: bool) -> Result<Review> {
+    let (violations, warnings) = match err {
+        reconcile::Error::Invalid {
+            violations,
+            warnings,
+            ..
+        } => (violations, warnings),
+        // `load` fails only with violations; anything else is reported as one.
+        other => (
+            Violations(vec![model::Violation {
+                path: "".into(),
+                line: 0,
+                rule: model::Rule::Shape,
+                message: crate::error_chain(&other),
+            }]),
+            Vec::new(),
+        ),
+    };
+    Ok(Review {
+        plan: Plan {
+            revision: prepared.merged.snapshot.revision.clone(),
+            changes: Vec::new(),
+            warnings,
+            guard: None,
+            read_at: None,
+            impact: Vec::new(),
+            violations: violations.0,
+        },
+        base: prepared.merged.base,
+        head: prepared.merged.head,
+        offline,
+    })
+}
+
+fn finish(
+    ctx: &Context,
+    prepared: &Prepared,
+    loaded: &reconcile::Loaded,
+    observed: &Observed,
+    offline: bool,
+) -> Review {
+    let history = history(ctx, prepared, &loaded.graph, observed);
+    let mut plan = plan::plan(&loaded.graph, observed, &history, &ctx.plan);
+    for w in &loaded.warnings {
+        if !plan.warnings.contains(w) {
+            plan.warnings.push(w.clone());
+        }
+    }
+    plan.impact = impact::compute(&plan, &loaded.graph, prepared.base_graph.as_ref());
+    mask::mask_plan(&mut plan);
+    Review {
+        plan,
+        base: prepared.merged.base,
+        head: prepared.merged.head,
+        offline,
+    }
+}
+
+/// The last committed deletionPolicy of every leaving bundle: looked up first in head's
+/// history (the pull request may have set `orphan` before removing the bundle), then in base's.
+fn history(
+    ctx: &Context,
+    prepared: &Prepared,
+    graph: &ResourceGraph,
+    observed: &Observed,
+) -> History {
+    let mut history = History::default();
+    for (key, path) in plan::leaving_bundles(graph, observed) {
+        let Some(path) = path else { continue };
+        for from in [prepared.merged.head, prepared.merged.base] {
+            let found =
+                source::find_in_history(&prepared.repo, from, path, ctx.history_depth, |bytes| {
+                    let file = source::SourceFile {
+                        path: path.into(),
+                        blob: String::new(),
+                        content: source::Content::Bytes(bytes.to_vec()),
+                    };
+                    let (objs, _) = model::parse_file(&file, &ctx.limits);
+                    objs.into_iter()
+                        .find(|o| &o.key == key && o.key.kind == Kind::ProfileBundle)
+                        .and_then(|o| o.as_bundle().map(|b| b.deletion_policy))
+                });
+            if let Ok(Some(policy)) = found {
+                history.policies.insert(key.clone(), policy);
+                break;
+            }
+        }
+    }
+    history
+}
