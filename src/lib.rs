@@ -18,6 +18,8 @@
 
 pub mod apply;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod graph;
 pub mod live;
 pub mod model;

@@ -4,6 +4,8 @@
 mod apply;
 mod graph;
 mod plan;
+mod run;
+mod status;
 mod target;
 mod validate;
 
@@ -36,6 +38,12 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Apply a commit to the target
     Apply(apply::ApplyArgs),
+    /// Run the daemon: reconcile every new commit, on a poll, a watch, a webhook or a signal
+    Run(Box<run::RunArgs>),
+    /// Show what the running daemon last did
+    Status(status::StatusArgs),
+    /// Ask the running daemon to reconcile now (like SIGUSR1)
+    ReconcileNow(status::ReconcileNowArgs),
 }
 
 /// Where the commit comes from.
@@ -119,6 +127,9 @@ pub fn main() -> ExitCode {
             Command::Graph(args) => graph::run(&args),
             Command::Plan(args) => plan::run(&args).await,
             Command::Apply(args) => apply::run(&args).await,
+            Command::Run(args) => run::run(&args).await,
+            Command::Status(args) => status::run(&args).await,
+            Command::ReconcileNow(args) => status::reconcile_now(&args).await,
         }
     });
     exit_code(result)

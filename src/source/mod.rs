@@ -12,6 +12,7 @@ use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 pub mod merge;
+pub mod remote;
 
 /// Name of the ignore file honoured at the root of the configured path (gitignore syntax).
 pub const IGNORE_FILE: &str = ".pbsyncignore";

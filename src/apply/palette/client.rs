@@ -96,6 +96,11 @@ impl RequestCounts {
             .map(|(_, n)| n)
             .sum()
     }
+
+    /// `(operation, code, count)` in a stable order (the daemon's request metrics).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u16, u64)> + '_ {
+        self.counts.iter().map(|((op, code), n)| (*op, *code, *n))
+    }
 }
 
 impl fmt::Display for RequestCounts {

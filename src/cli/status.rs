@@ -1,0 +1,220 @@
+//! `pbsync status` and `pbsync reconcile-now`: an operator on the host asks the running
+//! daemon what it last did (its `/status` endpoint) and what the target recorded (the
+//! directory's inventory, the kube target's status ConfigMap), or asks it to reconcile now.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{ConfigError, Status};
+use crate::config::{Config, Settings};
+
+/// Arguments of `pbsync status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's configuration file (for its listen address and target)
+    #[arg(long, env = "PBSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// The daemon's HTTP address (default: `listen` of the configuration)
+    #[arg(long)]
+    listen: Option<String>,
+    /// The target whose recorded status to read (default: `target` of the configuration)
+    #[arg(long)]
+    target: Option<String>,
+    /// The instance whose status to read
+    #[arg(long)]
+    instance: Option<String>,
+    /// Kubeconfig for a kube target
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the status ConfigMap
+    #[arg(long)]
+    status_namespace: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `pbsync reconcile-now`.
+#[derive(Debug, Args)]
+pub struct ReconcileNowArgs {
+    /// The daemon's configuration file (for its listen address)
+    #[arg(long, env = "PBSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// The daemon's HTTP address (default: `listen` of the configuration)
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+/// The settings of the file, if one is given (no validation beyond reading: the daemon
+/// validated them when it started).
+fn settings(config: Option<&std::path::Path>) -> Settings {
+    let Some(path) = config else {
+        return Settings::default();
+    };
+    Config::load(Some(path), &Settings::default())
+        .map(|c| c.settings)
+        .unwrap_or_default()
+}
+
+fn address(flag: Option<&String>, s: &Settings) -> Result<Option<SocketAddr>, ConfigError> {
+    match flag.or(s.listen.as_ref()) {
+        None => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError(format!("{a:?} is not an address like 127.0.0.1:8080"))),
+    }
+}
+
+/// One HTTP/1.0 request to a loopback endpoint; returns (status code, body).
+fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error::Error>> {
+    let s = settings(args.config.as_deref());
+    let addr = address(args.listen.as_ref(), &s)?;
+    let mut found = false;
+    let mut doc = serde_json::Map::new();
+    if let Some(addr) = addr {
+        match tokio::task::spawn_blocking(move || request(addr, "GET", "/status")).await? {
+            Ok((200, body)) => {
+                found = true;
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if !args.json {
+                    println!("daemon ({addr}):");
+                    for key in [
+                        "result",
+                        "revision",
+                        "stage",
+                        "message",
+                        "appliedRevision",
+                        "appliedAt",
+                        "at",
+                    ] {
+                        if let Some(val) = v.get(key).filter(|v| !v.is_null()) {
+                            let text = val.as_str().map_or_else(|| val.to_string(), str::to_string);
+                            println!("  {key}: {text}");
+                        }
+                    }
+                }
+                doc.insert("daemon".into(), v);
+            }
+            Ok((code, _)) => eprintln!("daemon ({addr}): answered {code}"),
+            Err(e) => eprintln!("daemon ({addr}): not reachable: {e}"),
+        }
+    }
+    let target = args.target.clone().or_else(|| s.target.clone());
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| s.instance.clone())
+        .unwrap_or_else(|| "default".into());
+    let recorded = match target.as_deref() {
+        Some(t) if t.starts_with("dir:") => {
+            let dir = crate::apply::local_dir::LocalDir::new(&t[4..], instance.clone());
+            dir.read_inventory()
+                .ok()
+                .and_then(|inv| inv.instances.get(&instance).cloned())
+                .and_then(|rec| serde_json::to_value(rec).ok())
+                .map(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("objects");
+                    }
+                    v
+                })
+        }
+        Some("kube") => {
+            let kubeconfig = args.kubeconfig.clone().or_else(|| s.kubeconfig.clone());
+            let ns = args
+                .status_namespace
+                .clone()
+                .or_else(|| s.status_namespace.clone())
+                .unwrap_or_else(|| crate::apply::kubernetes::DEFAULT_STATUS_NAMESPACE.into());
+            kube_status(kubeconfig.as_deref(), &ns, &instance).await
+        }
+        _ => None,
+    };
+    if let Some(rec) = recorded {
+        found = true;
+        if !args.json {
+            println!(
+                "target {} (instance {instance}):",
+                target.as_deref().unwrap_or("")
+            );
+            if let Some(o) = rec.as_object() {
+                for (k, v) in o {
+                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    println!("  {k}: {text}");
+                }
+            }
+        }
+        doc.insert("target".into(), rec);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Object(doc)).unwrap_or_default()
+        );
+    }
+    if found {
+        Ok(Status::Success)
+    } else {
+        eprintln!("no status found: give --listen, --target or --config");
+        Ok(Status::Failure)
+    }
+}
+
+async fn kube_status(
+    kubeconfig: Option<&std::path::Path>,
+    ns: &str,
+    instance: &str,
+) -> Option<serde_json::Value> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let client = crate::daemon::leader::client(kubeconfig, None).await.ok()?;
+    let api = kube::Api::<ConfigMap>::namespaced(client, ns);
+    let cm = api
+        .get_opt(&format!("pbsync-status-{instance}"))
+        .await
+        .ok()??;
+    serde_json::to_value(cm.data?).ok()
+}
+
+pub(super) async fn reconcile_now(
+    args: &ReconcileNowArgs,
+) -> Result<Status, Box<dyn std::error::Error>> {
+    let s = settings(args.config.as_deref());
+    let Some(addr) = address(args.listen.as_ref(), &s)? else {
+        return Err(ConfigError(
+            "no daemon address: give --listen or --config (or send SIGUSR1 to the daemon)".into(),
+        )
+        .into());
+    };
+    let (code, body) =
+        tokio::task::spawn_blocking(move || request(addr, "POST", "/reconcile")).await??;
+    if code == 202 {
+        println!("{}", body.trim());
+        Ok(Status::Success)
+    } else {
+        eprintln!("daemon answered {code}: {}", body.trim());
+        Ok(Status::Failure)
+    }
+}

@@ -1,0 +1,867 @@
+//! The daemon's configuration: the YAML file (`pbsync run --config FILE`) and the flags of the
+//! same names, read once, validated once (every problem with `file:line`, or the flag that
+//! set it), and handed out as per-module sub-configs. Flags override the file.
+//!
+//! Secrets (Git token and password, webhook secret, Palette API key) are only ever read from
+//! files or the environment; the values never reach a log line or a `Debug` print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::yaml::{self, PathSegment};
+
+/// Errors of reading and validating the configuration; all of them exit with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}")]
+    ReadFailed {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+    Invalid {
+        /// `file:line: key: message` or `--flag: message`, one per problem.
+        problems: Vec<String>,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Reads a secret from a file (trailing newline removed).
+pub fn read_secret(path: &Path) -> std::io::Result<Secret> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Parses a duration like `30s`, `500ms`, `10m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a duration like 30s, 500ms, 10m or 1h");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(bad()),
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Plain lines (journald adds the timestamp); coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Who performs reference-counted deletion of dependents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Cascade {
+    /// pbsync deletes unreferenced dependents itself.
+    #[default]
+    Client,
+    /// PaletteAI's ProfileBundle controller does; pbsync deletes only bundles.
+    Server,
+}
+
+/// Every setting, as written in the file or given as a flag; `None`: not set there. The
+/// file's keys and the flags have the same names (`interval:` and `--interval`).
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Git repository: a local path, file://, https:// or ssh:// (git@host:path) URL
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Branch, tag or commit to follow (default: the remote's HEAD, or HEAD of a local path)
+    #[arg(long = "ref")]
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// Subdirectory of the repository holding the manifests
+    #[arg(long)]
+    pub path: Option<String>,
+    /// HTTPS: file holding a token (sent as the password; env PBSYNC_GIT_TOKEN also works)
+    #[arg(long)]
+    pub git_token_file: Option<PathBuf>,
+    /// HTTPS basic auth: user name (with --git-password-file)
+    #[arg(long)]
+    pub git_username: Option<String>,
+    /// HTTPS basic auth: file holding the password
+    #[arg(long)]
+    pub git_password_file: Option<PathBuf>,
+    /// SSH: private key file
+    #[arg(long)]
+    pub git_ssh_key_file: Option<PathBuf>,
+    /// SSH: known_hosts file; the server's host key must be listed (default ~/.ssh/known_hosts)
+    #[arg(long)]
+    pub git_known_hosts_file: Option<PathBuf>,
+    /// Fetch only the tip commit (history look-ups of removed bundles then see less)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub git_shallow: Option<bool>,
+    /// Directory for the persistent clone (systemd StateDirectory)
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Poll interval (jittered by up to 10%); 0 disables polling
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Full resync interval: apply even when Git did not change, to correct drift
+    #[arg(long)]
+    pub resync_interval: Option<String>,
+    /// Watch a local repository's refs so a commit is seen at once
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub watch: Option<bool>,
+    /// Address of the HTTP endpoints (/healthz, /readyz, /metrics, /webhook, /reconcile)
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// File holding the webhook HMAC secret (env PBSYNC_WEBHOOK_SECRET also works)
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Header carrying a generic hex HMAC-SHA256 of the body (besides X-Hub-Signature-256)
+    #[arg(long)]
+    pub webhook_header: Option<String>,
+    /// Longest one reconcile may take before it is abandoned and retried
+    #[arg(long)]
+    pub reconcile_timeout: Option<String>,
+    /// Longest a graceful stop may wait for the current reconcile
+    #[arg(long)]
+    pub shutdown_timeout: Option<String>,
+    /// First retry delay after a retryable failure (doubles up to --backoff-max)
+    #[arg(long)]
+    pub backoff_min: Option<String>,
+    /// Longest retry delay
+    #[arg(long)]
+    pub backoff_max: Option<String>,
+    /// Elect a leader on a coordination.k8s.io Lease (kube target only)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: Option<bool>,
+    /// Name of the Lease (default pbsync-<instance>)
+    #[arg(long)]
+    pub lease_name: Option<String>,
+    /// Namespace of the Lease (default: --status-namespace)
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// How long a lease holds without renewal; failover happens within it
+    #[arg(long)]
+    pub lease_duration: Option<String>,
+    /// Identity of this daemon in the Lease (default: hostname-pid)
+    #[arg(long)]
+    pub leader_id: Option<String>,
+    /// Log format
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Target: dir:PATH or kube; cluster profiles go to Palette with --palette-url
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Name of this pbsync instance
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Take over objects that exist but were not created by pbsync
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub adopt: Option<bool>,
+    /// Who performs reference-counted deletion of dependents
+    #[arg(long, value_enum)]
+    pub cascade: Option<Cascade>,
+    /// Mass-deletion guard: percentage of managed objects
+    #[arg(long)]
+    pub guard_percent: Option<u8>,
+    /// Mass-deletion guard: minimum number of objects
+    #[arg(long)]
+    pub guard_min: Option<usize>,
+    /// Apply plans that exceed the mass-deletion guard
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_mass_deletion: Option<bool>,
+    /// Kubeconfig file (kube target)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (kube target)
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Namespace of the status ConfigMap (kube target)
+    #[arg(long)]
+    pub status_namespace: Option<String>,
+    /// Requests per second to the API server
+    #[arg(long)]
+    pub kube_qps: Option<f64>,
+    /// Token bucket size
+    #[arg(long)]
+    pub kube_burst: Option<u32>,
+    /// Requests in flight at once
+    #[arg(long)]
+    pub kube_concurrency: Option<usize>,
+    /// Palette API base URL; cluster profiles go there
+    #[arg(long)]
+    pub palette_url: Option<String>,
+    /// File holding the Palette API key (default: env PALETTE_API_KEY)
+    #[arg(long)]
+    pub palette_api_key_file: Option<PathBuf>,
+    /// Palette project uid
+    #[arg(long)]
+    pub palette_project_uid: Option<String>,
+    /// Timeout of one Palette request
+    #[arg(long)]
+    pub palette_timeout: Option<String>,
+}
+
+macro_rules! overlay {
+    ($base:expr, $over:expr, $($field:ident),* $(,)?) => {
+        $( if $over.$field.is_some() { $base.$field = $over.$field.clone(); } )*
+    };
+}
+
+impl Settings {
+    /// `self` with every field `flags` sets replaced.
+    #[must_use]
+    pub fn overlaid(mut self, flags: &Self) -> Self {
+        overlay!(
+            self,
+            flags,
+            repo,
+            reference,
+            path,
+            git_token_file,
+            git_username,
+            git_password_file,
+            git_ssh_key_file,
+            git_known_hosts_file,
+            git_shallow,
+            state_dir,
+            interval,
+            resync_interval,
+            watch,
+            listen,
+            webhook_secret_file,
+            webhook_header,
+            reconcile_timeout,
+            shutdown_timeout,
+            backoff_min,
+            backoff_max,
+            leader_elect,
+            lease_name,
+            lease_namespace,
+            lease_duration,
+            leader_id,
+            log_format,
+            target,
+            instance,
+            adopt,
+            cascade,
+            guard_percent,
+            guard_min,
+            allow_mass_deletion,
+            kubeconfig,
+            context,
+            status_namespace,
+            kube_qps,
+            kube_burst,
+            kube_concurrency,
+            palette_url,
+            palette_api_key_file,
+            palette_project_uid,
+            palette_timeout,
+        );
+        self
+    }
+}
+
+/// Where each key of the file was written, to put `file:line` on problems.
+#[derive(Debug, Clone, Default)]
+struct Origins {
+    file: Option<PathBuf>,
+    lines: BTreeMap<String, u32>,
+    /// Keys a flag set (they win over the file).
+    flags: Vec<&'static str>,
+}
+
+impl Origins {
+    fn at(&self, key: &'static str) -> String {
+        let flag = format!("--{key}");
+        if self.flags.contains(&key) {
+            return flag;
+        }
+        match (&self.file, self.lines.get(key)) {
+            (Some(f), Some(line)) => format!("{}:{line}: {key}", f.display()),
+            _ => flag,
+        }
+    }
+}
+
+/// Reads `path` into settings, with the line of every key.
+fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, u32>)> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFailed {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |line: u32, message: String| Error::Invalid {
+        problems: vec![format!("{}:{line}: {message}", path.display())],
+    };
+    let docs = yaml::load_all(&text, yaml::Limits::default())
+        .map_err(|e| invalid(e.line, e.message.clone()))?;
+    let Some(doc) = docs.into_iter().next() else {
+        return Ok((Settings::default(), BTreeMap::new()));
+    };
+    let mut lines = BTreeMap::new();
+    if let yaml::Value::Map(entries) = &doc.root.value {
+        for (k, v) in entries {
+            lines.insert(k.clone(), v.line);
+        }
+    } else if doc.root.value != yaml::Value::Null {
+        return Err(invalid(
+            doc.root.line,
+            "expected a mapping of settings".into(),
+        ));
+    }
+    let json = doc.root.to_json();
+    let json = if json.is_null() {
+        serde_json::json!({})
+    } else {
+        json
+    };
+    let settings: Settings = serde_path_to_error::deserialize(json).map_err(|e| {
+        let segments: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let line = doc
+            .root
+            .line_of(segments.iter().map(|s| PathSegment::Key(s.as_str())));
+        // An unknown key has no path below the root: find its line by name.
+        let inner = e.inner().to_string();
+        let line = inner
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .and_then(|k| lines.get(k).copied())
+            .unwrap_or(line);
+        let prefix = if segments.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", segments.join("."))
+        };
+        invalid(line, format!("{prefix}{inner}"))
+    })?;
+    Ok((settings, lines))
+}
+
+/// Which flags were set (for `file:line` vs `--flag` in messages).
+fn flags_set(flags: &Settings) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! set {
+        ($($field:ident => $name:literal),* $(,)?) => {
+            $( if flags.$field.is_some() { v.push($name); } )*
+        };
+    }
+    set!(
+        repo => "repo", reference => "ref", path => "path", interval => "interval",
+        resync_interval => "resync-interval", listen => "listen",
+        reconcile_timeout => "reconcile-timeout", shutdown_timeout => "shutdown-timeout",
+        backoff_min => "backoff-min", backoff_max => "backoff-max",
+        lease_duration => "lease-duration", target => "target", leader_elect => "leader-elect",
+        palette_timeout => "palette-timeout", webhook_secret_file => "webhook-secret-file",
+        git_token_file => "git-token-file", git_password_file => "git-password-file",
+        git_ssh_key_file => "git-ssh-key-file", git_known_hosts_file => "git-known-hosts-file",
+        state_dir => "state-dir", guard_percent => "guard-percent", kube_qps => "kube-qps",
+    );
+    v
+}
+
+/// How the repository is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitAuth {
+    /// No credentials (local paths, public repositories).
+    None,
+    /// HTTPS token (sent as the password of user `x-access-token`).
+    Token(Secret),
+    /// HTTPS basic auth.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// SSH with a private key; the host key must be in `known_hosts`.
+    SshKey {
+        /// Private key file.
+        key: PathBuf,
+        /// known_hosts file.
+        known_hosts: PathBuf,
+    },
+}
+
+/// The source sub-config.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The repository as given.
+    pub repo: String,
+    /// Branch, tag or commit; `None`: HEAD.
+    pub reference: Option<String>,
+    /// Subdirectory.
+    pub path: String,
+    /// Credentials.
+    pub auth: GitAuth,
+    /// Shallow fetches.
+    pub shallow: bool,
+    /// Where the persistent clone lives.
+    pub state_dir: PathBuf,
+    /// Watch a local repository's refs.
+    pub watch: bool,
+}
+
+/// Leader election sub-config.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// Lease name.
+    pub lease_name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// Lease duration.
+    pub duration: Duration,
+    /// This daemon's identity.
+    pub identity: String,
+}
+
+/// The daemon sub-config: timing, endpoints, webhook.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Poll interval (`None`: no polling).
+    pub interval: Option<Duration>,
+    /// Full resync interval (`None`: never).
+    pub resync_interval: Option<Duration>,
+    /// HTTP listen address.
+    pub listen: Option<SocketAddr>,
+    /// Webhook HMAC secret (`None`: the webhook endpoint refuses every delivery).
+    pub webhook_secret: Option<Secret>,
+    /// Generic HMAC header name.
+    pub webhook_header: String,
+    /// Bound on one reconcile.
+    pub reconcile_timeout: Duration,
+    /// Bound on a graceful stop.
+    pub shutdown_timeout: Duration,
+    /// First retry delay.
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Leader election, when enabled.
+    pub leader: Option<LeaderConfig>,
+    /// Apply plans over the mass-deletion guard.
+    pub allow_mass_deletion: bool,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any (for reloads).
+    pub file: Option<PathBuf>,
+    /// The settings after flags were laid over the file (what `--config` plus flags say).
+    pub settings: Settings,
+    /// Source.
+    pub source: SourceConfig,
+    /// Daemon.
+    pub daemon: DaemonConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Default poll interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default full resync interval.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
+/// Default state directory (systemd `StateDirectory=pbsync`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pbsync";
+/// Default generic webhook signature header.
+pub const DEFAULT_WEBHOOK_HEADER: &str = "X-Pbsync-Signature";
+
+impl Config {
+    /// Reads `file` (if any), lays `flags` over it and validates the result.
+    pub fn load(file: Option<&Path>, flags: &Settings) -> Result<Self> {
+        let (from_file, lines) = match file {
+            Some(p) => read_file(p)?,
+            None => (Settings::default(), BTreeMap::new()),
+        };
+        let origins = Origins {
+            file: file.map(Path::to_path_buf),
+            lines,
+            flags: flags_set(flags),
+        };
+        let settings = from_file.overlaid(flags);
+        Self::validate(file, settings, &origins)
+    }
+
+    fn validate(file: Option<&Path>, s: Settings, o: &Origins) -> Result<Self> {
+        let mut problems = Vec::new();
+        let mut duration = |key: &'static str, v: &Option<String>, default: Duration| match v {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                problems.push(format!("{}: {e}", o.at(key)));
+                default
+            }),
+        };
+        let interval = duration("interval", &s.interval, DEFAULT_INTERVAL);
+        let resync = duration("resync-interval", &s.resync_interval, DEFAULT_RESYNC);
+        let reconcile_timeout = duration(
+            "reconcile-timeout",
+            &s.reconcile_timeout,
+            Duration::from_secs(300),
+        );
+        let shutdown_timeout = duration(
+            "shutdown-timeout",
+            &s.shutdown_timeout,
+            Duration::from_secs(20),
+        );
+        let backoff_min = duration("backoff-min", &s.backoff_min, Duration::from_secs(2));
+        let backoff_max = duration("backoff-max", &s.backoff_max, Duration::from_secs(300));
+        let lease_duration = duration("lease-duration", &s.lease_duration, Duration::from_secs(15));
+        if let Some(t) = &s.palette_timeout
+            && let Err(e) = crate::apply::palette::parse_timeout(t)
+        {
+            problems.push(format!("{}: {e}", o.at("palette-timeout")));
+        }
+        if backoff_min > backoff_max {
+            problems.push(format!(
+                "{}: must not exceed backoff-max",
+                o.at("backoff-min")
+            ));
+        }
+        if reconcile_timeout.is_zero() {
+            problems.push(format!(
+                "{}: must be more than 0",
+                o.at("reconcile-timeout")
+            ));
+        }
+        if lease_duration < Duration::from_secs(2) {
+            problems.push(format!("{}: must be at least 2s", o.at("lease-duration")));
+        }
+
+        let repo = s.repo.clone().unwrap_or_default();
+        if repo.is_empty() {
+            problems.push(format!("{}: a repository is required", o.at("repo")));
+        }
+        let listen = match &s.listen {
+            None => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(format!(
+                        "{}: {a:?} is not an address like 127.0.0.1:8080",
+                        o.at("listen")
+                    ));
+                    None
+                }
+            },
+        };
+        let target = s
+            .target
+            .clone()
+            .unwrap_or_else(|| "dir:./pbsync-state".into());
+        let is_kube = target == "kube";
+        if !is_kube && target.strip_prefix("dir:").is_none_or(str::is_empty) {
+            problems.push(format!(
+                "{}: unknown target {target:?}: expected dir:PATH or kube",
+                o.at("target")
+            ));
+        }
+        if s.guard_percent.is_some_and(|p| p > 100) {
+            problems.push(format!(
+                "{}: must be between 0 and 100",
+                o.at("guard-percent")
+            ));
+        }
+        if s.kube_qps.is_some_and(|q| !(q.is_finite() && q >= 0.0)) {
+            problems.push(format!("{}: must be a number >= 0", o.at("kube-qps")));
+        }
+
+        // Secrets: from files or the environment only.
+        let mut secret_file = |key: &'static str, path: &Option<PathBuf>| -> Option<Secret> {
+            let p = path.as_ref()?;
+            match read_secret(p) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(format!("{}: cannot read {}: {e}", o.at(key), p.display()));
+                    None
+                }
+            }
+        };
+        let token = secret_file("git-token-file", &s.git_token_file)
+            .or_else(|| std::env::var("PBSYNC_GIT_TOKEN").ok().map(Secret));
+        let password = secret_file("git-password-file", &s.git_password_file);
+        let webhook_secret = secret_file("webhook-secret-file", &s.webhook_secret_file)
+            .or_else(|| std::env::var("PBSYNC_WEBHOOK_SECRET").ok().map(Secret));
+        let auth = if let Some(key) = &s.git_ssh_key_file {
+            if !key.is_file() {
+                problems.push(format!(
+                    "{}: no such file {}",
+                    o.at("git-ssh-key-file"),
+                    key.display()
+                ));
+            }
+            let known_hosts = s.git_known_hosts_file.clone().unwrap_or_else(|| {
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+                    .join(".ssh/known_hosts")
+            });
+            if !known_hosts.is_file() {
+                problems.push(format!(
+                    "{}: no such file {} (SSH host keys are checked strictly)",
+                    o.at("git-known-hosts-file"),
+                    known_hosts.display()
+                ));
+            }
+            GitAuth::SshKey {
+                key: key.clone(),
+                known_hosts,
+            }
+        } else if let Some(password) = password {
+            GitAuth::Basic {
+                username: s.git_username.clone().unwrap_or_default(),
+                password,
+            }
+        } else if let Some(token) = token {
+            GitAuth::Token(token)
+        } else {
+            GitAuth::None
+        };
+
+        let instance = s.instance.clone().unwrap_or_else(|| "default".into());
+        let leader = if s.leader_elect.unwrap_or(false) {
+            if !is_kube {
+                problems.push(format!(
+                    "{}: leader election needs the kube target",
+                    o.at("leader-elect")
+                ));
+            }
+            Some(LeaderConfig {
+                lease_name: s
+                    .lease_name
+                    .clone()
+                    .unwrap_or_else(|| format!("pbsync-{instance}")),
+                namespace: s
+                    .lease_namespace
+                    .clone()
+                    .or_else(|| s.status_namespace.clone())
+                    .unwrap_or_else(|| {
+                        crate::apply::kubernetes::DEFAULT_STATUS_NAMESPACE.to_string()
+                    }),
+                duration: lease_duration,
+                identity: s.leader_id.clone().unwrap_or_else(default_identity),
+            })
+        } else {
+            None
+        };
+        if !problems.is_empty() {
+            return Err(Error::Invalid { problems });
+        }
+        Ok(Self {
+            file: file.map(Path::to_path_buf),
+            source: SourceConfig {
+                repo,
+                reference: s.reference.clone(),
+                path: s.path.clone().unwrap_or_default(),
+                auth,
+                shallow: s.git_shallow.unwrap_or(false),
+                state_dir: s
+                    .state_dir
+                    .clone()
+                    .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                watch: s.watch.unwrap_or(true),
+            },
+            daemon: DaemonConfig {
+                interval: (!interval.is_zero()).then_some(interval),
+                resync_interval: (!resync.is_zero()).then_some(resync),
+                listen,
+                webhook_secret,
+                webhook_header: s
+                    .webhook_header
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_WEBHOOK_HEADER.into()),
+                reconcile_timeout,
+                shutdown_timeout,
+                backoff_min,
+                backoff_max,
+                leader,
+                allow_mass_deletion: s.allow_mass_deletion.unwrap_or(false),
+            },
+            log_format: s.log_format.unwrap_or_default(),
+            settings: s,
+        })
+    }
+
+    /// The target settings in the form the CLI's target builder takes.
+    pub fn target_args(&self) -> crate::cli::TargetArgs {
+        crate::cli::TargetArgs::from_settings(&self.settings)
+    }
+
+    /// Plan options (instance, adoption, cascade, guard).
+    pub fn plan_options(&self) -> crate::plan::Options {
+        let s = &self.settings;
+        crate::plan::Options {
+            instance: s.instance.clone().unwrap_or_else(|| "default".into()),
+            adopt: s.adopt.unwrap_or(false),
+            cascade: match s.cascade.unwrap_or_default() {
+                Cascade::Client => crate::plan::Cascade::Client,
+                Cascade::Server => crate::plan::Cascade::Server,
+            },
+            guard: crate::plan::Guard {
+                max_fraction: f64::from(s.guard_percent.unwrap_or(50)) / 100.0,
+                min_objects: s.guard_min.unwrap_or(10),
+            },
+        }
+    }
+
+    /// The instance name.
+    pub fn instance(&self) -> String {
+        self.settings
+            .instance
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "pbsync".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let (_d, path) = write("repo: /srv/repo\ninterval: 10s\ntarget: dir:/tmp/x\n");
+        let flags = Settings {
+            interval: Some("5s".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(Some(&path), &flags).expect("valid");
+        assert_eq!(c.daemon.interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.source.repo, "/srv/repo");
+        assert_eq!(c.daemon.resync_interval, Some(DEFAULT_RESYNC));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_its_line() {
+        let (_d, path) = write("repo: /srv/repo\ninterval: often\nlisten: nowhere\ntarget: s3\n");
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        let text = err.to_string();
+        let p = path.display();
+        assert!(text.contains(&format!("{p}:2: interval")), "{text}");
+        assert!(text.contains(&format!("{p}:3: listen")), "{text}");
+        assert!(text.contains(&format!("{p}:4: target")), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_at_their_line() {
+        let (_d, path) = write("repo: /srv/repo\n\nintervall: 10s\n");
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        assert!(
+            err.to_string().contains(":3: unknown field `intervall`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_reported_at_their_line() {
+        let (_d, path) = write("repo: /srv/repo\nguard-percent: lots\n");
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        assert!(err.to_string().contains(":2: guard-percent: "), "{err}");
+    }
+
+    #[test]
+    fn a_problem_set_by_a_flag_names_the_flag() {
+        let flags = Settings {
+            repo: Some("/srv/repo".into()),
+            interval: Some("often".into()),
+            ..Settings::default()
+        };
+        let err = Config::load(None, &flags).expect_err("invalid");
+        assert!(err.to_string().contains("--interval: "), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let (_d, path) = write("s3cr3t\n");
+        let flags = Settings {
+            repo: Some("/srv/repo".into()),
+            webhook_secret_file: Some(path),
+            ..Settings::default()
+        };
+        let c = Config::load(None, &flags).expect("valid");
+        assert_eq!(
+            c.daemon.webhook_secret.as_ref().map(Secret::expose),
+            Some("s3cr3t")
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn leader_election_needs_the_kube_target() {
+        let flags = Settings {
+            repo: Some("/srv/repo".into()),
+            leader_elect: Some(true),
+            ..Settings::default()
+        };
+        let err = Config::load(None, &flags).expect_err("invalid");
+        assert!(err.to_string().contains("--leader-elect"), "{err}");
+    }
+}

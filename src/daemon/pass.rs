@@ -1,0 +1,346 @@
+//! One reconcile pass of the daemon: fetch the commit (a local repository read in place, or
+//! the persistent clone of a remote), parse it through the blob cache, run the pipeline, and
+//! record the outcome in metrics, health, the logs (once, here) and systemd `STATUS=`.
+//!
+//! An unchanged revision on a poll, watch or webhook trigger is a cheap no-op; a revision that
+//! failed for good is not tried again until a new commit arrives (or an operator asks).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::cache::ParseCache;
+use super::health::{LastOutcome, now_rfc3339};
+use super::http::Shared;
+use super::metrics::RequestSource;
+use super::scheduler::{Pass, Request, Verdict};
+use super::systemd::Notifier;
+use crate::apply::{ChangeSet, RunOptions, Target};
+use crate::model::Rule;
+use crate::reconcile::{self, Context, Error};
+use crate::source::{self, Snapshot, remote::Remote};
+
+/// Where commits come from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A repository on this host, read in place.
+    Local {
+        /// The repository.
+        repo: PathBuf,
+        /// Branch, tag, commit or HEAD.
+        reference: String,
+    },
+    /// A remote mirrored into the state directory.
+    Remote(Remote),
+}
+
+impl Origin {
+    /// The repository history look-ups read.
+    pub fn repo_dir(&self) -> PathBuf {
+        match self {
+            Self::Local { repo, .. } => repo.clone(),
+            Self::Remote(r) => r.dir().to_path_buf(),
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The remote could not be fetched.
+    #[error(transparent)]
+    Remote(#[from] source::remote::Error),
+    /// The commit could not be read.
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    /// The blocking task died.
+    #[error("the fetch task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// A fetched commit and how far it is ahead of the last applied one.
+struct Fetched {
+    snapshot: Snapshot,
+    lag: Option<usize>,
+}
+
+fn fetch(
+    origin: &Origin,
+    path: &str,
+    max_file_bytes: u64,
+    applied: Option<&str>,
+) -> Result<Fetched, FetchError> {
+    let (repo, oid) = match origin {
+        Origin::Local { repo, reference } => {
+            let r = source::open(repo)?;
+            let oid = source::resolve(&r, reference)?;
+            (r, oid)
+        }
+        Origin::Remote(remote) => {
+            let oid = remote.sync()?;
+            (source::open(remote.dir())?, oid)
+        }
+    };
+    let snapshot = source::read_commit(&repo, oid, path, max_file_bytes)?;
+    let lag = applied
+        .and_then(|a| git2::Oid::from_str(a).ok())
+        .and_then(|a| repo.graph_ahead_behind(oid, a).ok())
+        .map(|(ahead, _)| ahead);
+    Ok(Fetched { snapshot, lag })
+}
+
+/// The daemon's [`Pass`].
+pub struct Reconciler<T> {
+    target: T,
+    origin: Origin,
+    ctx: Context,
+    cache: Arc<ParseCache>,
+    shared: Arc<Shared>,
+    notifier: Notifier,
+    leader: Option<watch::Receiver<bool>>,
+    opts: RunOptions,
+    last_applied: Option<String>,
+    applied_at: Option<String>,
+    /// A revision that failed for good, and the outcome reported for it.
+    final_failure: Option<(String, LastOutcome)>,
+}
+
+impl<T> std::fmt::Debug for Reconciler<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("origin", &self.origin)
+            .field("last_applied", &self.last_applied)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a [`Reconciler`] is built from.
+#[derive(Debug)]
+pub struct Parts {
+    /// Where commits come from.
+    pub origin: Origin,
+    /// Pipeline settings (`git.path`, limits, plan options).
+    pub ctx: Context,
+    /// Shared with the HTTP endpoints.
+    pub shared: Arc<Shared>,
+    /// systemd.
+    pub notifier: Notifier,
+    /// Leadership, when elected.
+    pub leader: Option<watch::Receiver<bool>>,
+    /// Apply options.
+    pub opts: RunOptions,
+    /// The parse cache (kept across reloads).
+    pub cache: Arc<ParseCache>,
+}
+
+impl<T: Target + RequestSource> Reconciler<T> {
+    /// A reconciler applying to `target`.
+    pub fn new(target: T, parts: Parts) -> Self {
+        let mut ctx = parts.ctx;
+        ctx.git.repo = parts.origin.repo_dir();
+        Self {
+            target,
+            origin: parts.origin,
+            ctx,
+            cache: parts.cache,
+            shared: parts.shared,
+            notifier: parts.notifier,
+            leader: parts.leader,
+            opts: parts.opts,
+            last_applied: None,
+            applied_at: None,
+            final_failure: None,
+        }
+    }
+
+    fn finish(&self, outcome: LastOutcome) {
+        self.notifier.status(&outcome.summary());
+        self.shared.health.record(outcome);
+    }
+
+    fn outcome(&self, result: &str, revision: Option<&str>, message: String) -> LastOutcome {
+        LastOutcome {
+            result: result.into(),
+            revision: revision.map(str::to_string),
+            applied_revision: self.last_applied.clone(),
+            applied_at: self.applied_at.clone(),
+            message,
+            at: now_rfc3339(),
+            ..LastOutcome::default()
+        }
+    }
+
+    async fn pass(&mut self, request: &Request) -> Verdict {
+        let started = Instant::now();
+        let metrics = &self.shared.metrics;
+        if let Some(leader) = &self.leader {
+            let leads = *leader.borrow();
+            metrics.set_leader(leads);
+            if !leads {
+                tracing::debug!("standby: another daemon holds the lease");
+                let o = self.outcome("standby", None, "another daemon holds the lease".into());
+                self.finish(o);
+                metrics.count_reconcile("standby", None);
+                return Verdict::Standby;
+            }
+        } else {
+            metrics.set_leader(true);
+        }
+
+        // Fetch.
+        let origin = self.origin.clone();
+        let path = self.ctx.git.path.clone();
+        let max = self.ctx.git.max_file_bytes;
+        let applied = self.last_applied.clone();
+        let fetched =
+            tokio::task::spawn_blocking(move || fetch(&origin, &path, max, applied.as_deref()))
+                .await
+                .map_err(FetchError::Task)
+                .and_then(|r| r);
+        metrics.observe_stage("fetch", started.elapsed().as_secs_f64());
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                tracing::error!(stage = "fetch", retryable = true, error = %message, "reconcile failed");
+                metrics.count_reconcile("failed", Some("fetch"));
+                let mut o = self.outcome("failed", None, message);
+                o.stage = Some("fetch".into());
+                o.retryable = Some(true);
+                self.finish(o);
+                return Verdict::Retryable;
+            }
+        };
+        let snapshot = fetched.snapshot;
+        let revision = snapshot.revision.clone();
+        tracing::Span::current().record("revision", &revision[..revision.len().min(12)]);
+        let lag = i64::try_from(fetched.lag.unwrap_or(0)).unwrap_or(i64::MAX);
+        metrics.set_lag(if self.last_applied.as_deref() == Some(&revision) {
+            0
+        } else {
+            lag.max(1)
+        });
+
+        if !request.is_full() && self.last_applied.as_deref() == Some(&revision) {
+            metrics.count_reconcile("unchanged", None);
+            return Verdict::Done;
+        }
+        if let Some((failed, outcome)) = &self.final_failure
+            && *failed == revision
+            && !request.is_manual()
+        {
+            // Final for this commit: reported once, tried again only for a new commit.
+            tracing::debug!(revision = %revision, "revision failed for good; waiting for a new commit");
+            let o = outcome.clone();
+            self.finish(o);
+            return Verdict::Final;
+        }
+
+        // Parse (through the cache), for readiness: a fetched commit whose files all parse.
+        let parse_started = Instant::now();
+        let (_, violations) =
+            reconcile::parse_with(&snapshot, &self.ctx.limits, self.cache.as_ref());
+        metrics.observe_stage("parse", parse_started.elapsed().as_secs_f64());
+        let parse_failed = violations.iter().any(|v| {
+            matches!(
+                v.rule,
+                Rule::Yaml | Rule::Encoding | Rule::FileSize | Rule::Shape | Rule::UnknownKind
+            )
+        });
+        if !parse_failed {
+            self.shared.health.set_ready();
+        }
+
+        let apply_started = Instant::now();
+        let result = reconcile::run_once_with(
+            &self.ctx,
+            &snapshot,
+            &self.target,
+            self.opts,
+            self.cache.as_ref(),
+        )
+        .await;
+        metrics.observe_stage("apply", apply_started.elapsed().as_secs_f64());
+        metrics.observe_stage("total", started.elapsed().as_secs_f64());
+        metrics.count_requests(&self.target);
+        self.cache.retain(&snapshot);
+
+        match result {
+            Ok(report) => {
+                metrics.count_changes(&report.changes);
+                let acted = acted(&report.changes);
+                let now = k8s_openapi::jiff::Timestamp::now();
+                metrics.applied(&revision, now.as_second());
+                metrics.set_lag(0);
+                self.last_applied = Some(revision.clone());
+                self.applied_at = Some(now_rfc3339());
+                self.final_failure = None;
+                let counts = summary(&report.changes);
+                metrics.count_reconcile(if acted { "applied" } else { "unchanged" }, None);
+                for w in &report.plan.warnings {
+                    tracing::warn!(warning = %w, "plan warning");
+                }
+                tracing::info!(changes = %counts, elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");
+                let o = self.outcome("applied", Some(&revision), counts);
+                self.finish(o);
+                Verdict::Done
+            }
+            Err(e) => {
+                let stage = e.stage();
+                let retryable = e.is_retryable();
+                if let Error::Apply { changes, .. } = &e {
+                    metrics.count_changes(changes);
+                }
+                let message = crate::error_chain(&e);
+                tracing::error!(stage = %stage, retryable, error = %message, "reconcile failed");
+                metrics.count_reconcile("failed", Some(stage.as_str()));
+                let mut o = self.outcome("failed", Some(&revision), message);
+                o.stage = Some(stage.to_string());
+                o.retryable = Some(retryable);
+                self.finish(o.clone());
+                if retryable {
+                    Verdict::Retryable
+                } else {
+                    self.final_failure = Some((revision, o));
+                    Verdict::Final
+                }
+            }
+        }
+    }
+}
+
+fn acted(changes: &ChangeSet) -> bool {
+    changes
+        .entries
+        .iter()
+        .any(|e| e.outcome != crate::apply::Outcome::Unchanged)
+}
+
+fn summary(changes: &ChangeSet) -> String {
+    let counts = changes.counts();
+    if counts.is_empty() {
+        return "nothing to do".into();
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    parts.join(", ")
+}
+
+impl<T: Target + RequestSource> Pass for Reconciler<T> {
+    fn run(&mut self, request: &Request) -> impl std::future::Future<Output = Verdict> {
+        let span = tracing::info_span!(
+            "reconcile",
+            trigger = %request.describe(),
+            revision = tracing::field::Empty
+        );
+        let request = request.clone();
+        async move { self.pass(&request).await }.instrument(span)
+    }
+
+    fn abandoned(&mut self, why: &str) {
+        tracing::warn!(reason = why, "reconcile abandoned");
+        self.shared.metrics.count_reconcile("abandoned", None);
+    }
+}
