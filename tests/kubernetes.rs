@@ -537,20 +537,34 @@ async fn a_pass_with_nothing_to_do_issues_no_writes_and_a_repeated_plan_no_dry_r
         "lists, not one GET per object: {delta}"
     );
 
-    // A fresh target (a new process): dry-runs again, still writes nothing.
+    // A fresh target (a new process): server-side apply's field ownership shows every
+    // object already holds what pbsync would apply, so neither dry-runs nor writes.
     let fresh = env.target();
     let report = ok(env.apply(&repo, &fresh).await);
     let counts = fresh.requests();
     assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
     assert_eq!(counts.writes(), 0, "{counts}");
-    assert_eq!(counts.verb(Verb::DryRun), 6, "{counts}");
+    assert_eq!(counts.verb(Verb::DryRun), 0, "{counts}");
+
+    // Someone takes a field over (changes it, then sets it back): the value is as desired,
+    // but pbsync no longer owns it, so that object (only) is compared by dry-run again.
+    for t in ["Model", "Application"] {
+        env.edit("WorkloadProfile", "a-wp", json!({"spec": {"type": t}}))
+            .await;
+    }
+    let again = env.target();
+    let report = ok(env.apply(&repo, &again).await);
+    let counts = again.requests();
+    assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
+    assert_eq!(counts.verb(Verb::DryRun), 1, "{counts}");
+    assert_eq!(counts.writes(), 0, "{counts}");
 
     // A new commit that changes no object: no object write, only the status revision.
     repo.write("README.md", "not yaml\n");
     repo.commit("docs only");
-    let before = fresh.requests();
-    ok(env.apply(&repo, &fresh).await);
-    let delta = writes_between(&before, &fresh.requests());
+    let before = again.requests();
+    ok(env.apply(&repo, &again).await);
+    let delta = writes_between(&before, &again.requests());
     assert_eq!(delta.verb(Verb::DryRun), 0, "{delta}");
     assert_eq!(delta.writes(), 1, "only the status ConfigMap: {delta}");
     env.cleanup().await;

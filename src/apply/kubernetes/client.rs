@@ -300,6 +300,20 @@ impl ApiClient {
         self.json(verb, req).await
     }
 
+    /// A server-side dry-run of creating `body` (strict field validation): what the server
+    /// would reject, for an object that does not exist yet. Cheaper for the server than a
+    /// dry-run apply, which also computes field ownership.
+    pub(super) async fn dry_run_create(&self, collection: &str, body: &Value) -> Result<Value> {
+        let data = serde_json::to_vec(body).expect("invariant: JSON values serialize");
+        let uri =
+            format!("{collection}?dryRun=All&fieldManager={FIELD_MANAGER}&fieldValidation=Strict");
+        let req = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(data)
+            .map_err(|e| Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+        self.json(Verb::DryRun, req).await
+    }
+
     /// A JSON merge patch (to remove ownership marks, set a deletion policy).
     pub(super) async fn merge_patch(
         &self,

@@ -4,6 +4,7 @@
 //!
 //! - `discovery`: which API resource serves each kind; a missing CRD is a configuration error.
 //! - `observe`: label-selected, paged lists; dry-runs cached by (desired hash, resourceVersion).
+//! - `fields`: server-side apply's field ownership proves an object unchanged without a dry-run.
 //! - `client`: every request spends the budget (QPS/burst), is counted, and is retried on
 //!   429 (Retry-After), 5xx and timeouts.
 //! - `status`: the status ConfigMap and the Events on changed bundles.
@@ -13,6 +14,7 @@
 mod budget;
 mod client;
 mod discovery;
+mod fields;
 mod observe;
 mod status;
 

@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::client::{self, ApiClient};
 use super::discovery::{self, Resources};
+use super::fields;
 use super::{ClusterProfiles, Compared, KubeTarget, Seen, lock, version_of, with_api_version};
 use crate::apply::{Error, Result};
 use crate::graph::ResourceGraph;
@@ -132,6 +133,8 @@ struct Compare {
     live: Option<Value>,
     /// The object exists but must be read in full (or at the desired version).
     fetch: bool,
+    /// Managed or adopted: pbsync's own last apply may already hold the desired object.
+    ours: bool,
 }
 
 /// What comparing one desired object found.
@@ -256,6 +259,7 @@ impl KubeTarget {
                 rendered,
                 live: existing.filter(|_| !fetch).map(|i| i.manifest.clone()),
                 fetch,
+                ours: own.as_ref().is_some_and(Ownership::is_managed),
             });
         }
         let mut compared: Vec<Compared1> = futures::stream::iter(compares)
@@ -345,10 +349,20 @@ impl KubeTarget {
         });
         let result = match cached {
             Some(r) => r,
-            None => match api
-                .apply(&c.collection, &c.key.name, &c.rendered, true)
-                .await
+            // Field ownership proves that applying would change nothing: no dry-run needed.
+            None if c.ours
+                && live
+                    .as_ref()
+                    .is_some_and(|l| fields::already_applied(l, &c.rendered)) =>
             {
+                Ok(live.clone().expect("invariant: checked just above"))
+            }
+            None => match if live.is_some() {
+                api.apply(&c.collection, &c.key.name, &c.rendered, true)
+                    .await
+            } else {
+                api.dry_run_create(&c.collection, &c.rendered).await
+            } {
                 Ok(v) => Ok(v),
                 Err(e) if is_rejection(&e) => Err(e.server_message()),
                 Err(e) => return Err(observe_failed(format!("dry-run of {}", c.key), e)),

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::client::ApiClient;
@@ -110,20 +111,23 @@ impl KubeTarget {
     async fn emit_events(&self, api: &ApiClient, status: &Status) {
         let reasons = std::mem::take(&mut *lock(&self.bundle_events));
         let short = &status.attempted[..status.attempted.len().min(12)];
-        for key in &status.changed_bundles {
-            let reason = reasons.get(key).copied().unwrap_or("Changed");
-            let body = event(
-                key,
-                reason,
-                &self.options.instance,
-                short,
-                self.seen(key).and_then(|s| s.uid),
-            );
-            let path = format!("/api/v1/namespaces/{}/events", key.namespace);
-            if let Err(e) = api.create(&path, &body).await {
-                tracing::warn!(bundle = %key, error = %crate::error_chain(&e), "cannot emit event");
-            }
-        }
+        let events: Vec<(&ObjectKey, Value)> = status
+            .changed_bundles
+            .iter()
+            .map(|key| {
+                let reason = reasons.get(key).copied().unwrap_or("Changed");
+                let uid = self.seen(key).and_then(|s| s.uid);
+                (key, event(key, reason, &self.options.instance, short, uid))
+            })
+            .collect();
+        futures::stream::iter(events)
+            .for_each_concurrent(self.parallelism(), |(key, body)| async move {
+                let path = format!("/api/v1/namespaces/{}/events", key.namespace);
+                if let Err(e) = api.create(&path, &body).await {
+                    tracing::warn!(bundle = %key, error = %crate::error_chain(&e), "cannot emit event");
+                }
+            })
+            .await;
     }
 }
 
