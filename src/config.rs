@@ -302,6 +302,18 @@ impl Settings {
     }
 }
 
+/// Keys whose values are durations.
+const DURATION_KEYS: &[&str] = &[
+    "interval",
+    "resync-interval",
+    "reconcile-timeout",
+    "shutdown-timeout",
+    "backoff-min",
+    "backoff-max",
+    "lease-duration",
+    "palette-timeout",
+];
+
 /// Where each key of the file was written, to put `file:line` on problems.
 #[derive(Debug, Clone, Default)]
 struct Origins {
@@ -350,11 +362,21 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, u32>)> {
         ));
     }
     let json = doc.root.to_json();
-    let json = if json.is_null() {
+    let mut json = if json.is_null() {
         serde_json::json!({})
     } else {
         json
     };
+    // A bare number is a duration in seconds (`interval: 30`).
+    if let Some(map) = json.as_object_mut() {
+        for key in DURATION_KEYS {
+            if let Some(v) = map.get_mut(*key)
+                && v.is_number()
+            {
+                *v = serde_json::Value::String(v.to_string());
+            }
+        }
+    }
     let settings: Settings = serde_path_to_error::deserialize(json).map_err(|e| {
         let segments: Vec<String> = e
             .path()

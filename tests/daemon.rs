@@ -1,0 +1,869 @@
+//! The built daemon (`pbsync run`) end to end: against local Git repositories with the
+//! directory target, and against the test control plane (`scripts/testcluster`) with the
+//! Kubernetes target: commits applied, ref-counted deletions, invalid commits reported with
+//! nothing deleted, webhooks signed and forged, the systemd notify protocol on a real socket,
+//! signals, leader election failover, and an API server outage.
+//!
+//! Cluster tests find the cluster through `KUBECONFIG`; without it they print that they were
+//! skipped, and with `CI` set they fail instead.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pbsync::synthetic::{Params, commit_all, write_repo};
+
+// ---------------------------------------------------------------------------------------
+// Running the daemon
+// ---------------------------------------------------------------------------------------
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `pbsync run ARGS --listen 127.0.0.1:0` and waits for its address.
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbsync"));
+        cmd.arg("run")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn pbsync run");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening addr=").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                let mut l = sink.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("daemon did not start: {}", log.lock().expect("log")));
+        Self {
+            child,
+            addr: addr.parse().expect("address"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, &[], b"")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status").1).unwrap_or_default()
+    }
+
+    /// Waits until `/status` satisfies `ok`; panics with the log after `timeout`.
+    fn wait_status(
+        &self,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "status never matched; last {s}\nlog:\n{}",
+                self.log()
+            );
+            wait(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM"
+            );
+            wait(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Blocks the test thread (not an async runtime) for `d`.
+fn wait(d: Duration) {
+    // A channel receive with a timeout: std::thread::sleep is banned crate-wide.
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let _ = rx.recv_timeout(d);
+}
+
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(body);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+fn metric(d: &Daemon, prefix: &str) -> f64 {
+    d.get("/metrics")
+        .1
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn revision(s: &serde_json::Value) -> &str {
+    s["revision"].as_str().unwrap_or("")
+}
+
+fn small_repo() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Params {
+        bundles: 4,
+        shared: 2,
+        per_namespace: 4,
+    };
+    write_repo(dir.path(), &p).expect("generate");
+    let oid = commit_all(dir.path(), "four bundles").expect("commit");
+    (dir, oid.to_string())
+}
+
+fn count_files(dir: &Path, name: &str) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|f| f == name) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------
+// Directory target
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn commits_are_applied_removals_delete_by_reference_count_and_invalid_commits_delete_nothing() {
+    let (repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let target = format!("dir:{}", state.path().display());
+    let repo_arg = repo.path().display().to_string();
+    // Polling off: only the watch on the repository's refs can notice commits.
+    let d = Daemon::start(
+        &["--repo", &repo_arg, "--target", &target, "--interval", "0"],
+        &[],
+    );
+    let s = d.wait_status(Duration::from_secs(30), |s| s["result"] == "applied");
+    assert_eq!(revision(&s), first);
+    assert_eq!(d.get("/readyz").0, 200);
+    assert_eq!(count_files(state.path(), "bundle-3.yaml"), 1);
+
+    // Remove a bundle: it goes, with the objects only it referenced; shared ones stay.
+    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-3.yaml")).expect("rm");
+    let second = commit_all(repo.path(), "remove bundle-3")
+        .expect("commit")
+        .to_string();
+    let s = d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == second && s["result"] == "applied"
+    });
+    let message = s["message"].as_str().unwrap_or("");
+    assert!(message.contains("deleted"), "{s}");
+    assert_eq!(count_files(state.path(), "bundle-3.yaml"), 0);
+    assert_eq!(count_files(state.path(), "bundle-2.yaml"), 1);
+
+    // An invalid commit that also removes a bundle: reported, nothing deleted.
+    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-2.yaml")).expect("rm");
+    std::fs::write(repo.path().join("bundles/broken.yaml"), "kind: [unclosed\n").expect("write");
+    let third = commit_all(repo.path(), "broken")
+        .expect("commit")
+        .to_string();
+    let s = d.wait_status(Duration::from_secs(20), |s| revision(s) == third);
+    assert_eq!(s["result"], "failed", "{s}");
+    assert_eq!(s["stage"], "parse", "{s}");
+    assert_eq!(s["retryable"], false, "{s}");
+    assert!(
+        s["message"].as_str().unwrap_or("").contains("broken.yaml"),
+        "{s}"
+    );
+    assert_eq!(s["appliedRevision"].as_str(), Some(second.as_str()));
+    assert_eq!(
+        count_files(state.path(), "bundle-2.yaml"),
+        1,
+        "nothing deleted"
+    );
+    assert!(
+        metric(
+            &d,
+            "pbsync_reconciles_total{result=\"failed\",stage=\"parse\"}"
+        ) >= 1.0
+    );
+
+    // `pbsync status` shows the same, from the daemon and from the target's inventory.
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .args([
+            "status",
+            "--listen",
+            &d.addr.to_string(),
+            "--target",
+            &target,
+        ])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("result: failed") && text.contains(&second),
+        "{text}"
+    );
+
+    // The fix applies.
+    std::fs::remove_file(repo.path().join("bundles/broken.yaml")).expect("rm");
+    let fourth = commit_all(repo.path(), "fixed")
+        .expect("commit")
+        .to_string();
+    d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == fourth && s["result"] == "applied"
+    });
+    assert_eq!(count_files(state.path(), "bundle-2.yaml"), 0);
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn signed_webhooks_trigger_a_fetch_and_forged_ones_are_rejected_and_counted() {
+    let (repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let secret = state.path().join("webhook-secret");
+    std::fs::write(&secret, "s3cr3t\n").expect("secret");
+    let d = Daemon::start(
+        &[
+            "--repo",
+            &repo.path().display().to_string(),
+            "--target",
+            &format!("dir:{}", state.path().join("out").display()),
+            "--interval",
+            "0",
+            "--watch=false",
+            "--webhook-secret-file",
+            &secret.display().to_string(),
+        ],
+        &[],
+    );
+    d.wait_status(Duration::from_secs(30), |s| revision(s) == first);
+    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-0.yaml")).expect("rm");
+    let second = commit_all(repo.path(), "remove")
+        .expect("commit")
+        .to_string();
+
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let forged = pbsync::daemon::webhook::sign(b"guess", body);
+    let (code, _) = http(
+        d.addr,
+        "POST",
+        "/webhook",
+        &[("X-Hub-Signature-256", &forged), ("X-GitHub-Event", "push")],
+        body,
+    );
+    assert_eq!(code, 401);
+    let (code, _) = http(d.addr, "POST", "/webhook", &[], body);
+    assert_eq!(code, 401);
+    wait(Duration::from_millis(500));
+    assert_eq!(
+        revision(&d.status()),
+        first,
+        "a rejected delivery triggers nothing"
+    );
+    assert_eq!(
+        metric(
+            &d,
+            "pbsync_webhook_deliveries_total{result=\"bad_signature\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &d,
+            "pbsync_webhook_deliveries_total{result=\"missing_signature\"}"
+        ),
+        1.0
+    );
+
+    let signed = pbsync::daemon::webhook::sign(b"s3cr3t", body);
+    let (code, _) = http(
+        d.addr,
+        "POST",
+        "/webhook",
+        &[("X-Hub-Signature-256", &signed), ("X-GitHub-Event", "push")],
+        body,
+    );
+    assert_eq!(code, 202);
+    d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == second && s["result"] == "applied"
+    });
+    // The generic header works too.
+    let generic = pbsync::daemon::webhook::sign(b"s3cr3t", b"x");
+    let (code, _) = http(
+        d.addr,
+        "POST",
+        "/webhook",
+        &[("X-Pbsync-Signature", &generic)],
+        b"x",
+    );
+    assert_eq!(code, 202);
+    assert_eq!(
+        metric(&d, "pbsync_webhook_deliveries_total{result=\"accepted\"}"),
+        2.0
+    );
+
+    // `pbsync reconcile-now` asks for a full pass.
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .args(["reconcile-now", "--listen", &d.addr.to_string()])
+        .output()
+        .expect("reconcile-now");
+    assert!(out.status.success());
+    d.wait_status(Duration::from_secs(10), |_| {
+        d.log().matches("trigger=manual").count() >= 1
+    });
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn the_notify_protocol_reports_ready_status_watchdog_and_stopping_on_a_real_socket() {
+    let (repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let sock_path = state.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let d = Daemon::start(
+        &[
+            "--repo",
+            &repo.path().display().to_string(),
+            "--target",
+            &format!("dir:{}", state.path().join("out").display()),
+        ],
+        &[
+            ("NOTIFY_SOCKET", &sock_path.display().to_string()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let n = sock.recv(&mut buf).expect("notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        let all = seen.join("");
+        if all.contains("READY=1")
+            && all.contains(&format!("STATUS=applied {}", &first[..12]))
+            && all.matches("WATCHDOG=1").count() >= 2
+        {
+            break;
+        }
+    }
+    let all = seen.join("");
+    assert!(seen[0].starts_with("READY=1\n"), "{seen:?}");
+    assert!(
+        all.contains(&format!("STATUS=applied {}", &first[..12])),
+        "{seen:?}"
+    );
+    assert!(all.matches("WATCHDOG=1").count() >= 2, "{seen:?}");
+    let code = d.stop();
+    let mut rest = String::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if rest.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(rest.contains("STOPPING=1"), "{rest}");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_the_new_is_invalid() {
+    let (repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let config = state.path().join("config.yaml");
+    let base = format!(
+        "repo: {}\ntarget: dir:{}\ninterval: 0\n",
+        repo.path().display(),
+        state.path().join("out").display()
+    );
+    std::fs::write(&config, &base).expect("config");
+    let d = Daemon::start(&["--config", &config.display().to_string()], &[]);
+    d.wait_status(Duration::from_secs(30), |s| revision(s) == first);
+
+    std::fs::write(&config, base.replace("interval: 0", "interval: often")).expect("config");
+    d.signal("HUP");
+    let start = Instant::now();
+    while !d.log().contains("new configuration rejected") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", d.log());
+        wait(Duration::from_millis(50));
+    }
+    assert!(d.log().contains(":3: interval"), "{}", d.log());
+    assert_eq!(d.get("/healthz").0, 200, "still running");
+
+    std::fs::write(&config, base.replace("interval: 0", "interval: 1s")).expect("config");
+    d.signal("HUP");
+    let start = Instant::now();
+    while !d.log().contains("configuration reloaded") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", d.log());
+        wait(Duration::from_millis(50));
+    }
+    // SIGUSR1 reconciles now.
+    d.signal("USR1");
+    d.wait_status(Duration::from_secs(10), |_| {
+        d.log().contains("trigger=manual")
+    });
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn a_bad_config_file_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "repo: /nowhere\nlisten: everywhere\nresync-interval: weekly\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .args(["run", "--config", &config.display().to_string()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let p = config.display();
+    assert!(err.contains(&format!("{p}:2: listen")), "{err}");
+    assert!(err.contains(&format!("{p}:3: resync-interval")), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Remote repositories (file://, no network)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_remote_clone_follows_new_commits_force_pushes_tags_and_pinned_commits() {
+    use pbsync::config::GitAuth;
+    use pbsync::source::remote::Remote;
+    let (repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let url = format!("file://{}", repo.path().display());
+    let remote = Remote::new(&url, None, GitAuth::None, true, state.path());
+    assert_eq!(remote.sync().expect("sync").to_string(), first);
+    assert!(remote.dir().starts_with(state.path()));
+
+    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-0.yaml")).expect("rm");
+    let second = commit_all(repo.path(), "second").expect("commit");
+    assert_eq!(remote.sync().expect("sync"), second);
+
+    // Rewrite history: the branch now points at a new root commit.
+    let r = git2::Repository::open(repo.path()).expect("open");
+    let tree = r.find_commit(second).expect("commit").tree().expect("tree");
+    let sig = git2::Signature::now("x", "x@x").expect("sig");
+    let rewritten = r
+        .commit(None, &sig, &sig, "rewritten", &tree, &[])
+        .expect("commit");
+    let head = r.head().expect("head").name().expect("name").to_string();
+    r.reference(&head, rewritten, true, "force push")
+        .expect("force");
+    assert_eq!(remote.sync().expect("sync"), rewritten);
+
+    // A tag and a pinned commit.
+    r.tag_lightweight("v1", &r.find_object(second, None).expect("obj"), false)
+        .expect("tag");
+    let tagged = Remote::new(&url, Some("v1".into()), GitAuth::None, false, state.path());
+    assert_eq!(tagged.sync().expect("sync"), second);
+    let pinned = Remote::new(
+        &url,
+        Some(first.clone()),
+        GitAuth::None,
+        false,
+        state.path(),
+    );
+    assert_eq!(pinned.sync().expect("sync").to_string(), first);
+    let missing = Remote::new(
+        &url,
+        Some("no-such-branch".into()),
+        GitAuth::None,
+        false,
+        state.path(),
+    );
+    assert!(missing.sync().is_err());
+}
+
+#[test]
+fn the_daemon_reads_a_file_url_through_its_persistent_clone() {
+    let (repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let d = Daemon::start(
+        &[
+            "--repo",
+            &format!("file://{}", repo.path().display()),
+            "--state-dir",
+            &state.path().join("var").display().to_string(),
+            "--target",
+            &format!("dir:{}", state.path().join("out").display()),
+            "--interval",
+            "1s",
+        ],
+        &[],
+    );
+    d.wait_status(Duration::from_secs(30), |s| {
+        revision(s) == first && s["result"] == "applied"
+    });
+    assert!(state.path().join("var/repos").is_dir());
+    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-0.yaml")).expect("rm");
+    let second = commit_all(repo.path(), "second")
+        .expect("commit")
+        .to_string();
+    d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == second && s["result"] == "applied"
+    });
+    assert_eq!(d.stop(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes target
+// ---------------------------------------------------------------------------------------
+
+fn kubeconfig(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            let why = "no test cluster (KUBECONFIG unset): run scripts/test";
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {why} (CI is set, so this is a failure, not a skip)");
+            }
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+async fn client(kubeconfig: &Path) -> kube::Client {
+    pbsync::daemon::leader::client(Some(kubeconfig), None)
+        .await
+        .expect("client")
+}
+
+fn lease_holder(kubeconfig: &Path, ns: &str, name: &str) -> Option<String> {
+    block_on(async {
+        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client(kubeconfig).await, ns);
+        api.get(name).await.ok()?.spec?.holder_identity
+    })
+}
+
+fn count_bundles(kubeconfig: &Path, ns: &str) -> usize {
+    block_on(async {
+        let gvk = kube::api::GroupVersionKind::gvk("spectrocloud.com", "v1beta1", "ProfileBundle");
+        let ar = kube::api::ApiResource::from_gvk(&gvk);
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(client(kubeconfig).await, ns, &ar);
+        api.list(&kube::api::ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0)
+    })
+}
+
+/// A namespace of the test's own, created with the API directly.
+fn namespace(kubeconfig: &Path, test: &str) -> String {
+    let short: String = test
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(30)
+        .collect();
+    let ns = format!("dt-{short}-{:06x}", fastrand::u32(..0xff_ffff)).to_ascii_lowercase();
+    block_on(async {
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(client(kubeconfig).await);
+        let body =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+        api.create(&kube::api::PostParams::default(), &body)
+            .await
+            .expect("create namespace");
+    });
+    ns
+}
+
+fn kube_bundle(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: Application\n  deletionPolicy: delete\n  workloadProfiles:\n    - name: {name}-wp\n---\napiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata:\n  name: {name}-wp\n  namespace: {ns}\nspec:\n  type: Application\n  workload:\n    components:\n      - name: main\n        type: web\n        properties:\n          chart: {name}\n"
+    )
+}
+
+fn kube_repo(ns: &str, bundles: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("bundles")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("shared.yaml"),
+        format!("apiVersion: core.oam.dev/v1beta1\nkind: ComponentDefinition\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  workload:\n    definition:\n      apiVersion: apps/v1\n      kind: Deployment\n  schematic:\n    cue:\n      template: |\n        output: {{}}\n"),
+    )
+    .expect("write");
+    for b in bundles {
+        std::fs::write(
+            dir.path().join(format!("bundles/{b}.yaml")),
+            kube_bundle(ns, b),
+        )
+        .expect("write");
+    }
+    commit_all(dir.path(), "bundles").expect("commit");
+    dir
+}
+
+fn kube_args<'a>(repo: &'a str, kubeconfig: &'a str, ns: &'a str) -> Vec<&'a str> {
+    vec![
+        "--repo",
+        repo,
+        "--target",
+        "kube",
+        "--kubeconfig",
+        kubeconfig,
+        "--instance",
+        ns,
+        "--status-namespace",
+        ns,
+        "--interval",
+        "1s",
+        "--backoff-min",
+        "200ms",
+        "--backoff-max",
+        "2s",
+    ]
+}
+
+#[test]
+fn two_daemons_elect_one_leader_and_the_other_takes_over_when_it_dies() {
+    let test = "two_daemons_elect_one_leader";
+    let Some(kc) = kubeconfig(test) else { return };
+    let ns = namespace(&kc, test);
+    let repo = kube_repo(&ns, &["a"]);
+    let repo_arg = repo.path().display().to_string();
+    let kc_arg = kc.display().to_string();
+    let mut args = kube_args(&repo_arg, &kc_arg, &ns);
+    args.extend([
+        "--leader-elect",
+        "--lease-duration",
+        "3s",
+        "--lease-namespace",
+        &ns,
+    ]);
+    let mut a_args = args.clone();
+    a_args.extend(["--leader-id", "a"]);
+    let a = Daemon::start(&a_args, &[]);
+    let first = a.wait_status(Duration::from_secs(60), |s| s["result"] == "applied");
+    let mut b_args = args.clone();
+    b_args.extend(["--leader-id", "b"]);
+    let b = Daemon::start(&b_args, &[]);
+    b.wait_status(Duration::from_secs(20), |s| s["result"] == "standby");
+    assert_eq!(metric(&b, "pbsync_leader "), 0.0);
+    assert_eq!(
+        lease_holder(&kc, &ns, &format!("pbsync-{ns}")).as_deref(),
+        Some("a")
+    );
+
+    // Kill the leader without a chance to release the lease, then commit.
+    drop(a);
+    let killed = Instant::now();
+    std::fs::write(repo.path().join("bundles/b.yaml"), kube_bundle(&ns, "b")).expect("write");
+    let second = commit_all(repo.path(), "b").expect("commit").to_string();
+    let s = b.wait_status(Duration::from_secs(30), |s| {
+        revision(s) == second && s["result"] == "applied"
+    });
+    let took = killed.elapsed();
+    assert!(
+        s["message"].as_str().unwrap_or("").contains("created"),
+        "{s}"
+    );
+    // The lease lasts 3 s and is checked every second.
+    assert!(took < Duration::from_secs(8), "failover took {took:?}");
+    assert_ne!(revision(&first), second);
+    assert_eq!(b.stop(), Some(0));
+}
+
+/// The test cluster's process of `name` (pid file and command line), in `dir`.
+fn process(dir: &Path, name: &str) -> (u32, Vec<String>) {
+    let pid: u32 = std::fs::read_to_string(dir.join(format!("{name}.pid")))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let args = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    (pid, args)
+}
+
+#[test]
+fn an_api_server_killed_mid_reconcile_is_retried_until_the_daemon_converges() {
+    let test = "api_server_outage";
+    if kubeconfig(test).is_none() {
+        return;
+    }
+    // A private control plane: killing the shared one would disturb other tests.
+    let cluster = tempfile::tempdir().expect("cluster dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testcluster");
+    let up = Command::new(&script)
+        .arg("up")
+        .env("PBSYNC_TESTCLUSTER_DIR", cluster.path())
+        .stderr(Stdio::null())
+        .output()
+        .expect("testcluster up");
+    assert!(up.status.success(), "private cluster did not start");
+    struct Down<'a>(&'a Path, &'a Path);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(self.0)
+                .arg("down")
+                .env("PBSYNC_TESTCLUSTER_DIR", self.1)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _down = Down(&script, cluster.path());
+    let kc = cluster.path().join("kubeconfig");
+    let ns = namespace(&kc, test);
+    let repo = kube_repo(&ns, &["a"]);
+    let repo_arg = repo.path().display().to_string();
+    let kc_arg = kc.display().to_string();
+    let d = Daemon::start(&kube_args(&repo_arg, &kc_arg, &ns), &[]);
+    d.wait_status(Duration::from_secs(60), |s| s["result"] == "applied");
+
+    // Commit, and kill the API server as the watch starts the reconcile.
+    let (pid, args) = process(cluster.path(), "kube-apiserver");
+    for b in ["b", "c", "d"] {
+        std::fs::write(
+            repo.path().join(format!("bundles/{b}.yaml")),
+            kube_bundle(&ns, b),
+        )
+        .expect("write");
+    }
+    let second = commit_all(repo.path(), "three more")
+        .expect("commit")
+        .to_string();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let s = d.wait_status(Duration::from_secs(30), |s| {
+        s["result"] == "failed" && s["retryable"] == true
+    });
+    assert_eq!(d.get("/healthz").0, 200, "{s}");
+
+    // Restart it with the same command line (same port, same etcd).
+    let log =
+        std::fs::File::create(cluster.path().join("kube-apiserver.restarted.log")).expect("log");
+    // `scripts/testcluster down` stops it through the pid file, like the original.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new("setsid")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("restart kube-apiserver");
+    std::fs::write(
+        cluster.path().join("kube-apiserver.pid"),
+        child.id().to_string(),
+    )
+    .expect("pid");
+    let s = d.wait_status(Duration::from_secs(90), |s| {
+        revision(s) == second && s["result"] == "applied"
+    });
+    assert!(
+        s["message"].as_str().unwrap_or("").contains("created"),
+        "{s}"
+    );
+    assert_eq!(count_bundles(&kc, &ns), 4);
+    assert_eq!(d.stop(), Some(0));
+}
