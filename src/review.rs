@@ -6,6 +6,7 @@
 use git2::{Oid, Repository};
 
 use crate::apply::{self, Target};
+use crate::daemon::cache::ParseCache;
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
 use crate::model::{self, Catalog, Kind, Violations};
@@ -93,6 +94,9 @@ impl Review {
 /// Base, head, the merged tree, and base's graph when base is valid.
 struct Prepared {
     repo: Repository,
+    /// Files are parsed once across base and merge: a one-file pull request parses one file
+    /// twice, not the repository twice.
+    cache: ParseCache,
     merged: merge::Merged,
     base_graph: Option<ResourceGraph>,
     base_violations: Violations,
@@ -107,18 +111,29 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
         .map_err(Error::Merge)?;
     let base_snapshot = source::read_commit(&repo, base, &ctx.git.path, ctx.git.max_file_bytes)
         .map_err(read("base"))?;
-    let (base_graph, base_violations) =
-        match reconcile::load(&base_snapshot, &ctx.limits, &Catalog::default()) {
-            Ok(loaded) => (Some(loaded.graph), Violations::default()),
-            Err(reconcile::Error::Invalid { violations, .. }) => (None, violations),
-            Err(_) => (None, Violations::default()),
-        };
+    let cache = ParseCache::default();
+    let (base_graph, base_violations) = match load(&base_snapshot, ctx, &cache) {
+        Ok(loaded) => (Some(loaded.graph), Violations::default()),
+        Err(reconcile::Error::Invalid { violations, .. }) => (None, violations),
+        Err(_) => (None, Violations::default()),
+    };
     Ok(Prepared {
         repo,
+        cache,
         merged,
         base_graph,
         base_violations,
     })
+}
+
+/// Parses (through `cache`), validates without live state, and graphs `snapshot`.
+fn load(
+    snapshot: &source::Snapshot,
+    ctx: &Context,
+    cache: &ParseCache,
+) -> reconcile::Result<reconcile::Loaded> {
+    let (desired, violations) = reconcile::parse_with(snapshot, &ctx.limits, cache);
+    reconcile::check(desired, violations, &Catalog::default())
 }
 
 /// The state `graph` would leave on an empty target: every desired object, rendered and
@@ -152,8 +167,7 @@ pub fn plan_offline(ctx: &Context, req: &Request) -> Result<Review> {
         });
     };
     let observed = state_of(base_graph, &ctx.plan.instance);
-    let loaded = match reconcile::load(&prepared.merged.snapshot, &ctx.limits, &Catalog::default())
-    {
+    let loaded = match load(&prepared.merged.snapshot, ctx, &prepared.cache) {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, true),
     };
@@ -164,7 +178,7 @@ pub fn plan_offline(ctx: &Context, req: &Request) -> Result<Review> {
 pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> Result<Review> {
     let prepared = prepare(ctx, req)?;
     let snapshot = &prepared.merged.snapshot;
-    let loaded = match reconcile::load(snapshot, &ctx.limits, &Catalog::default()) {
+    let loaded = match load(snapshot, ctx, &prepared.cache) {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, false),
     };
@@ -177,8 +191,14 @@ pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> R
         .observe(&loaded.graph, &stamp)
         .await
         .map_err(Error::Observe)?;
-    // External references (cluster profiles, definitions) resolve against live state now.
-    let loaded = match reconcile::load(snapshot, &ctx.limits, &observed.catalog()) {
+    // External references (cluster profiles, definitions) resolve against live state now;
+    // the parsed objects are reused.
+    let recheck = reconcile::check(
+        loaded.graph.into_desired_state(),
+        Vec::new(),
+        &observed.catalog(),
+    );
+    let loaded = match recheck {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, false),
     };

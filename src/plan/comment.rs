@@ -188,6 +188,11 @@ fn units(plan: &Plan) -> Vec<Unit> {
         out.push(Unit::new("\n".into()));
     }
     let s = plan.summary();
+    if !plan.violations.is_empty() {
+        // An invalid commit plans nothing; counts of zero would only read as "safe".
+        push_warnings(plan, &mut out);
+        return out;
+    }
     out.push(Unit::new(format!(
         "**{} to create, {} to update, {} to delete, {} to orphan, {} blocked, {} unknown** ({} unchanged)\n\n",
         s.create, s.update, s.delete, s.orphan, s.blocked, s.unknown, s.unchanged
@@ -202,7 +207,7 @@ fn units(plan: &Plan) -> Vec<Unit> {
             cell(&g.message)
         )));
     }
-    if plan.violations.is_empty() && !plan.has_changes() && s.blocked == 0 && s.unknown == 0 {
+    if !plan.has_changes() && s.blocked == 0 && s.unknown == 0 {
         out.push(Unit::new("No changes.\n\n".into()));
     }
     let order = [
@@ -213,18 +218,36 @@ fn units(plan: &Plan) -> Vec<Unit> {
         Action::Create,
         Action::Update,
     ];
-    for action in order {
-        let rows: Vec<&Change> = plan.changes.iter().filter(|c| c.action == action).collect();
+    // Shared objects kept alive by other bundles while some referrer leaves: unchanged, but
+    // the answer to "why is this not deleted?".
+    let kept = |c: &&Change| {
+        c.action == Action::Unchanged && c.reasons.iter().any(|r| r.starts_with("kept"))
+    };
+    let sections = order
+        .iter()
+        .map(|&a| {
+            let rows: Vec<&Change> = plan.changes.iter().filter(|c| c.action == a).collect();
+            (title(a), rows)
+        })
+        .take(3)
+        .chain(std::iter::once((
+            ":shield: Kept (still referenced)",
+            plan.changes.iter().filter(kept).collect(),
+        )))
+        .chain(order.iter().skip(3).map(|&a| {
+            let rows: Vec<&Change> = plan.changes.iter().filter(|c| c.action == a).collect();
+            (title(a), rows)
+        }));
+    for (title, rows) in sections {
         if rows.is_empty() {
             continue;
         }
         let head = "| kind | object | refs | why |\n|---|---|---|---|\n";
         out.push(Unit::new(format!(
-            "#### {} ({})\n\n{head}",
-            title(action),
+            "#### {title} ({})\n\n{head}",
             rows.len()
         )));
-        let resume = format!("#### {} (continued)\n\n{head}", title(action));
+        let resume = format!("#### {title} (continued)\n\n{head}");
         for c in rows {
             out.push(Unit {
                 text: row(c),
@@ -263,6 +286,11 @@ fn units(plan: &Plan) -> Vec<Unit> {
             });
         }
     }
+    push_warnings(plan, &mut out);
+    out
+}
+
+fn push_warnings(plan: &Plan, out: &mut Vec<Unit>) {
     let guard_message = plan.guard.as_ref().map(|g| g.message.as_str());
     let warnings: Vec<&String> = plan
         .warnings
@@ -281,7 +309,6 @@ fn units(plan: &Plan) -> Vec<Unit> {
             });
         }
     }
-    out
 }
 
 fn row(c: &Change) -> String {

@@ -16,3 +16,5 @@ mod local_dir;
 mod invalid;
 // The built binary end to end: flags, output formats, exit codes.
 mod cli;
+// Pull-request plans: merges of branches, impact, PR comments and JSON, snapshotted.
+mod pr_plans;

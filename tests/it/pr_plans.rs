@@ -1,0 +1,491 @@
+//! Pull-request plans: the merge of a branch into its base planned offline (against the state
+//! base would produce) or against a live local-directory target, rendered as PR comments
+//! (Markdown) and JSON, snapshotted. Branches are built with git2 directly (a branch at a
+//! commit, commits on it) with a fixed author and time, so commit ids are stable.
+
+use std::collections::BTreeMap;
+
+use git2::{Oid, Signature, Time};
+use pbsync::apply::RunOptions;
+use pbsync::apply::local_dir::LocalDir;
+use pbsync::plan::comment::{GITHUB_LIMIT, MARKER, render_comments};
+use pbsync::reconcile::{self, Context};
+use pbsync::review::{self, Request, Review};
+
+use crate::support::{TestRepo, block_on};
+
+/// A repository with named branches; each commit applies file changes to a branch's tip.
+struct Branches {
+    repo: TestRepo,
+    tick: i64,
+}
+
+impl Branches {
+    fn new() -> Self {
+        Self {
+            repo: TestRepo::new(),
+            tick: 0,
+        }
+    }
+
+    /// Commits `changes` (path -> Some(content) to write, None to remove) on `branch`, which
+    /// starts at `from` when it does not exist yet.
+    fn commit(
+        &mut self,
+        branch: &str,
+        from: Option<&str>,
+        changes: &[(&str, Option<&str>)],
+    ) -> Oid {
+        let repo = &self.repo.repo;
+        let refname = format!("refs/heads/{branch}");
+        let parent = repo
+            .revparse_single(&refname)
+            .or_else(|_| repo.revparse_single(&format!("refs/heads/{}", from.unwrap_or(branch))))
+            .ok()
+            .and_then(|o| o.peel_to_commit().ok());
+        let mut index = git2::Index::new().expect("index");
+        if let Some(p) = &parent {
+            index
+                .read_tree(&p.tree().expect("tree"))
+                .expect("read tree");
+        }
+        for (path, content) in changes {
+            match content {
+                Some(text) => {
+                    let blob = repo.blob(text.as_bytes()).expect("blob");
+                    let entry = git2::IndexEntry {
+                        ctime: git2::IndexTime::new(0, 0),
+                        mtime: git2::IndexTime::new(0, 0),
+                        dev: 0,
+                        ino: 0,
+                        mode: 0o100_644,
+                        uid: 0,
+                        gid: 0,
+                        file_size: 0,
+                        id: blob,
+                        flags: 0,
+                        flags_extended: 0,
+                        path: path.as_bytes().to_vec(),
+                    };
+                    index.add(&entry).expect("add");
+                }
+                None => index
+                    .remove_path(std::path::Path::new(path))
+                    .expect("remove"),
+            }
+        }
+        let tree = repo
+            .find_tree(index.write_tree_to(repo).expect("write tree"))
+            .expect("tree");
+        self.tick += 1;
+        let sig = Signature::new(
+            "pbsync tests",
+            "tests@pbsync.invalid",
+            &Time::new(1_700_000_000 + self.tick * 60, 0),
+        )
+        .expect("signature");
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some(&refname), &sig, &sig, branch, &tree, &parents)
+            .expect("commit")
+    }
+
+    fn context(&self) -> Context {
+        Context::new(self.repo.path(), "HEAD", "")
+    }
+
+    fn offline(&self, base: &str, head: &str) -> Review {
+        review::plan_offline(&self.context(), &request(base, head)).expect("offline plan")
+    }
+}
+
+fn request(base: &str, head: &str) -> Request {
+    Request {
+        base: format!("refs/heads/{base}"),
+        head: format!("refs/heads/{head}"),
+    }
+}
+
+/// The snapshot text: every comment, then the JSON document.
+fn render(review: &Review) -> String {
+    let parts = render_comments(&review.plan, &review.comment_context());
+    let json = serde_json::to_string_pretty(&review.to_json()).expect("json");
+    format!(
+        "{}\n=== json ===\n{json}\n",
+        parts.join("\n=== next comment ===\n")
+    )
+}
+
+const DEFINITIONS: &str = "apiVersion: core.oam.dev/v1beta1
+kind: ComponentDefinition
+metadata: {name: web, namespace: team-a}
+spec:
+  workload: {type: autodetects.core.oam.dev}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata: {name: charts, namespace: team-a}
+spec: {url: https://charts.example.com, interval: 1h}
+";
+
+fn profile(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1
+kind: WorkloadProfile
+metadata: {{name: {name}, namespace: team-a}}
+spec:
+  type: Application
+  workload:
+    components:
+      - name: main
+        type: web
+        properties:
+          image: {image}
+          replicas: 2
+          apiKey: key-for-{image}
+"
+    )
+}
+
+fn bundle(name: &str, profile: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1
+kind: ProfileBundle
+metadata: {{name: {name}, namespace: team-a}}
+spec:
+  type: Application
+  deletionPolicy: {policy}
+  workloadProfiles: [{{name: {profile}}}]
+  workloadProfileDependencies:
+    helmRepositories: [{{name: charts}}]
+"
+    )
+}
+
+/// main: definitions, the shared profile `web`, and the given bundles (all using `web`).
+fn base_with(bundles: &[(&str, &str)]) -> Branches {
+    let mut b = Branches::new();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    files.insert("shared/definitions.yaml".into(), DEFINITIONS.into());
+    files.insert("shared/web.yaml".into(), profile("web", "nginx:1.27"));
+    for (name, policy) in bundles {
+        files.insert(format!("bundles/{name}.yaml"), bundle(name, "web", policy));
+    }
+    let changes: Vec<(&str, Option<&str>)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), Some(c.as_str())))
+        .collect();
+    b.commit("main", None, &changes);
+    b
+}
+
+#[test]
+fn adding_a_bundle() {
+    let mut b = base_with(&[("shop", "delete")]);
+    let api = profile("api", "api:2.0");
+    let new = bundle("blog", "api", "delete");
+    b.commit(
+        "pr",
+        Some("main"),
+        &[
+            ("shared/api.yaml", Some(&api)),
+            ("bundles/blog.yaml", Some(&new)),
+        ],
+    );
+    let review = b.offline("main", "pr");
+    assert_eq!(review.plan.summary().create, 2, "{:?}", review.plan.changes);
+    insta::assert_snapshot!("pr-adding-a-bundle", render(&review));
+}
+
+#[test]
+fn editing_a_shared_profile_used_by_three_bundles() {
+    let mut b = base_with(&[("a", "delete"), ("b", "delete"), ("c", "delete")]);
+    let edited = profile("web", "nginx:1.28");
+    b.commit("pr", Some("main"), &[("shared/web.yaml", Some(&edited))]);
+    let review = b.offline("main", "pr");
+    let impact = &review.plan.impact;
+    assert_eq!(impact.len(), 1, "{impact:?}");
+    assert_eq!(impact[0].dependents.len(), 3, "every bundle that uses it");
+    let text = render(&review);
+    assert!(!text.contains("key-for-nginx"), "secret masked:\n{text}");
+    insta::assert_snapshot!("pr-editing-a-shared-profile-used-by-three-bundles", text);
+}
+
+#[test]
+fn removing_one_of_two_bundles_that_share_a_profile() {
+    let mut b = base_with(&[("a", "delete"), ("b", "delete")]);
+    b.commit("pr", Some("main"), &[("bundles/b.yaml", None)]);
+    let review = b.offline("main", "pr");
+    let s = review.plan.summary();
+    assert_eq!((s.delete, s.orphan), (1, 0), "only the bundle goes");
+    insta::assert_snapshot!("pr-removing-one-of-two-bundles", render(&review));
+}
+
+#[test]
+fn removing_the_last_bundle() {
+    let mut b = base_with(&[("a", "delete")]);
+    b.commit("pr", Some("main"), &[("bundles/a.yaml", None)]);
+    let review = b.offline("main", "pr");
+    assert!(
+        review.plan.summary().delete >= 3,
+        "bundle, profile, definition, repository"
+    );
+    assert!(
+        review.plan.guard.is_some(),
+        "every managed bundle goes: the guard trips"
+    );
+    insta::assert_snapshot!("pr-removing-the-last-bundle", render(&review));
+}
+
+#[test]
+fn orphan_policy() {
+    let mut b = base_with(&[("a", "orphan")]);
+    b.commit("pr", Some("main"), &[("bundles/a.yaml", None)]);
+    let review = b.offline("main", "pr");
+    assert!(
+        review.plan.summary().orphan >= 3,
+        "{:?}",
+        review.plan.summary()
+    );
+    insta::assert_snapshot!("pr-orphan-policy", render(&review));
+}
+
+#[test]
+fn orphan_set_on_the_branch_before_removal_is_honoured() {
+    let mut b = base_with(&[("a", "delete"), ("b", "delete")]);
+    let orphan = bundle("b", "web", "orphan");
+    b.commit("pr", Some("main"), &[("bundles/b.yaml", Some(&orphan))]);
+    b.commit(
+        "pr",
+        None,
+        &[("bundles/b.yaml", None), ("bundles/a.yaml", None)],
+    );
+    let review = b.offline("main", "pr");
+    let web = review
+        .plan
+        .changes
+        .iter()
+        .find(|c| c.key.name.as_ref() == "web")
+        .expect("web planned");
+    assert_eq!(
+        web.action,
+        pbsync::plan::Action::Orphan,
+        "{:?}",
+        web.reasons
+    );
+}
+
+#[test]
+fn a_blocked_deletion() {
+    let mut b = base_with(&[("a", "delete"), ("b", "delete")]);
+    b.commit("pr", Some("main"), &[("bundles/b.yaml", None)]);
+    let state = tempfile::tempdir().expect("state");
+    let target = LocalDir::new(state.path(), "default");
+    let mut ctx = b.context();
+    ctx.git.reference = "refs/heads/main".into();
+    let snapshot = reconcile::fetch(&ctx).expect("fetch base");
+    block_on(reconcile::run_once(
+        &ctx,
+        &snapshot,
+        &target,
+        RunOptions::default(),
+    ))
+    .expect("apply base");
+    // A Compute Pool pbsync did not create uses bundle b.
+    let pool = state.path().join("team-a/computepool/gpu-pool.yaml");
+    std::fs::create_dir_all(pool.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        pool,
+        "apiVersion: spectrocloud.com/v1alpha1\nkind: ComputePool\nmetadata: {name: gpu-pool, namespace: team-a}\nspec:\n  profileBundleRef: {name: b, namespace: team-a}\n  clusterVariant: {shared: {}}\n",
+    )
+    .expect("write pool");
+    let mut review =
+        block_on(review::plan_live(&ctx, &request("main", "pr"), &target)).expect("live plan");
+    review.plan.read_at = Some("2025-06-01T12:00:00Z".into());
+    assert_eq!(
+        review.plan.summary().blocked,
+        1,
+        "{:?}",
+        review.plan.changes
+    );
+    let text = render(&review);
+    assert!(text.contains("gpu-pool"), "{text}");
+    assert!(text.find("Blocked") < text.find("Create").or(Some(usize::MAX)));
+    insta::assert_snapshot!("pr-a-blocked-deletion", text);
+}
+
+#[test]
+fn a_head_with_validation_errors() {
+    let mut b = base_with(&[("a", "delete")]);
+    let broken = "apiVersion: spectrocloud.com/v1beta1
+kind: ProfileBundle
+metadata: {name: broken, namespace: team-a}
+spec:
+  type: Application
+  workloadProfiles: [{name: missing}]
+";
+    b.commit("pr", Some("main"), &[("bundles/broken.yaml", Some(broken))]);
+    let review = b.offline("main", "pr");
+    assert!(!review.plan.violations.is_empty());
+    assert!(review.plan.changes.is_empty(), "nothing is applied from it");
+    let text = render(&review);
+    let first_section = text.find("####").expect("a section");
+    assert!(
+        text[first_section..].starts_with("#### :x:"),
+        "violations come first:\n{text}"
+    );
+    assert!(text.contains("`bundles/broken.yaml:"), "file:line:\n{text}");
+    insta::assert_snapshot!("pr-a-head-with-validation-errors", text);
+}
+
+#[test]
+fn a_plan_over_the_comment_limit_is_split_into_numbered_parts() {
+    let mut b = base_with(&[("a", "delete")]);
+    let mut files: Vec<(String, String)> = Vec::new();
+    for i in 0..400 {
+        let name = format!("profile-with-a-rather-long-name-{i:04}");
+        files.push((
+            format!("shared/p{i:04}.yaml"),
+            profile(&name, &format!("img:{i}")),
+        ));
+        files.push((
+            format!("bundles/b{i:04}.yaml"),
+            bundle(
+                &format!("bundle-with-a-rather-long-name-{i:04}"),
+                &name,
+                "delete",
+            ),
+        ));
+    }
+    let changes: Vec<(&str, Option<&str>)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), Some(c.as_str())))
+        .collect();
+    b.commit("pr", Some("main"), &changes);
+    let review = b.offline("main", "pr");
+    let parts = render_comments(&review.plan, &review.comment_context());
+    let n = parts.len();
+    assert!(n >= 2, "{n} part(s)");
+    let mut headers = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            part.chars().count() < GITHUB_LIMIT,
+            "part {} is {} chars",
+            i + 1,
+            part.chars().count()
+        );
+        assert!(part.starts_with(MARKER));
+        assert!(part.contains(&format!("(part {} of {n})", i + 1)));
+        headers.push(part.lines().nth(1).expect("title").to_string());
+    }
+    let all = parts.join("");
+    for i in 0..400 {
+        assert!(all.contains(&format!("`team-a/bundle-with-a-rather-long-name-{i:04}`")));
+    }
+    insta::assert_snapshot!("pr-over-the-comment-limit-titles", headers.join("\n"));
+}
+
+#[test]
+fn a_base_that_moved_since_the_branch_was_made() {
+    let mut b = base_with(&[("a", "delete")]);
+    // The branch adds `blog`; meanwhile main gains `shop`.
+    let blog = bundle("blog", "web", "delete");
+    b.commit("pr", Some("main"), &[("bundles/blog.yaml", Some(&blog))]);
+    let shop = bundle("shop", "web", "delete");
+    b.commit("main", None, &[("bundles/shop.yaml", Some(&shop))]);
+
+    let review = b.offline("main", "pr");
+    let s = review.plan.summary();
+    assert_eq!(
+        (s.create, s.delete, s.orphan),
+        (1, 0, 0),
+        "{:?}",
+        review.plan.changes
+    );
+
+    // The branch alone, planned against what main now produces, would delete `shop`.
+    let ctx = b.context();
+    let repo = &b.repo.repo;
+    let base_id = repo.revparse_single("refs/heads/main").expect("main").id();
+    let head_id = repo.revparse_single("refs/heads/pr").expect("pr").id();
+    let base = pbsync::source::read_commit(repo, base_id, "", 1 << 20).expect("base");
+    let head = pbsync::source::read_commit(repo, head_id, "", 1 << 20).expect("head");
+    let catalog = pbsync::model::Catalog::default();
+    let base_graph = reconcile::load(&base, &ctx.limits, &catalog)
+        .expect("base")
+        .graph;
+    let head_graph = reconcile::load(&head, &ctx.limits, &catalog)
+        .expect("head")
+        .graph;
+    let stale = pbsync::plan::plan(
+        &head_graph,
+        &review::state_of(&base_graph, "default"),
+        &pbsync::plan::History::default(),
+        &ctx.plan,
+    );
+    assert_eq!(
+        stale.summary().delete,
+        1,
+        "the spurious deletion the merge plan avoids"
+    );
+    insta::assert_snapshot!("pr-a-base-that-moved", render(&review));
+}
+
+#[test]
+fn a_conflicting_merge_is_an_error_naming_the_paths() {
+    let mut b = base_with(&[("a", "delete")]);
+    let one = profile("web", "nginx:2");
+    let two = profile("web", "nginx:3");
+    b.commit("pr", Some("main"), &[("shared/web.yaml", Some(&one))]);
+    b.commit("main", None, &[("shared/web.yaml", Some(&two))]);
+    let err = review::plan_offline(&b.context(), &request("main", "pr")).expect_err("conflict");
+    let text = pbsync::error_chain(&err);
+    assert!(text.contains("conflicts in shared/web.yaml"), "{text}");
+}
+
+#[test]
+fn the_cli_writes_comment_files_and_exits_by_the_plan() {
+    let mut b = base_with(&[("a", "delete")]);
+    let edited = profile("web", "nginx:1.28");
+    b.commit("pr", Some("main"), &[("shared/web.yaml", Some(&edited))]);
+    let dir = tempfile::tempdir().expect("comment dir");
+    let stale = dir.path().join("comment-7.md");
+    std::fs::write(&stale, "old").expect("stale");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "plan".to_string(),
+            "--repo".into(),
+            b.repo.path().to_string_lossy().into_owned(),
+            "--base".into(),
+            "main".into(),
+            "--head".into(),
+            "pr".into(),
+            "--offline".into(),
+        ];
+        args.extend(extra.iter().map(ToString::to_string));
+        std::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
+            .args(&args)
+            .output()
+            .expect("run pbsync")
+    };
+    let comment_dir = dir.path().to_string_lossy().into_owned();
+    let out = run(&[
+        "--format",
+        "markdown",
+        "--comment-dir",
+        &comment_dir,
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let first = std::fs::read_to_string(dir.path().join("comment-1.md")).expect("comment-1.md");
+    assert!(first.starts_with(MARKER));
+    assert!(
+        !stale.exists(),
+        "parts of an earlier, longer plan are removed"
+    );
+    let out = run(&["--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["impact"][0]["bundles"][0]["name"], "a");
+    assert_eq!(doc["offline"], true);
+    assert!(doc["violations"].as_array().is_some_and(Vec::is_empty));
+}
