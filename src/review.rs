@@ -233,6 +233,7 @@ fn invalid(prepared: &Prepared, err: reconcile::Error, offline: bool) -> Result<
             read_at: None,
             impact: Vec::new(),
             violations: violations.0,
+            deployments: Vec::new(),
         },
         base: prepared.merged.base,
         head: prepared.merged.head,

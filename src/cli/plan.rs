@@ -74,6 +74,7 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
             read_at: None,
             impact: Vec::new(),
             violations: violations.0,
+            deployments: Vec::new(),
         },
         Err(Error::Invalid {
             revision,

@@ -3,13 +3,14 @@
 //!
 //! `load` turns a [`Snapshot`](crate::source::Snapshot) into a [`DesiredState`] and the list
 //! of every violation found on the way (syntax, shape, unknown kinds, names, duplicates).
-//! `validate` then checks the bundle rules of the domain contract (§3, rules 1–6) once
+//! `validate` then checks the bundle rules of the domain contract (§3, rules 1–8) once
 //! references can be resolved against the repository and, when a target is available, the
 //! live catalogue of cluster profiles and definitions.
 
 mod key;
 mod parse;
 mod validate;
+mod workflow;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub use key::{Kind, ObjectKey};
 pub use parse::{Limits, ParsedFile, parse_file, parse_file_detailed, parse_live};
 pub use validate::{Catalog, Resolution, resolve, validate};
+pub use workflow::{
+    DeploymentParts, FullstackFilter, Part, PartRef, Workflow, fullstack_filter, fullstack_parts,
+};
 
 /// Label marking a Model or Application bundle with its inference engine (seed document).
 pub const INFERENCE_ENGINE_LABEL: &str = "palette.ai/inference-engine";

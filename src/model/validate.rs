@@ -91,10 +91,21 @@ pub fn validate(desired: &DesiredState, catalog: &Catalog) -> (Vec<Violation>, V
                     } else {
                         String::new()
                     };
+                    // A pool's bundle cannot go while the pool stays (domain §4): say so.
+                    let hint = if obj.key.kind == Kind::ComputePool
+                        && r.primary().kind == Kind::ProfileBundle
+                    {
+                        format!(
+                            "; {} is deployed from it, so the bundle cannot be deleted while the pool stays: keep the bundle, or remove the pool in the same commit",
+                            obj.key
+                        )
+                    } else {
+                        String::new()
+                    };
                     violations.push(Violation::at(
                         &loc,
                         Rule::UnresolvedReference,
-                        format!("{} {} is {where_}{tried}", r.field, r.primary()),
+                        format!("{} {} is {where_}{tried}{hint}", r.field, r.primary()),
                     ));
                 }
                 Resolution::Unchecked(k) if !rejected() => {
@@ -110,6 +121,7 @@ pub fn validate(desired: &DesiredState, catalog: &Catalog) -> (Vec<Violation>, V
             check_bundle(desired, obj, catalog, &mut violations);
         }
     }
+    violations.extend(super::workflow::check(desired, catalog));
     let warnings = unchecked
         .into_iter()
         .map(|(k, n)| {

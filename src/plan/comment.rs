@@ -456,6 +456,7 @@ mod tests {
             read_at: Some("2025-01-01T00:00:00Z".into()),
             impact: Vec::new(),
             violations: Vec::new(),
+            deployments: Vec::new(),
         }
     }
 

@@ -20,7 +20,9 @@ pub use render::{render_json, render_markdown, render_text};
 
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
-use crate::model::{DeletionPolicy, Kind, Location, ObjectKey, Spec, Violation, parse_live};
+use crate::model::{
+    DeletionPolicy, DeploymentParts, Kind, Location, ObjectKey, Spec, Violation, parse_live,
+};
 use crate::ownership::{self, Ownership, Stamp};
 
 /// What a change does.
@@ -148,6 +150,9 @@ pub struct Plan {
     pub impact: Vec<Impact>,
     /// Violations of the commit: a plan of an invalid commit has no changes, only these.
     pub violations: Vec<Violation>,
+    /// For each Fullstack bundle a ComputePool or AIWorkload uses: which of its parts deploy
+    /// and which PaletteAI ignores in that workflow (domain §3 rule 8).
+    pub deployments: Vec<DeploymentParts>,
 }
 
 /// The mass-deletion guard's thresholds.
@@ -554,6 +559,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         read_at: observed.read_at.clone(),
         impact: Vec::new(),
         violations: Vec::new(),
+        deployments: crate::model::fullstack_parts(graph.desired_state()),
     }
 }
 

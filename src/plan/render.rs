@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::{Action, Change, Executor, Plan};
-use crate::model::Kind;
+use crate::model::{DeploymentParts, Kind, ObjectKey, PartRef};
 
 fn identity(c: &Change) -> (Value, Value, Value) {
     let (ns, scope) = if c.key.kind == Kind::ClusterProfile {
@@ -43,7 +43,7 @@ pub fn render_json(plan: &Plan) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut doc = json!({
         "revision": plan.revision,
         "changes": changes,
         "summary": plan.summary(),
@@ -52,7 +52,69 @@ pub fn render_json(plan: &Plan) -> Value {
         "readAt": plan.read_at,
         "impact": plan.impact.iter().map(super::Impact::to_json).collect::<Vec<_>>(),
         "violations": plan.violations,
+    });
+    // Present only when some deployment uses a Fullstack bundle, so plans without one keep
+    // their shape.
+    if !plan.deployments.is_empty() {
+        doc["deployments"] = plan.deployments.iter().map(deployment_json).collect();
+    }
+    doc
+}
+
+fn key_json(k: &ObjectKey) -> Value {
+    if k.kind == Kind::ClusterProfile {
+        json!({"kind": k.kind, "scope": &*k.namespace, "name": &*k.name, "version": k.version.as_deref()})
+    } else {
+        json!({"kind": k.kind, "namespace": &*k.namespace, "name": &*k.name})
+    }
+}
+
+/// One Fullstack bundle of one deployment: its parts, deployed and ignored.
+fn deployment_json(d: &DeploymentParts) -> Value {
+    let parts = |list: &[PartRef]| -> Vec<Value> {
+        list.iter()
+            .map(|p| {
+                let mut v = key_json(&p.key);
+                v["part"] = json!(p.part);
+                v
+            })
+            .collect()
+    };
+    json!({
+        "deployment": key_json(&d.deployment),
+        "workflow": d.workflow,
+        "pool": d.pool,
+        "bundle": key_json(&d.bundle),
+        "primary": d.primary,
+        "deployed": parts(&d.deployed),
+        "ignored": parts(&d.ignored),
     })
+}
+
+/// The Fullstack section of the text plan: per deployment and Fullstack bundle, each part
+/// that deploys and each part PaletteAI ignores in that workflow.
+fn render_deployments(out: &mut String, plan: &Plan) {
+    if plan.deployments.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nFullstack bundles in deployments:");
+    for d in &plan.deployments {
+        let role = if d.primary {
+            "its primary workflow"
+        } else {
+            "outside its primary workflow"
+        };
+        let _ = writeln!(
+            out,
+            "  {} uses {} ({}, {:?} pool: {role})",
+            d.deployment, d.bundle, d.workflow, d.pool
+        );
+        for (verb, list) in [("deploy", &d.deployed), ("ignore", &d.ignored)] {
+            for p in list {
+                let _ = writeln!(out, "      {verb}  {} {}", p.part.label(), p.key.short());
+            }
+        }
+    }
 }
 
 fn paint(color: bool, action: Action, text: &str) -> String {
@@ -121,6 +183,7 @@ pub fn render_text(plan: &Plan, color: bool, verbose: bool) -> String {
             let _ = writeln!(out, "      - {r}");
         }
     }
+    render_deployments(&mut out, plan);
     let s = plan.summary();
     let _ = writeln!(
         out,

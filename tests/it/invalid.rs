@@ -206,6 +206,13 @@ invalid_repositories! {
     Live a_component_type_found_nowhere_is_an_error_at_plan_time => "r6-dangling-component-definition",
     Live a_trait_type_found_nowhere_is_an_error_at_plan_time => "r6-dangling-trait-definition",
     Live a_policy_type_found_nowhere_is_an_error_at_plan_time => "r6-dangling-policy-definition",
+    // Rules 7 and 8: inference engines and the seeds' workflow tables.
+    Repo a_model_on_another_inference_engine_than_its_pool_names_both => "r7-model-on-another-inference-engine-than-its-pool",
+    Repo a_compute_pool_needs_an_infrastructure_or_fullstack_bundle => "r8-compute-pool-from-an-application-bundle",
+    Repo a_deployment_onto_an_existing_pool_needs_a_shared_pool => "r8-deployment-onto-a-dedicated-pool",
+    Repo a_dedicated_deployment_needs_infrastructure_beside_its_application => "r8-dedicated-deployment-without-infrastructure",
+    Repo a_deployment_onto_a_shared_pool_brings_no_infrastructure_bundle => "r8-infrastructure-bundle-onto-a-shared-pool",
+    Repo an_app_deployment_cannot_deploy_a_model_bundle => "r8-app-deployment-of-a-model-bundle",
     // Rule 9: names, versions, explicit namespaces.
     Repo an_upper_case_name_is_not_rfc_1123 => "r9-name-upper-case",
     Repo an_underscore_in_a_name_is_not_rfc_1123 => "r9-name-with-underscore",

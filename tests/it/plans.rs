@@ -231,4 +231,7 @@ cases! {
     released_objects_are_taken_back => "released-objects-are-taken-back",
     cascade_server_reports_dependents => "cascade-server-reports-dependents",
     foreign_bundle_keeps_shared_object => "foreign-bundle-keeps-shared-object",
+    deployments_come_and_go => "deployments-come-and-go",
+    fullstack_bundle_parts_per_workflow => "fullstack-bundle-parts-per-workflow",
+    desired_pool_keeps_its_bundle => "desired-pool-keeps-its-bundle",
 }
