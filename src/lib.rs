@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod graph;
+pub mod import;
 pub mod live;
 pub mod model;
 pub mod ownership;

@@ -3,6 +3,7 @@
 
 mod apply;
 mod graph;
+mod import;
 mod plan;
 mod run;
 mod status;
@@ -38,6 +39,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Apply a commit to the target
     Apply(apply::ApplyArgs),
+    /// Unpack a PaletteAI Studio archive (.tar.gz) into the repository layout
+    Import(import::ImportArgs),
     /// Run the daemon: reconcile every new commit, on a poll, a watch, a webhook or a signal
     Run(Box<run::RunArgs>),
     /// Show what the running daemon last did
@@ -127,6 +130,7 @@ pub fn main() -> ExitCode {
             Command::Graph(args) => graph::run(&args),
             Command::Plan(args) => plan::run(&args).await,
             Command::Apply(args) => apply::run(&args).await,
+            Command::Import(args) => import::run(&args),
             Command::Run(args) => run::run(&args).await,
             Command::Status(args) => status::run(&args).await,
             Command::ReconcileNow(args) => status::reconcile_now(&args).await,

@@ -18,3 +18,5 @@ mod invalid;
 mod cli;
 // Pull-request plans: merges of branches, impact, PR comments and JSON, snapshotted.
 mod pr_plans;
+// PaletteAI Studio archives: refusals, conflicts, the example archive.
+mod import;
