@@ -229,10 +229,36 @@ impl Env {
         out
     }
 
+    /// Deletes what the test made. The test cluster runs no controller manager, so nothing
+    /// would empty a deleted namespace: delete its objects, then finalize it.
     async fn cleanup(self) {
+        let lp = kube::api::ListParams::default();
+        let dp = DeleteParams::background();
+        for kind in [
+            "ProfileBundle",
+            "WorkloadProfile",
+            "ComputePool",
+            "HelmRepository",
+            "ComponentDefinition",
+        ] {
+            let _ = self.api(kind).delete_collection(&dp, &lp).await;
+        }
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let _ = cms.delete_collection(&dp, &lp).await;
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let _ = events.delete_collection(&dp, &lp).await;
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client);
+        let _ = namespaces.delete(&self.ns, &dp).await;
+        let finalized = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": self.ns},
+            "spec": {"finalizers": []},
+        });
         let _ = namespaces
-            .delete(&self.ns, &DeleteParams::background())
+            .replace_subresource("finalize", &self.ns, &PostParams::default(), &finalized)
             .await;
     }
 }

@@ -137,8 +137,10 @@ impl Default for KubeOptions {
             context: None,
             instance: "default".into(),
             status_namespace: DEFAULT_STATUS_NAMESPACE.into(),
-            qps: 200.0,
-            burst: 400,
+            // A first sync of a large repository sends a few thousand requests; the API
+            // server's priority and fairness protects it beyond that.
+            qps: 500.0,
+            burst: 1000,
             concurrency: 16,
             cluster_profiles: ClusterProfiles::Refuse,
             api_versions: BTreeMap::new(),
