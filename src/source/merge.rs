@@ -85,6 +85,26 @@ pub fn read_merge(
     let _mempack = odb.add_new_mempack_backend(1000).map_err(failed)?;
     let ours = repo.find_commit(base).map_err(failed)?;
     let theirs = repo.find_commit(head).map_err(failed)?;
+    let merge_base = repo.merge_base(base, head).ok();
+    // A branch that contains base merges by fast-forward: the merge is head's own tree, and
+    // a three-way merge of a large tree would only rebuild it. Likewise a head already in base.
+    let fast = if merge_base == Some(base) {
+        Some(theirs.tree_id())
+    } else if merge_base == Some(head) {
+        Some(ours.tree_id())
+    } else {
+        None
+    };
+    if let Some(tree) = fast {
+        let snapshot = read_tree(repo, tree, subpath, max_file_bytes, &label(base, head))
+            .map_err(Error::ReadFailed)?;
+        return Ok(Merged {
+            base,
+            head,
+            merge_base,
+            snapshot,
+        });
+    }
     let mut index = repo
         .merge_commits(&ours, &theirs, Some(&MergeOptions::new()))
         .map_err(failed)?;
@@ -110,7 +130,7 @@ pub fn read_merge(
     Ok(Merged {
         base,
         head,
-        merge_base: repo.merge_base(base, head).ok(),
+        merge_base,
         snapshot,
     })
 }
@@ -185,6 +205,30 @@ mod tests {
             objects_on_disk(dir.path()),
             before,
             "merged tree stays in memory"
+        );
+    }
+
+    #[test]
+    fn a_branch_that_contains_base_merges_to_its_own_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let base = commit(&repo, &[("a.yaml", "a: 1\n")], None, 1);
+        let head = commit(&repo, &[("a.yaml", "a: 2\n")], Some(base), 2);
+        let merged = read_merge(&repo, base, head, "", 1 << 20).expect("merge");
+        let head_tree = repo.find_commit(head).expect("head").tree_id().to_string();
+        let base_read = crate::source::read_tree(
+            &repo,
+            repo.find_commit(head).expect("c").tree_id(),
+            "",
+            1 << 20,
+            "x",
+        )
+        .expect("read");
+        assert_eq!(merged.snapshot.files, base_read.files, "{head_tree}");
+        let back = read_merge(&repo, head, base, "", 1 << 20).expect("already merged");
+        assert_eq!(
+            back.snapshot.files, base_read.files,
+            "head already in base: base's tree"
         );
     }
 

@@ -450,11 +450,12 @@ fn the_cli_writes_comment_files_and_exits_by_the_plan() {
     let dir = tempfile::tempdir().expect("comment dir");
     let stale = dir.path().join("comment-7.md");
     std::fs::write(&stale, "old").expect("stale");
+    let repo_path = b.repo.path().to_string_lossy().into_owned();
     let run = |extra: &[&str]| {
         let mut args = vec![
             "plan".to_string(),
             "--repo".into(),
-            b.repo.path().to_string_lossy().into_owned(),
+            repo_path.clone(),
             "--base".into(),
             "main".into(),
             "--head".into(),
@@ -488,4 +489,20 @@ fn the_cli_writes_comment_files_and_exits_by_the_plan() {
     assert_eq!(doc["impact"][0]["bundles"][0]["name"], "a");
     assert_eq!(doc["offline"], true);
     assert!(doc["violations"].as_array().is_some_and(Vec::is_empty));
+
+    // An invalid head: violations first, exit 1 whatever the format.
+    b.commit(
+        "pr",
+        None,
+        &[("bundles/broken.yaml", Some("kind: ProfileBundle\n"))],
+    );
+    let out = run(&["--format", "json", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["violations"][0]["path"], "bundles/broken.yaml");
+    assert!(doc["violations"][0]["line"].as_u64().is_some());
+    let out = run(&["--format", "markdown"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let md = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(md.contains("#### :x:"), "{md}");
 }
