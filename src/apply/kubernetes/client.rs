@@ -122,6 +122,13 @@ impl ApiClient {
         }
     }
 
+    /// The same client with another retry policy (tests use short delays).
+    #[cfg(test)]
+    fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// The requests sent so far.
     pub(super) fn counts(&self) -> RequestCounts {
         self.counts
@@ -407,6 +414,129 @@ fn api_error(code: u16, body: &[u8]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A server on 127.0.0.1:0 answering each request with the next of `answers`
+    /// (status, Retry-After), then 200 with `{}`.
+    async fn scripted(answers: Vec<(u16, Option<&'static str>)>) -> (ApiClient, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        let app = axum::Router::new().fallback(move || {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let (code, retry_after) = answers.get(n).copied().unwrap_or((200, None));
+            async move {
+                let mut resp = http::Response::builder().status(code);
+                if let Some(ra) = retry_after {
+                    resp = resp.header(http::header::RETRY_AFTER, ra);
+                }
+                resp.body(axum::body::Body::from(if code == 200 {
+                    "{}".to_string()
+                } else {
+                    format!(r#"{{"kind":"Status","code":{code},"reason":"R","message":"m{n}"}}"#)
+                }))
+                .expect("response")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let uri: http::Uri = format!("http://{addr}").parse().expect("uri");
+        let mut config = kube::Config::new(uri);
+        config.default_retry = false;
+        let client = kube::Client::try_from(config).expect("client");
+        let policy = RetryPolicy {
+            base: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+            ..RetryPolicy::default()
+        };
+        (ApiClient::new(client, 0.0, 1).with_retry(policy), seen)
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_waits_for_retry_after_then_succeeds() {
+        let (api, seen) = scripted(vec![(429, Some("1"))]).await;
+        let start = tokio::time::Instant::now();
+        let got = api.get("/apis/g/v/namespaces/n/things", "x").await;
+        assert_eq!(got.expect("ok"), Some(serde_json::json!({})));
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        let c = api.counts();
+        assert_eq!((c.get(Verb::Get, 429), c.get(Verb::Get, 200)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_until_the_attempts_run_out() {
+        let (api, _) = scripted(vec![(503, None), (500, None)]).await;
+        assert!(
+            api.get("/api/v1/namespaces/n/configmaps", "x")
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            api.counts().to_string(),
+            "get 200: 1, get 500: 1, get 503: 1"
+        );
+
+        let (api, seen) = scripted(vec![(503, None); 10]).await;
+        let err = api
+            .get("/api/v1/namespaces/n/configmaps", "x")
+            .await
+            .expect_err("gives up");
+        assert_eq!(seen.load(Ordering::SeqCst), 6, "max attempts");
+        assert!(err.is_retryable());
+        assert_eq!(err.to_string(), "the API server answered 503 R: m5");
+    }
+
+    #[tokio::test]
+    async fn client_errors_and_conflicts_are_returned_at_once() {
+        for code in [400, 409, 422] {
+            let (api, seen) = scripted(vec![(code, None)]).await;
+            let err = api
+                .apply(
+                    "/apis/g/v/namespaces/n/things",
+                    "x",
+                    &serde_json::json!({}),
+                    false,
+                )
+                .await
+                .expect_err("error");
+            assert_eq!(err.code(), Some(code));
+            assert_eq!(seen.load(Ordering::SeqCst), 1, "{code} is not retried here");
+            assert_eq!(api.counts().get(Verb::Apply, code), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_retried_then_reported() {
+        // A port nothing listens on: connection refused on every attempt.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let mut config = kube::Config::new(format!("http://{addr}").parse().expect("uri"));
+        config.default_retry = false;
+        let policy = RetryPolicy {
+            base: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..RetryPolicy::default()
+        };
+        let api = ApiClient::new(kube::Client::try_from(config).expect("client"), 0.0, 1)
+            .with_retry(policy);
+        let err = api
+            .list("/apis/g/v/things", None, false)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::NoAnswer { .. }), "{err}");
+        assert!(err.is_retryable());
+        assert_eq!(api.counts().get(Verb::List, 0), 6);
+    }
 
     #[test]
     fn error_answers_carry_the_servers_message() {
