@@ -1446,3 +1446,51 @@ async fn cascade_server_sets_the_live_policy_to_orphan_before_deleting_only_the_
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_palette_side_cluster_profiles_go_there_and_hub_objects_to_kubernetes() {
+    let Some(env) = env("split").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write(
+        "profiles.yaml",
+        "apiVersion: pbsync.dev/v1\nkind: ClusterProfile\nmetadata:\n  name: edge-infra\nspec:\n  version: 1.0.0\n  template:\n    type: infra\n    cloudType: edge-native\n    packs: []\n",
+    )
+    .write(
+        "bundles/edge.yaml",
+        &format!(
+            "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: edge\n  namespace: {ns}\nspec:\n  type: Infrastructure\n  clusterProfiles:\n    - name: edge-infra\n      version: 1.0.0\n"
+        ),
+    );
+    repo.commit("one");
+    // The Palette side is the local-directory target here; `--palette-url` builds the same
+    // split with the Palette target.
+    let palette_dir = tempfile::tempdir().expect("tempdir");
+    let split = apply::Split {
+        hub: KubeTarget::new(KubeOptions {
+            cluster_profiles: pbsync::apply::kubernetes::ClusterProfiles::Elsewhere,
+            ..env.options()
+        }),
+        palette: pbsync::apply::local_dir::LocalDir::new(palette_dir.path(), env.instance.clone()),
+    };
+    let report = ok(env.apply(&repo, &split).await);
+    let o = outcomes(&report);
+    assert_eq!(o["ProfileBundle edge"], Outcome::Created);
+    assert_eq!(o["ClusterProfile edge-infra"], Outcome::Created);
+    assert!(env.get("ProfileBundle", "edge").await.is_some());
+    assert!(
+        palette_dir
+            .path()
+            .join("palette/project/edge-infra@1.0.0.json")
+            .exists()
+    );
+    let sent = split.hub.requests();
+    assert_eq!(
+        sent.verb(Verb::Apply),
+        2,
+        "the bundle and the status only: {sent}"
+    );
+    env.cleanup().await;
+}
