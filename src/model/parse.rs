@@ -524,6 +524,18 @@ struct NsNameRefDoc {
     namespace: Option<String>,
 }
 
+/// `ComputePool.spec.profileBundleRef` (doc): name, namespace and the cloud type.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PoolBundleRefDoc {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    cloud_type: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DependenciesDoc {
@@ -598,7 +610,7 @@ struct PackDoc {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ComputePoolSpecDoc {
-    profile_bundle_ref: NsNameRefDoc,
+    profile_bundle_ref: PoolBundleRefDoc,
     #[serde(default)]
     cluster_variant: Option<ClusterVariantDoc>,
 }
@@ -1141,6 +1153,18 @@ mod tests {
         );
         let got: Vec<(Rule, u32)> = v.iter().map(|v| (v.rule, v.line)).collect();
         assert_eq!(got, vec![(Rule::Names, 9), (Rule::Names, 8)]);
+    }
+
+    #[test]
+    fn compute_pool_bundle_refs_may_name_their_cloud_type() {
+        let (objs, v) = parse(
+            "apiVersion: spectrocloud.com/v1alpha1\nkind: ComputePool\nmetadata: {name: p, namespace: ns}\nspec:\n  profileBundleRef: {name: b, cloudType: edge-native}\n  clusterVariant: {shared: {}}\n",
+        );
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(
+            objs[0].refs().next().unwrap().primary().to_string(),
+            "ProfileBundle ns/b"
+        );
     }
 
     #[test]
