@@ -7,31 +7,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pbsync::graph::ResourceGraph;
-use pbsync::live::{LiveObject, Observed};
 use pbsync::model::Catalog;
-use pbsync::ownership::{self, Ownership, Stamp};
 use pbsync::plan::{self, History};
 use pbsync::reconcile::{self, Context};
 use pbsync::synthetic::{Params, commit_all, write_repo};
-
-/// The live state after an apply of `graph`: every declared object managed and identical.
-fn steady_state(graph: &ResourceGraph, instance: &str) -> Observed {
-    let stamp = Stamp {
-        instance,
-        revision: graph.revision(),
-        adopted: false,
-    };
-    let mut observed = Observed::default();
-    for node in graph.creation_order() {
-        let obj = graph.object(node).expect("declared");
-        observed.objects.insert(
-            node.key.clone(),
-            LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
-        );
-    }
-    observed
-}
 
 fn bench(c: &mut Criterion) {
     for bundles in [1_000usize, 10_000] {
@@ -45,7 +24,7 @@ fn bench(c: &mut Criterion) {
         let ctx = Context::new(dir.path(), "HEAD", "");
         let snapshot = reconcile::fetch(&ctx).expect("fetch");
         let loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default()).expect("valid");
-        let observed = steady_state(&loaded.graph, "default");
+        let observed = pbsync::review::state_of(&loaded.graph, "default");
         let catalog = observed.catalog();
 
         let mut group = c.benchmark_group(format!("{bundles}-bundles"));

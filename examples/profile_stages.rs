@@ -2,9 +2,7 @@
 //! `cargo run --release --example profile_stages -- /tmp/big10000`.
 use std::time::Instant;
 
-use pbsync::live::{LiveObject, Observed};
 use pbsync::model::Catalog;
-use pbsync::ownership::{self, Ownership, Stamp};
 use pbsync::plan::{self, History};
 use pbsync::reconcile::{self, Context};
 
@@ -28,19 +26,7 @@ fn main() {
     let t = Instant::now();
     let (graph, _) = pbsync::graph::ResourceGraph::build(desired, &Catalog::default());
     println!("graph   {:?}", t.elapsed());
-    let stamp = Stamp {
-        instance: "default",
-        revision: graph.revision(),
-        adopted: false,
-    };
-    let mut observed = Observed::default();
-    for node in graph.creation_order() {
-        let obj = graph.object(node).expect("declared");
-        observed.objects.insert(
-            node.key.clone(),
-            LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
-        );
-    }
+    let observed = pbsync::review::state_of(&graph, "default");
     let t = Instant::now();
     let p = plan::plan(&graph, &observed, &History::default(), &ctx.plan);
     println!("plan    {:?} ({} changes)", t.elapsed(), p.changes.len());
