@@ -166,6 +166,12 @@ impl KubeTarget {
         graph: &ResourceGraph,
         stamp: &Stamp<'_>,
     ) -> Result<Observed> {
+        if stamp.instance != self.options.instance {
+            return Err(Error::Config(format!(
+                "the plan is for pbsync instance {:?} but the Kubernetes target was built for {:?}",
+                stamp.instance, self.options.instance
+            )));
+        }
         self.check_cluster_profiles(graph)?;
         lock(&self.bundle_events).clear();
         let api = self.api().await?;
