@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use diff::{FieldChange, normalize};
 pub use impact::Impact;
-pub use render::{render_json, render_markdown, render_text};
+pub use render::{render_json, render_text};
 
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
