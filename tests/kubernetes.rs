@@ -1494,3 +1494,74 @@ async fn with_a_palette_side_cluster_profiles_go_there_and_hub_objects_to_kubern
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_write_names_the_file_line_and_the_servers_message() {
+    let Some(env) = env("rejected-write").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    let target = env.target();
+    let planned = env.plan(&repo, &target).await;
+    assert_eq!(
+        planned.plan.summary().create,
+        4,
+        "{}",
+        render(&planned.plan)
+    );
+    // Between plan and apply the namespace starts terminating: the server now refuses
+    // every create in it (403), which no retry can fix.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    namespaces
+        .delete(ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let stamp = Stamp {
+        instance: &env.instance,
+        revision: &planned.plan.revision,
+        adopted: false,
+    };
+    let (set, result) = apply::run(
+        &target,
+        &planned.graph,
+        &planned.plan,
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    let Err(RunError::Write(err)) = result else {
+        panic!("expected a failed write, got {result:?}");
+    };
+    let msg = pbsync::error_chain(&err);
+    assert!(
+        msg.starts_with(&format!(
+            "cannot create ComponentDefinition {ns}/web (shared.yaml:1): "
+        )) || msg.starts_with(&format!(
+            "cannot create HelmRepository {ns}/charts (shared.yaml:"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("403 Forbidden"), "{msg}");
+    assert!(
+        msg.contains("because it is being terminated"),
+        "the server's message: {msg}"
+    );
+    assert!(!err.is_retryable());
+    let outcome = |name: &str| {
+        set.entries
+            .iter()
+            .find(|e| &*e.key.name == name)
+            .map(|e| e.outcome)
+    };
+    assert_eq!(outcome("web"), Some(Outcome::Failed));
+    assert_eq!(
+        outcome("a"),
+        Some(Outcome::Skipped),
+        "later waves are not reached"
+    );
+    env.cleanup().await;
+}
