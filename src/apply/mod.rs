@@ -343,30 +343,34 @@ async fn run_steps<T: Target>(
             }
             continue;
         }
-        let results: Vec<(&Change, Option<Result<()>>)> = futures::stream::iter(wave)
-            .map(|change| async move {
-                if !matches!(change.action, Action::Create | Action::Update) {
-                    return (change, None);
-                }
-                let node = graph
-                    .node(&change.key)
-                    .expect("invariant: planned writes are graph nodes");
-                let obj = graph
-                    .object(node)
-                    .expect("invariant: planned writes are declared");
-                let desired = crate::ownership::render(
-                    obj,
-                    &Stamp {
-                        adopted: change.adopt,
-                        ..stamp.clone()
-                    },
-                );
-                (change, Some(target.write(change, &desired).await))
-            })
-            .buffered(target.concurrency().max(1))
-            .collect()
-            .await;
-        for (change, result) in results {
+        // Unordered, so one slow request does not hold back the ones behind it; the
+        // results are put back in plan order so the ChangeSet stays deterministic.
+        let mut results: Vec<(usize, &Change, Option<Result<()>>)> =
+            futures::stream::iter(wave.into_iter().enumerate())
+                .map(|(i, change)| async move {
+                    if !matches!(change.action, Action::Create | Action::Update) {
+                        return (i, change, None);
+                    }
+                    let node = graph
+                        .node(&change.key)
+                        .expect("invariant: planned writes are graph nodes");
+                    let obj = graph
+                        .object(node)
+                        .expect("invariant: planned writes are declared");
+                    let desired = crate::ownership::render(
+                        obj,
+                        &Stamp {
+                            adopted: change.adopt,
+                            ..stamp.clone()
+                        },
+                    );
+                    (i, change, Some(target.write(change, &desired).await))
+                })
+                .buffer_unordered(target.concurrency().max(1))
+                .collect()
+                .await;
+        results.sort_by_key(|(i, _, _)| *i);
+        for (_, change, result) in results {
             match (change.action, result) {
                 (_, Some(Err(e))) => {
                     set.push(&change.key, Outcome::Failed, Some(crate::error_chain(&e)));
