@@ -1,5 +1,5 @@
 //! `pbsync-palette-sim`: the Palette API simulator as a standalone server, for trying the
-//! Palette target locally (see `docs/palette.md`).
+//! Palette target locally (see the README, "The Palette target and the Palette API simulator").
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,7 +12,7 @@
 //! mismatching field, so a client that drifts from the real API fails its tests.
 //!
 //! Use it from tests through [`Simulator`]; the `pbsync-palette-sim` binary wraps the same
-//! thing and adds admin endpoints under `/__sim/` (see `docs/palette.md`).
+//! thing and adds admin endpoints under `/__sim/` (see the README, "The Palette target and the Palette API simulator").
 
 pub mod schema;
 mod server;
