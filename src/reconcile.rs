@@ -333,22 +333,34 @@ fn history(ctx: &Context, graph: &ResourceGraph, observed: &Observed, revision: 
     };
     for (key, path) in leaving {
         let Some(path) = path else { continue };
-        let found = source::find_in_history(&repo, head, path, ctx.history_depth, |bytes| {
-            let file = source::SourceFile {
-                path: path.into(),
-                blob: String::new(),
-                content: source::Content::Bytes(bytes.to_vec()),
-            };
-            let (objs, _) = model::parse_file(&file, &ctx.limits);
-            objs.into_iter()
-                .find(|o| &o.key == key && o.key.kind == Kind::ProfileBundle)
-                .and_then(|o| o.as_bundle().map(|b| b.deletion_policy))
-        });
-        if let Ok(Some(policy)) = found {
+        if let Some(policy) = last_committed_policy(&repo, head, key, path, ctx) {
             history.policies.insert(key.clone(), policy);
         }
     }
     history
+}
+
+/// The deletionPolicy of bundle `key` in the newest commit, walking first-parent history from
+/// `from`, whose blob at `path` declares it: a removed bundle's last committed version.
+pub fn last_committed_policy(
+    repo: &git2::Repository,
+    from: git2::Oid,
+    key: &model::ObjectKey,
+    path: &str,
+    ctx: &Context,
+) -> Option<model::DeletionPolicy> {
+    let found = source::find_in_history(repo, from, path, ctx.history_depth, |bytes| {
+        let file = source::SourceFile {
+            path: path.into(),
+            blob: String::new(),
+            content: source::Content::Bytes(bytes.to_vec()),
+        };
+        let (objs, _) = model::parse_file(&file, &ctx.limits);
+        objs.into_iter()
+            .find(|o| &o.key == key && o.key.kind == Kind::ProfileBundle)
+            .and_then(|o| o.as_bundle().map(|b| b.deletion_policy))
+    });
+    found.ok().flatten()
 }
 
 /// What a successful pass did.

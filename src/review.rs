@@ -9,7 +9,7 @@ use crate::apply::{self, Target};
 use crate::daemon::cache::ParseCache;
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
-use crate::model::{self, Catalog, Kind, Violations};
+use crate::model::{self, Catalog, Violations};
 use crate::ownership::{self, Ownership, Stamp};
 use crate::plan::{self, History, Plan, comment, impact, mask};
 use crate::reconcile::{self, Context};
@@ -277,19 +277,9 @@ fn history(
     for (key, path) in plan::leaving_bundles(graph, observed) {
         let Some(path) = path else { continue };
         for from in [prepared.merged.head, prepared.merged.base] {
-            let found =
-                source::find_in_history(&prepared.repo, from, path, ctx.history_depth, |bytes| {
-                    let file = source::SourceFile {
-                        path: path.into(),
-                        blob: String::new(),
-                        content: source::Content::Bytes(bytes.to_vec()),
-                    };
-                    let (objs, _) = model::parse_file(&file, &ctx.limits);
-                    objs.into_iter()
-                        .find(|o| &o.key == key && o.key.kind == Kind::ProfileBundle)
-                        .and_then(|o| o.as_bundle().map(|b| b.deletion_policy))
-                });
-            if let Ok(Some(policy)) = found {
+            if let Some(policy) =
+                reconcile::last_committed_policy(&prepared.repo, from, key, path, ctx)
+            {
                 history.policies.insert(key.clone(), policy);
                 break;
             }
