@@ -6,12 +6,18 @@ use pbsync::model::Catalog;
 use pbsync::plan::{self, History};
 use pbsync::reconcile::{self, Context};
 
+fn rss_mb() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096 / 1_000_000
+}
+
 fn main() {
     let repo = std::env::args().nth(1).expect("repository path");
     let ctx = Context::new(&repo, "HEAD", "");
     let t = Instant::now();
     let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    println!("fetch   {:?} ({} files)", t.elapsed(), snapshot.files.len());
+    println!("fetch   {:?} ({} files) rss {} MB", t.elapsed(), snapshot.files.len(), rss_mb());
     let t = Instant::now();
     let (desired, v) = reconcile::parse(&snapshot, &ctx.limits);
     println!(
@@ -25,9 +31,10 @@ fn main() {
     println!("validate {:?} ({} violations)", t.elapsed(), v.len());
     let t = Instant::now();
     let (graph, _) = pbsync::graph::ResourceGraph::build(desired, &Catalog::default());
-    println!("graph   {:?}", t.elapsed());
+    println!("graph   {:?} rss {} MB", t.elapsed(), rss_mb());
     let observed = pbsync::review::state_of(&graph, "default");
+    println!("live state built: rss {} MB", rss_mb());
     let t = Instant::now();
     let p = plan::plan(&graph, &observed, &History::default(), &ctx.plan);
-    println!("plan    {:?} ({} changes)", t.elapsed(), p.changes.len());
+    println!("plan    {:?} ({} changes) rss {} MB", t.elapsed(), p.changes.len(), rss_mb());
 }
