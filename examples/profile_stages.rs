@@ -8,7 +8,11 @@ use pbsync::reconcile::{self, Context};
 
 fn rss_mb() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096 / 1_000_000
 }
 
@@ -17,7 +21,12 @@ fn main() {
     let ctx = Context::new(&repo, "HEAD", "");
     let t = Instant::now();
     let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    println!("fetch   {:?} ({} files) rss {} MB", t.elapsed(), snapshot.files.len(), rss_mb());
+    println!(
+        "fetch   {:?} ({} files) rss {} MB",
+        t.elapsed(),
+        snapshot.files.len(),
+        rss_mb()
+    );
     let t = Instant::now();
     let (desired, v) = reconcile::parse(&snapshot, &ctx.limits);
     println!(
@@ -36,5 +45,10 @@ fn main() {
     println!("live state built: rss {} MB", rss_mb());
     let t = Instant::now();
     let p = plan::plan(&graph, &observed, &History::default(), &ctx.plan);
-    println!("plan    {:?} ({} changes) rss {} MB", t.elapsed(), p.changes.len(), rss_mb());
+    println!(
+        "plan    {:?} ({} changes) rss {} MB",
+        t.elapsed(),
+        p.changes.len(),
+        rss_mb()
+    );
 }

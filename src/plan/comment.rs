@@ -272,6 +272,22 @@ fn units(plan: &Plan) -> Vec<Unit> {
         }
         out.push(Unit::new("\n".into()));
     }
+    if !plan.deployments.is_empty() {
+        let head = "| deployment | Fullstack bundle | workflow | deploys | ignores |\n|---|---|---|---|---|\n";
+        out.push(Unit::new(format!(
+            "#### :package: Fullstack bundles in deployments ({})\n\nA Fullstack bundle used outside its primary workflow deploys only some of its parts (the seed's \"Fullstack Profile Bundle Deployment Behavior\").\n\n{head}",
+            plan.deployments.len()
+        )));
+        let resume =
+            format!("#### :package: Fullstack bundles in deployments (continued)\n\n{head}");
+        for d in &plan.deployments {
+            out.push(Unit {
+                text: deployment_row(d),
+                resume: Some(resume.clone()),
+            });
+        }
+        out.push(Unit::new("\n".into()));
+    }
     let updates: Vec<&Change> = plan.changes.iter().filter(|c| !c.diff.is_empty()).collect();
     if !updates.is_empty() {
         out.push(Unit::new(format!(
@@ -288,6 +304,34 @@ fn units(plan: &Plan) -> Vec<Unit> {
     }
     push_warnings(plan, &mut out);
     out
+}
+
+fn deployment_row(d: &crate::model::DeploymentParts) -> String {
+    let parts = |list: &[crate::model::PartRef]| {
+        if list.is_empty() {
+            "—".to_string()
+        } else {
+            list.iter()
+                .map(|p| format!("{} `{}`", p.part.label(), p.key.short()))
+                .collect::<Vec<_>>()
+                .join("<br>")
+        }
+    };
+    let role = if d.primary {
+        "primary workflow"
+    } else {
+        "outside its primary workflow"
+    };
+    format!(
+        "| {} `{}` | `{}` | {}, {:?} pool ({role}) | {} | {} |\n",
+        d.deployment.kind,
+        d.deployment.short(),
+        d.bundle.short(),
+        d.workflow,
+        d.pool,
+        cell(&parts(&d.deployed)),
+        cell(&parts(&d.ignored)),
+    )
 }
 
 fn push_warnings(plan: &Plan, out: &mut Vec<Unit>) {
@@ -477,6 +521,42 @@ mod tests {
             "a single comment has no part number"
         );
         assert!(md.contains("live state read at 2025-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn fullstack_parts_of_deployments_are_listed() {
+        use crate::model::{DeploymentParts, Part, PartRef, PoolVariant, Workflow};
+        let mut p = plan(vec![change(Action::Create, "new")]);
+        p.deployments = vec![DeploymentParts {
+            deployment: ObjectKey::new(Kind::AiWorkload, "team-a", "chat"),
+            workflow: Workflow::AppDeployment,
+            pool: PoolVariant::Shared,
+            bundle: ObjectKey::new(Kind::ProfileBundle, "team-a", "full"),
+            primary: false,
+            deployed: vec![PartRef {
+                part: Part::ApplicationWorkloadProfile,
+                key: ObjectKey::new(Kind::WorkloadProfile, "team-a", "ui"),
+            }],
+            ignored: vec![PartRef {
+                part: Part::ClusterProfile,
+                key: ObjectKey::cluster_profile("project", "infra", "1.0.0"),
+            }],
+        }];
+        let md = render_comments(&p, &Context::default()).concat();
+        assert!(md.contains("Fullstack bundles in deployments (1)"), "{md}");
+        let row = md
+            .lines()
+            .find(|l| l.contains("team-a/chat"))
+            .expect("a row for the deployment");
+        assert!(row.contains("outside its primary workflow"), "{row}");
+        assert!(
+            row.contains("team-a/ui") && row.contains("project/infra@1.0.0"),
+            "{row}"
+        );
+        assert!(
+            row.find("team-a/ui") < row.find("project/infra@1.0.0"),
+            "deploys before ignores: {row}"
+        );
     }
 
     #[test]
