@@ -31,8 +31,9 @@ fn mtimes(dir: &Path) -> BTreeMap<String, SystemTime> {
         .collect()
 }
 
-#[test]
-fn objects_land_where_the_layout_says() {
+/// Applies the example repository to a fresh directory; returns the repository (kept alive),
+/// the directory and the commit applied.
+fn apply_example() -> (TestRepo, tempfile::TempDir, pbsync::source::Snapshot) {
     let repo = example_repo();
     let state = tempfile::tempdir().unwrap();
     let target = LocalDir::new(state.path(), "default");
@@ -45,6 +46,12 @@ fn objects_land_where_the_layout_says() {
         RunOptions::default(),
     ))
     .expect("apply");
+    (repo, state, snapshot)
+}
+
+#[test]
+fn objects_land_where_the_layout_says() {
+    let (_repo, state, snapshot) = apply_example();
     let files = list_files(state.path());
     for expected in [
         ".pbsync/inventory.json",
@@ -167,18 +174,7 @@ fn a_second_run_with_no_change_writes_nothing() {
 
 #[test]
 fn writes_are_atomic_renames_leaving_no_temporary_files() {
-    let repo = example_repo();
-    let state = tempfile::tempdir().unwrap();
-    let target = LocalDir::new(state.path(), "default");
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
-    let snapshot = reconcile::fetch(&ctx).unwrap();
-    block_on(reconcile::run_once(
-        &ctx,
-        &snapshot,
-        &target,
-        RunOptions::default(),
-    ))
-    .expect("apply");
+    let (_repo, state, _) = apply_example();
     for f in list_files(state.path()) {
         assert!(
             f.ends_with(".yaml") || f.ends_with(".json"),
