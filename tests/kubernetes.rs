@@ -382,6 +382,16 @@ fn helm(ns: &str, name: &str, url: &str, interval: &str) -> String {
     )
 }
 
+/// A repository whose first commit holds one Application bundle `a` using HelmRepository
+/// `charts` (the starting point of many tests).
+fn one_bundle_repo(ns: &str) -> Repo {
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+    repo.commit("one");
+    repo
+}
+
 /// Bundle `name` with its own WorkloadProfile `<name>-wp` (component type `web`, declared in
 /// `shared.yaml`) and the HelmRepositories `helm`, in `bundles/<name>.yaml`.
 fn app(ns: &str, name: &str, policy: &str, helm_repos: &[&str]) -> String {
@@ -602,10 +612,7 @@ async fn drift_made_by_hand_is_planned_and_restored() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     let target = env.target();
     ok(env.apply(&repo, &target).await);
 
@@ -639,10 +646,7 @@ async fn a_change_between_plan_and_apply_is_retried_after_rereading() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     let target = env.target();
     ok(env.apply(&repo, &target).await);
 
@@ -1097,10 +1101,7 @@ async fn a_missing_crd_is_a_configuration_error_before_anything_is_written() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     // A hub where WorkloadProfiles would be served by a group that is not installed.
     let mut options = env.options();
     options
@@ -1132,10 +1133,7 @@ async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing()
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     let target = env.target();
     ok(env.apply(&repo, &target).await);
     let charts_before = env.must_get("HelmRepository", "charts").await;
@@ -1183,10 +1181,7 @@ async fn an_invalid_update_alone_writes_nothing() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     let target = env.target();
     ok(env.apply(&repo, &target).await);
     repo.write(
@@ -1212,10 +1207,7 @@ async fn a_missing_status_namespace_is_reported_clearly() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     let target = KubeTarget::new(KubeOptions {
         status_namespace: format!("{ns}-nowhere"),
         ..env.options()
@@ -1501,10 +1493,7 @@ async fn a_rejected_write_names_the_file_line_and_the_servers_message() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
-    repo.commit("one");
+    let repo = one_bundle_repo(ns);
     let target = env.target();
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
