@@ -227,6 +227,9 @@ pub struct Settings {
     /// Requests in flight at once
     #[arg(long)]
     pub kube_concurrency: Option<usize>,
+    /// Dry-run every new object before the first write (all or nothing per commit)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub preflight: Option<bool>,
     /// Palette API base URL; cluster profiles go there
     #[arg(long)]
     pub palette_url: Option<String>,
@@ -293,6 +296,7 @@ impl Settings {
             kube_qps,
             kube_burst,
             kube_concurrency,
+            preflight,
             palette_url,
             palette_api_key_file,
             palette_project_uid,

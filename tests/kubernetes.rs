@@ -1134,7 +1134,11 @@ async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing()
     };
     let ns = &env.ns;
     let repo = one_bundle_repo(ns);
-    let target = env.target();
+    // `pbsync plan` always dry-runs new objects; `apply --preflight` too.
+    let target = KubeTarget::new(KubeOptions {
+        preflight: true,
+        ..env.options()
+    });
     ok(env.apply(&repo, &target).await);
     let charts_before = env.must_get("HelmRepository", "charts").await;
 
@@ -1172,6 +1176,65 @@ async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing()
     );
     assert!(env.get("HelmRepository", "fresh").await.is_none());
     assert!(env.status().await["outcome"].contains("could not be compared"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_preflight_a_rejected_create_fails_the_pass_before_any_deletion() {
+    let Some(env) = env("no-preflight").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts", "old"]))
+        .write(
+            "bundles/a.yaml",
+            &app(ns, "a", "delete", &["charts", "old"]),
+        );
+    repo.commit("two repositories");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+
+    // `old` goes (its last reference is dropped), `fresh` comes with an interval Flux's
+    // schema rejects. Without preflight the plan cannot know; the create finds out.
+    repo.write(
+        "shared.yaml",
+        &(shared(ns, &["charts"]) + &helm(ns, "fresh", "https://fresh.example.com", "sometimes")),
+    );
+    repo.write(
+        "bundles/a.yaml",
+        &app(ns, "a", "delete", &["charts", "fresh"]),
+    );
+    repo.commit("an invalid new repository");
+    let planned = env.plan(&repo, &target).await;
+    assert_eq!(
+        change(&planned.plan, Kind::HelmRepository, "fresh").action,
+        Action::Create
+    );
+    assert_eq!(
+        change(&planned.plan, Kind::HelmRepository, "old").action,
+        Action::Delete
+    );
+    let before = target.requests();
+    let err = env
+        .apply(&repo, &target)
+        .await
+        .expect_err("rejected create");
+    let msg = pbsync::error_chain(&err);
+    assert!(
+        msg.contains("shared.yaml:"),
+        "the object's file:line: {msg}"
+    );
+    assert!(msg.contains("spec.interval"), "the server's message: {msg}");
+    let delta = writes_between(&before, &target.requests());
+    assert_eq!(delta.verb(Verb::DryRun), 0, "no preflight: {delta}");
+    assert_eq!(
+        delta.verb(Verb::Delete),
+        0,
+        "nothing deleted after a failed write: {delta}"
+    );
+    assert!(env.get("HelmRepository", "old").await.is_some());
+    assert!(env.get("HelmRepository", "fresh").await.is_none());
     env.cleanup().await;
 }
 

@@ -58,8 +58,10 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
     }
     let ctx = args.source.context(Some(&args.target));
     let snapshot = reconcile::fetch(&ctx)?;
-    let planned =
-        with_target!(args.target.build()?, t => reconcile::plan_commit(&ctx, &snapshot, &t).await);
+    let planned = with_target!(
+        args.target.for_plan().build()?,
+        t => reconcile::plan_commit(&ctx, &snapshot, &t).await
+    );
     let mut plan = match planned {
         Ok(p) => p.plan,
         Err(Error::Invalid {
@@ -110,7 +112,7 @@ async fn run_review(
     let mut review = if args.offline {
         review::plan_offline(&ctx, &req)?
     } else {
-        with_target!(args.target.build()?, t => review::plan_live(&ctx, &req, &t).await)?
+        with_target!(args.target.for_plan().build()?, t => review::plan_live(&ctx, &req, &t).await)?
     };
     if !review.offline && review.plan.read_at.is_none() && review.plan.violations.is_empty() {
         review.plan.read_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());

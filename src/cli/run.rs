@@ -49,6 +49,7 @@ impl TargetArgs {
                 kube_qps: s.kube_qps.unwrap_or(kube_defaults.kube_qps),
                 kube_burst: s.kube_burst.unwrap_or(kube_defaults.kube_burst),
                 kube_concurrency: s.kube_concurrency.unwrap_or(kube_defaults.kube_concurrency),
+                preflight: s.preflight.unwrap_or(kube_defaults.preflight),
             },
             palette: PaletteArgs {
                 palette_url: s.palette_url.clone(),

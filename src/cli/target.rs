@@ -88,6 +88,14 @@ impl TargetArgs {
         }
     }
 
+    /// These arguments for a plan, which always dry-runs new objects (`--preflight`), so a
+    /// create the server would reject shows as `unknown`.
+    pub(crate) fn for_plan(&self) -> Self {
+        let mut args = self.clone();
+        args.kube.preflight = true;
+        args
+    }
+
     /// Builds the target these arguments name.
     pub fn build(&self) -> Result<Built, ConfigError> {
         match self.target.split_once(':') {
@@ -176,6 +184,10 @@ pub(crate) struct KubeArgs {
     /// Requests in flight at once (dry-runs, lists, writes of one wave)
     #[arg(long, default_value_t = KubeOptions::default().concurrency)]
     pub(crate) kube_concurrency: usize,
+    /// Dry-run every new object before the first write, so a commit with an object the
+    /// server rejects writes nothing (plan always does; apply: one more request per create)
+    #[arg(long)]
+    pub(crate) preflight: bool,
 }
 
 impl Default for KubeArgs {
@@ -188,6 +200,7 @@ impl Default for KubeArgs {
             kube_qps: d.qps,
             kube_burst: d.burst,
             kube_concurrency: d.concurrency,
+            preflight: d.preflight,
         }
     }
 }
@@ -214,6 +227,7 @@ impl KubeArgs {
             qps: self.kube_qps,
             burst: self.kube_burst,
             concurrency: self.kube_concurrency,
+            preflight: self.preflight,
             ..KubeOptions::default()
         })
     }

@@ -125,6 +125,12 @@ pub struct KubeOptions {
     pub burst: u32,
     /// Requests in flight at once (dry-runs, writes of one wave, lists).
     pub concurrency: usize,
+    /// Dry-run objects that do not exist yet while observing, so a create the server would
+    /// reject shows in the plan as `unknown` and an apply writes nothing of such a commit.
+    /// `pbsync plan` always does; an apply without it lets each create be checked by the
+    /// create itself (one request per new object instead of two): a rejected create fails
+    /// the pass, with the server's message, before anything is deleted.
+    pub preflight: bool,
     /// Cluster profiles: refused, or handled by another target.
     pub cluster_profiles: ClusterProfiles,
     /// apiVersion to use for a kind instead of the ones pbsync knows (`group/version`), for
@@ -144,6 +150,7 @@ impl Default for KubeOptions {
             qps: 500.0,
             burst: 1000,
             concurrency: 16,
+            preflight: false,
             cluster_profiles: ClusterProfiles::Refuse,
             api_versions: BTreeMap::new(),
         }

@@ -306,6 +306,7 @@ impl KubeTarget {
                 None => {
                     items.remove(&c.key);
                     match c.result {
+                        Ok(_) if !self.options.preflight => {}
                         Ok(v) => {
                             cache.insert(
                                 c.key.clone(),
@@ -355,6 +356,8 @@ impl KubeTarget {
         });
         let result = match cached {
             Some(r) => r,
+            // Without preflight, a new object is checked by its create.
+            None if live.is_none() && !self.options.preflight => Ok(c.rendered.clone()),
             // Field ownership proves that applying would change nothing: no dry-run needed.
             None if c.ours
                 && live
