@@ -1,5 +1,7 @@
 //! Times each stage once on a repository (a development aid; the benchmark is benches/pipeline.rs):
-//! `cargo run --release --example profile_stages -- /tmp/big10000`.
+//! `cargo run --release --example profile_stages -- /tmp/big10000 [STATE_DIR]`: with a
+//! `dir:` target's directory (one `pbsync apply --target dir:STATE_DIR` made), the live state
+//! is observed from it; without, it is built in memory as if every object had been applied.
 use std::time::Instant;
 
 use pbsync::model::Catalog;
@@ -41,8 +43,35 @@ fn main() {
     let t = Instant::now();
     let (graph, _) = pbsync::graph::ResourceGraph::build(desired, &Catalog::default());
     println!("graph   {:?} rss {} MB", t.elapsed(), rss_mb());
-    let observed = pbsync::review::state_of(&graph, "default");
-    println!("live state built: rss {} MB", rss_mb());
+    let t = Instant::now();
+    let observed = match std::env::args().nth(2) {
+        Some(dir) => {
+            use pbsync::apply::Target as _;
+            let target = pbsync::apply::local_dir::LocalDir::new(dir, "default");
+            let stamp = pbsync::ownership::Stamp {
+                instance: "default",
+                revision: graph.revision(),
+                adopted: false,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            rt.block_on(target.observe(&graph, &stamp))
+                .expect("observe")
+        }
+        None => pbsync::review::state_of(&graph, "default"),
+    };
+    println!(
+        "observe {:?} ({} live objects, {} parsed) rss {} MB",
+        t.elapsed(),
+        observed.objects.len(),
+        observed
+            .objects
+            .values()
+            .filter(|o| o.manifest.is_some())
+            .count(),
+        rss_mb()
+    );
     let t = Instant::now();
     let p = plan::plan(&graph, &observed, &History::default(), &ctx.plan);
     println!(

@@ -11,8 +11,15 @@ use crate::ownership::Ownership;
 #[derive(Debug, Clone)]
 pub struct LiveObject {
     /// The object as the target holds it, in the same shape `ownership::render` produces;
-    /// `None` when it exists but could not be read (`error` says why).
+    /// `None` when it exists but could not be read (`error` says why), or when
+    /// `matches_desired` made keeping it unnecessary.
     pub manifest: Option<Value>,
+    /// The target checked that it holds exactly what pbsync would write for the desired
+    /// object of this key (the graph given to `observe`, rendered with this instance's marks),
+    /// except for the revision annotation, which no comparison looks at. The plan then takes
+    /// the object as unchanged and reads its references from the desired object, so a large
+    /// unchanged target need not be parsed or held in memory.
+    pub matches_desired: bool,
     /// Why the object could not be read or compared.
     pub error: Option<String>,
     /// Ownership from this instance's point of view.
@@ -31,6 +38,21 @@ impl LiveObject {
     pub fn new(manifest: Value, ownership: Ownership) -> Self {
         Self {
             manifest: Some(manifest),
+            matches_desired: false,
+            error: None,
+            ownership,
+            dry_run: None,
+            in_use_by: Vec::new(),
+            profile_type: None,
+        }
+    }
+
+    /// A live object the target found to hold exactly the desired object (see
+    /// [`Self::matches_desired`]); its manifest is not kept.
+    pub fn matching_desired(ownership: Ownership) -> Self {
+        Self {
+            manifest: None,
+            matches_desired: true,
             error: None,
             ownership,
             dry_run: None,
@@ -43,6 +65,7 @@ impl LiveObject {
     pub fn unreadable(error: impl Into<String>, ownership: Ownership) -> Self {
         Self {
             manifest: None,
+            matches_desired: false,
             error: Some(error.into()),
             ownership,
             dry_run: None,

@@ -178,7 +178,7 @@ impl LocalDir {
         Ownership::Foreign { owner }
     }
 
-    fn scan(&self, inv: &Inventory) -> Result<Observed> {
+    fn scan(&self, inv: &Inventory, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
         let mut observed = Observed::default();
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
@@ -194,14 +194,26 @@ impl LocalDir {
             }
             files.append(&mut self.files_under(&name, &top.path())?);
         }
-        // Reading and parsing tens of thousands of small files is the bulk of observing a
-        // large directory: spread it over the cores.
+        // Reading tens of thousands of small files is the bulk of observing a large
+        // directory: spread it over the cores.
         use rayon::prelude::*;
         let read: Vec<(ObjectKey, LiveObject)> = files
             .into_par_iter()
             .map(|(key, path)| {
                 let ownership = self.ownership(inv, &key_string(&key));
-                let live = match read_object(&path, key.kind) {
+                let bytes = match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let why = format!("{}: {e}", path.display());
+                        return (key, LiveObject::unreadable(why, ownership));
+                    }
+                };
+                // The steady state: the file holds exactly what pbsync would write for the
+                // desired object. Then it need not be parsed, nor kept.
+                if holds_desired(&bytes, &key, &ownership, graph, stamp) {
+                    return (key, LiveObject::matching_desired(ownership));
+                }
+                let live = match decode_object(&bytes, key.kind) {
                     Ok(manifest) => {
                         let mut live = LiveObject::new(manifest, ownership);
                         if key.kind == Kind::ClusterProfile {
@@ -270,12 +282,68 @@ impl LocalDir {
     }
 }
 
+/// True when `bytes` are exactly what [`LocalDir::write`] would write for the desired object
+/// of `key` rendered for this instance, at the revision the file itself records (a file
+/// whose revision annotation differs only there is the same object: no comparison looks at
+/// it). Anything else (another owner, a hand edit, a renamed source file, a file written by
+/// an older pbsync) answers false, and the caller parses and compares the file in full.
+fn holds_desired(
+    bytes: &[u8],
+    key: &ObjectKey,
+    ownership: &Ownership,
+    graph: &ResourceGraph,
+    stamp: &Stamp<'_>,
+) -> bool {
+    if key.kind == Kind::ClusterProfile
+        || !matches!(ownership, Ownership::Managed | Ownership::Adopted)
+    {
+        return false;
+    }
+    let Some(obj) = graph
+        .node(key)
+        .filter(|n| n.desired)
+        .and_then(|n| graph.object(n))
+    else {
+        return false;
+    };
+    let Some(revision) = recorded_revision(bytes) else {
+        return false;
+    };
+    let rendered = ownership::render(
+        obj,
+        &Stamp {
+            instance: stamp.instance,
+            revision,
+            adopted: matches!(ownership, Ownership::Adopted),
+        },
+    );
+    yaml::to_string(&rendered).as_bytes() == bytes
+}
+
+/// The value of the revision annotation in a file pbsync wrote (`None` when there is none
+/// that could have been written as a plain scalar, which sends the caller to the full path).
+fn recorded_revision(bytes: &[u8]) -> Option<&str> {
+    let needle = format!("{}: ", ownership::REVISION_ANNOTATION);
+    let start = memchr::memmem::find(bytes, needle.as_bytes())? + needle.len();
+    let len = bytes[start..].iter().position(|&b| b == b'\n')?;
+    let value = std::str::from_utf8(&bytes[start..start + len]).ok()?;
+    value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        .then_some(value)
+        .filter(|v| !v.is_empty())
+}
+
 fn read_object(path: &Path, kind: Kind) -> std::result::Result<Value, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode_object(&bytes, kind)
+}
+
+fn decode_object(bytes: &[u8], kind: Kind) -> std::result::Result<Value, String> {
     if kind == Kind::ClusterProfile {
-        return serde_json::from_slice(&bytes).map_err(|e| e.to_string());
+        return serde_json::from_slice(bytes).map_err(|e| e.to_string());
     }
-    let text = std::str::from_utf8(&bytes).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
     let docs = yaml::load_all(text, yaml::Limits::default()).map_err(|e| e.to_string())?;
     docs.first()
         .map(|d| d.root.to_json())
@@ -299,9 +367,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Target for LocalDir {
-    async fn observe(&self, _graph: &ResourceGraph, _stamp: &Stamp<'_>) -> Result<Observed> {
+    async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
         let inv = self.read_inventory()?;
-        let observed = self.scan(&inv)?;
+        let observed = self.scan(&inv, graph, stamp)?;
         *self.inventory() = inv;
         Ok(observed)
     }

@@ -10,6 +10,7 @@ pub mod impact;
 pub mod mask;
 mod render;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
@@ -245,7 +246,7 @@ struct LiveRefs {
 }
 
 impl LiveRefs {
-    fn build(observed: &Observed) -> Self {
+    fn build(observed: &Observed, graph: &ResourceGraph) -> Self {
         let mut referrers: HashMap<ObjectKey, BTreeSet<ObjectKey>> = HashMap::new();
         let mut pools: HashMap<ObjectKey, BTreeSet<ObjectKey>> = HashMap::new();
         let mut policies = HashMap::new();
@@ -261,10 +262,16 @@ impl LiveRefs {
                 .iter()
                 .filter(move |(k, _)| k.kind == kind)
                 .filter_map(|(k, live)| {
-                    live.manifest
-                        .as_ref()
-                        .and_then(|m| parse_live("(live)", m))
-                        .map(|o| (k, o))
+                    let object = match &live.manifest {
+                        Some(m) => parse_live("(live)", m).map(Cow::Owned),
+                        // Holds exactly the desired object: the same references.
+                        None if live.matches_desired => graph
+                            .node(k)
+                            .and_then(|n| graph.object(n))
+                            .map(Cow::Borrowed),
+                        None => None,
+                    };
+                    object.map(|o| (k, o))
                 })
         };
         // What each live workload profile uses, resolved once (many bundles share them).
@@ -307,7 +314,7 @@ impl LiveRefs {
 
 /// Plans the commit of `graph` against `observed`.
 pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts: &Options) -> Plan {
-    let live_refs = LiveRefs::build(observed);
+    let live_refs = LiveRefs::build(observed, graph);
     let desired_keys = |k: &ObjectKey| {
         graph
             .node(k)
@@ -669,6 +676,11 @@ fn deletion_rank(kind: Kind) -> u8 {
 }
 
 fn compare(change: &mut Change, live: &LiveObject, obj: &crate::model::Object, stamp: &Stamp<'_>) {
+    if live.matches_desired && live.dry_run.is_none() {
+        change.action = Action::Unchanged;
+        change.reasons.push("matches the live object".to_string());
+        return;
+    }
     let Some(live_manifest) = &live.manifest else {
         change.action = Action::Unknown;
         change.reasons.push(format!(

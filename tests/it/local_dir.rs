@@ -173,6 +173,79 @@ fn a_second_run_with_no_change_writes_nothing() {
 }
 
 #[test]
+fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_diffed() {
+    let mut repo = example_repo();
+    let state = tempfile::tempdir().unwrap();
+    let target = LocalDir::new(state.path(), "default");
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let snapshot = reconcile::fetch(&ctx).unwrap();
+    block_on(reconcile::run_once(
+        &ctx,
+        &snapshot,
+        &target,
+        RunOptions::default(),
+    ))
+    .unwrap();
+
+    // A later commit: every file still records the first revision, yet holds exactly what
+    // pbsync would write, so none is parsed or kept (cluster profiles, JSON, always are).
+    repo.write("README-extra.md", "unrelated");
+    repo.commit("unrelated");
+    // By hand: a field of one object changed, another rewritten with the same content in
+    // another layout (comments, flow style): both must be parsed and compared in full.
+    let edited = state
+        .path()
+        .join("project-melbourne/helmrepository/nvidia.yaml");
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, text.replace("interval: 6h", "interval: 1m")).unwrap();
+    let reformatted = state
+        .path()
+        .join("project-melbourne/workloadprofile/vllm-llama.yaml");
+    let text = std::fs::read_to_string(&reformatted).unwrap();
+    std::fs::write(&reformatted, format!("# reformatted by hand\n{text}")).unwrap();
+
+    let snapshot = reconcile::fetch(&ctx).unwrap();
+    let planned = block_on(reconcile::plan_commit(&ctx, &snapshot, &target)).unwrap();
+    let live = |name: &str| {
+        planned
+            .observed
+            .objects
+            .iter()
+            .find(|(k, _)| k.to_string() == name)
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| panic!("{name} not observed"))
+    };
+    let bundle = live("ProfileBundle project-melbourne/llama-fullstack");
+    assert!(bundle.matches_desired && bundle.manifest.is_none());
+    for name in [
+        "HelmRepository project-melbourne/nvidia",
+        "WorkloadProfile project-melbourne/vllm-llama",
+    ] {
+        let o = live(name);
+        assert!(!o.matches_desired && o.manifest.is_some(), "{name}");
+    }
+    let changed: Vec<(String, pbsync::plan::Action, Vec<String>)> = planned
+        .plan
+        .changes
+        .iter()
+        .filter(|c| c.action != pbsync::plan::Action::Unchanged)
+        .map(|c| {
+            let fields = c.diff.iter().map(|d| d.path.clone()).collect();
+            (c.key.to_string(), c.action, fields)
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [(
+            "HelmRepository project-melbourne/nvidia".to_string(),
+            pbsync::plan::Action::Update,
+            vec!["spec.interval".to_string()]
+        )],
+        "only the real edit is a change; the reformatted file holds the same object"
+    );
+}
+
+#[test]
 fn writes_are_atomic_renames_leaving_no_temporary_files() {
     let (_repo, state, _) = apply_example();
     for f in list_files(state.path()) {
