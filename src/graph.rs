@@ -282,6 +282,12 @@ impl ResourceGraph {
         waves
     }
 
+    /// True when some reference resolved outside the repository (to a live-only object, or
+    /// one not checked yet): only then can another catalogue change validation or the graph.
+    pub fn has_external(&self) -> bool {
+        self.nodes.iter().any(|n| n.object.is_none())
+    }
+
     /// The wave of a declared, desired object (see [`Self::creation_order`]).
     pub fn wave(&self, key: &ObjectKey) -> usize {
         self.index.get(key).map_or(0, |n| self.waves[n.index()])

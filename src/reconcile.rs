@@ -287,6 +287,18 @@ pub async fn plan_commit_with<T: Target>(
     parser: &dyn FileParser,
 ) -> Result<Planned> {
     let (desired, violations) = parse_with(snapshot, &ctx.limits, parser);
+    plan_parsed(ctx, snapshot, desired, violations, target).await
+}
+
+/// [`plan_commit`] of a commit already parsed into `desired` (with the `violations` found
+/// while parsing).
+pub async fn plan_parsed<T: Target>(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    desired: DesiredState,
+    violations: Vec<Violation>,
+    target: &T,
+) -> Result<Planned> {
     let loaded = check(desired, violations, &Catalog::default())?;
     let stamp = Stamp {
         instance: &ctx.plan.instance,
@@ -298,12 +310,17 @@ pub async fn plan_commit_with<T: Target>(
         .await
         .map_err(Error::Observe)?;
     // External references (cluster profiles, definitions) resolve against live state now;
-    // the parsed objects are reused, not parsed again.
-    let loaded = check(
-        loaded.graph.into_desired_state(),
-        Vec::new(),
-        &observed.catalog(),
-    )?;
+    // the parsed objects are reused, not parsed again. Without any, the catalogue cannot
+    // change a thing, and the graph stands.
+    let loaded = if loaded.graph.has_external() {
+        check(
+            loaded.graph.into_desired_state(),
+            Vec::new(),
+            &observed.catalog(),
+        )?
+    } else {
+        loaded
+    };
     let history = history(ctx, &loaded.graph, &observed, &snapshot.revision);
     let mut plan = plan::plan(&loaded.graph, &observed, &history, &ctx.plan);
     for w in loaded.warnings {
@@ -390,7 +407,21 @@ pub async fn run_once_with<T: Target>(
     opts: RunOptions,
     parser: &dyn FileParser,
 ) -> Result<Report> {
-    let planned = plan_commit_with(ctx, snapshot, target, parser).await?;
+    let (desired, violations) = parse_with(snapshot, &ctx.limits, parser);
+    run_parsed(ctx, snapshot, desired, violations, target, opts).await
+}
+
+/// [`run_once`] of a commit already parsed into `desired` (with the `violations` found while
+/// parsing).
+pub async fn run_parsed<T: Target>(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    desired: DesiredState,
+    violations: Vec<Violation>,
+    target: &T,
+    opts: RunOptions,
+) -> Result<Report> {
+    let planned = plan_parsed(ctx, snapshot, desired, violations, target).await?;
     let stamp = Stamp {
         instance: &ctx.plan.instance,
         revision: &snapshot.revision,

@@ -241,7 +241,7 @@ impl<T: Target + RequestSource> Reconciler<T> {
 
         // Parse (through the cache), for readiness: a fetched commit whose files all parse.
         let parse_started = Instant::now();
-        let (_, violations) =
+        let (desired, violations) =
             reconcile::parse_with(&snapshot, &self.ctx.limits, self.cache.as_ref());
         metrics.observe_stage("parse", parse_started.elapsed().as_secs_f64());
         let parse_failed = violations.iter().any(|v| {
@@ -255,12 +255,13 @@ impl<T: Target + RequestSource> Reconciler<T> {
         }
 
         let apply_started = Instant::now();
-        let result = reconcile::run_once_with(
+        let result = reconcile::run_parsed(
             &self.ctx,
             &snapshot,
+            desired,
+            violations,
             &self.target,
             self.opts,
-            self.cache.as_ref(),
         )
         .await;
         metrics.observe_stage("apply", apply_started.elapsed().as_secs_f64());
