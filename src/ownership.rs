@@ -150,7 +150,7 @@ pub fn render(obj: &Object, stamp: &Stamp<'_>) -> Value {
     if obj.key.kind == Kind::ClusterProfile {
         return render_cluster_profile(obj, stamp);
     }
-    let mut manifest = obj.manifest.clone();
+    let mut manifest = Value::clone(&obj.manifest);
     let root = manifest
         .as_object_mut()
         .expect("invariant: parsed manifests are mappings");

@@ -417,8 +417,9 @@ pub struct Object {
     pub key: ObjectKey,
     /// Where it was written.
     pub location: Location,
-    /// The document as written (JSON form).
-    pub manifest: serde_json::Value,
+    /// The document as written (JSON form). Shared, so that a cached parse hands the same
+    /// document to every pass without copying it (and a target may know it by identity).
+    pub manifest: Arc<serde_json::Value>,
     /// Typed view of the fields pbsync acts on.
     pub spec: Spec,
     /// Ordering-only dependencies from the depends-on annotation.
