@@ -6,10 +6,10 @@
 //! Writes are atomic (a temporary file in the same directory, then a rename), and a file is
 //! written only when its bytes change, so a second run with nothing to do writes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{DeletePermit, Error, Result, Status, Target};
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
-use crate::model::{Kind, ObjectKey, ProfileType, yaml};
+use crate::model::{Kind, Object, ObjectKey, ProfileType, yaml};
 use crate::ownership::{self, Ownership, Stamp};
 use crate::plan::Change;
 
@@ -65,6 +65,72 @@ pub struct LocalDir {
     root: PathBuf,
     instance: String,
     inventory: Mutex<Inventory>,
+    /// What the last observe found each file to hold exactly (see [`Matched`]).
+    matched: Mutex<HashMap<ObjectKey, Matched>>,
+    /// Files the last observe read (the others it knew unchanged).
+    files_read: std::sync::atomic::AtomicUsize,
+}
+
+/// A file the last observe found to hold exactly what pbsync would write for a desired
+/// object. While the desired object is the same (the same shared document, by identity: a
+/// daemon's parse cache hands unchanged files' documents to every pass) under the same
+/// marks, and the file is untouched (same size, inode, modification and change times), the
+/// next observe knows the answer without reading the file.
+#[derive(Debug)]
+struct Matched {
+    manifest: Arc<Value>,
+    source: Arc<str>,
+    instance: String,
+    adopted: bool,
+    stat: FileStat,
+}
+
+/// What tells a file changed without reading it (as Git's index does). As in Git, a file
+/// modified shortly before it was read is "racy" (an edit right after, on a file system
+/// with coarse timestamps, could leave all four unchanged) and is not remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStat {
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStat {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(Self {
+            len: m.len(),
+            ino: m.ino(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// Modified long enough before `scan_start_ns` that a later edit must show in the times.
+    fn settled(&self, scan_start_ns: i128) -> bool {
+        const COARSEST_TIMESTAMPS_NS: i128 = 2_000_000_000;
+        self.mtime_ns < scan_start_ns - COARSEST_TIMESTAMPS_NS
+    }
+
+    /// Elsewhere nothing is cached: every observe reads every file.
+    #[cfg(not(unix))]
+    fn of(_path: &Path) -> Option<Self> {
+        None
+    }
+}
+
+impl Matched {
+    fn still_holds(&self, obj: &Object, instance: &str, adopted: bool, path: &Path) -> bool {
+        Arc::ptr_eq(&self.manifest, &obj.manifest)
+            && self.source == obj.location.path
+            && self.instance == instance
+            && self.adopted == adopted
+            && FileStat::of(path) == Some(self.stat)
+    }
 }
 
 /// `Kind/namespace/name` or `ClusterProfile/scope/name@version`: the inventory's key form.
@@ -104,7 +170,15 @@ impl LocalDir {
             root: root.into(),
             instance: instance.into(),
             inventory: Mutex::new(Inventory::default()),
+            matched: Mutex::new(HashMap::new()),
+            files_read: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// How many object files the last observe read; the others it knew to be unchanged
+    /// without reading them (see [`Target::observe`] for this target).
+    pub fn files_read(&self) -> usize {
+        self.files_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The root directory.
@@ -197,21 +271,57 @@ impl LocalDir {
         // Reading tens of thousands of small files is the bulk of observing a large
         // directory: spread it over the cores.
         use rayon::prelude::*;
-        let read: Vec<(ObjectKey, LiveObject)> = files
+        let previous = std::mem::take(&mut *lock(&self.matched));
+        let scan_start_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+        self.files_read
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        let read: Vec<(ObjectKey, LiveObject, Option<Matched>)> = files
             .into_par_iter()
             .map(|(key, path)| {
                 let ownership = self.ownership(inv, &key_string(&key));
+                let desired = desired_of(&key, &ownership, graph);
+                let adopted = matches!(ownership, Ownership::Adopted);
+                if let Some(obj) = desired
+                    && let Some(m) = previous.get(&key)
+                    && m.still_holds(obj, stamp.instance, adopted, &path)
+                {
+                    let m = Matched {
+                        manifest: Arc::clone(&m.manifest),
+                        source: Arc::clone(&m.source),
+                        instance: m.instance.clone(),
+                        ..*m
+                    };
+                    return (key, LiveObject::matching_desired(ownership), Some(m));
+                }
+                // Taken before reading: a write in between only makes the next observe
+                // read the file again.
+                let stat = FileStat::of(&path);
+                self.files_read
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let bytes = match std::fs::read(&path) {
                     Ok(b) => b,
                     Err(e) => {
                         let why = format!("{}: {e}", path.display());
-                        return (key, LiveObject::unreadable(why, ownership));
+                        return (key, LiveObject::unreadable(why, ownership), None);
                     }
                 };
                 // The steady state: the file holds exactly what pbsync would write for the
                 // desired object. Then it need not be parsed, nor kept.
-                if holds_desired(&bytes, &key, &ownership, graph, stamp) {
-                    return (key, LiveObject::matching_desired(ownership));
+                if let Some(obj) = desired
+                    && holds(&bytes, obj, stamp.instance, adopted)
+                {
+                    let m = stat
+                        .filter(|s| s.settled(scan_start_ns))
+                        .map(|stat| Matched {
+                            manifest: Arc::clone(&obj.manifest),
+                            source: Arc::clone(&obj.location.path),
+                            instance: stamp.instance.to_string(),
+                            adopted,
+                            stat,
+                        });
+                    return (key, LiveObject::matching_desired(ownership), m);
                 }
                 let live = match decode_object(&bytes, key.kind) {
                     Ok(manifest) => {
@@ -230,10 +340,17 @@ impl LocalDir {
                         LiveObject::unreadable(format!("{}: {why}", path.display()), ownership)
                     }
                 };
-                (key, live)
+                (key, live, None)
             })
             .collect();
-        observed.objects.extend(read);
+        let mut matched = HashMap::new();
+        for (key, live, m) in read {
+            if let Some(m) = m {
+                matched.insert(key.clone(), m);
+            }
+            observed.objects.insert(key, live);
+        }
+        *lock(&self.matched) = matched;
         Ok(observed)
     }
 
@@ -282,42 +399,46 @@ impl LocalDir {
     }
 }
 
-/// True when `bytes` are exactly what [`LocalDir::write`] would write for the desired object
-/// of `key` rendered for this instance, at the revision the file itself records (a file
-/// whose revision annotation differs only there is the same object: no comparison looks at
-/// it). Anything else (another owner, a hand edit, a renamed source file, a file written by
-/// an older pbsync) answers false, and the caller parses and compares the file in full.
-fn holds_desired(
-    bytes: &[u8],
+/// The desired object a file of this instance may be checked against by its bytes: hub
+/// objects (cluster profiles are few, and JSON) this instance manages or adopted.
+fn desired_of<'g>(
     key: &ObjectKey,
     ownership: &Ownership,
-    graph: &ResourceGraph,
-    stamp: &Stamp<'_>,
-) -> bool {
+    graph: &'g ResourceGraph,
+) -> Option<&'g Object> {
     if key.kind == Kind::ClusterProfile
         || !matches!(ownership, Ownership::Managed | Ownership::Adopted)
     {
-        return false;
+        return None;
     }
-    let Some(obj) = graph
+    graph
         .node(key)
         .filter(|n| n.desired)
         .and_then(|n| graph.object(n))
-    else {
-        return false;
-    };
+}
+
+/// True when `bytes` are exactly what [`LocalDir::write`] would write for `obj` rendered for
+/// `instance`, at the revision the file itself records (a file whose revision annotation
+/// differs only there is the same object: no comparison looks at it). Anything else (a hand
+/// edit, a renamed source file, a file written by an older pbsync) answers false, and the
+/// caller parses and compares the file in full.
+fn holds(bytes: &[u8], obj: &Object, instance: &str, adopted: bool) -> bool {
     let Some(revision) = recorded_revision(bytes) else {
         return false;
     };
     let rendered = ownership::render(
         obj,
         &Stamp {
-            instance: stamp.instance,
+            instance,
             revision,
-            adopted: matches!(ownership, Ownership::Adopted),
+            adopted,
         },
     );
     yaml::to_string(&rendered).as_bytes() == bytes
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The value of the revision annotation in a file pbsync wrote (`None` when there is none
@@ -367,6 +488,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Target for LocalDir {
+    /// Lists every object file. A file holding exactly what pbsync would write for its
+    /// desired object is recognised by its bytes and neither parsed nor kept; one an earlier
+    /// observe recognised is not even read again while it and its desired document are
+    /// unchanged. Any other file is parsed, for a full comparison.
     async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
         let inv = self.read_inventory()?;
         let observed = self.scan(&inv, graph, stamp)?;

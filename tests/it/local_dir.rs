@@ -246,6 +246,100 @@ fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_d
 }
 
 #[test]
+fn a_repeated_observe_reads_only_files_that_changed() {
+    use pbsync::apply::Target as _;
+    let (repo, state, snapshot) = apply_example();
+    // Files written just now are not remembered (see below): make them a minute old.
+    let a_minute_ago = SystemTime::now() - std::time::Duration::from_secs(60);
+    for f in list_files(state.path()) {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(state.path().join(f))
+            .unwrap();
+        file.set_modified(a_minute_ago).unwrap();
+    }
+    let target = LocalDir::new(state.path(), "default");
+    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    // One parse, as a daemon's cache gives every pass the same documents.
+    let loaded = reconcile::load(&snapshot, &ctx.limits, &Default::default()).unwrap();
+    let stamp = pbsync::ownership::Stamp {
+        instance: "default",
+        revision: &snapshot.revision,
+        adopted: false,
+    };
+    let observe = || block_on(target.observe(&loaded.graph, &stamp)).unwrap();
+    let objects = list_files(state.path())
+        .iter()
+        .filter(|f| !f.starts_with(".pbsync"))
+        .count();
+    let profiles = list_files(&state.path().join("palette")).len();
+    assert!(profiles > 0 && objects > profiles);
+
+    let first = observe();
+    assert_eq!(first.objects.len(), objects);
+    assert_eq!(
+        target.files_read(),
+        objects,
+        "a first observe reads every file"
+    );
+    let second = observe();
+    assert_eq!(
+        target.files_read(),
+        profiles,
+        "only cluster profiles (compared as JSON) are read again"
+    );
+    assert!(
+        second
+            .objects
+            .iter()
+            .filter(|(k, _)| k.kind != pbsync::model::Kind::ClusterProfile)
+            .all(|(_, o)| o.matches_desired)
+    );
+
+    // A hand edit is seen: that file is read, parsed and no longer matches (and, modified
+    // just now, it is read on every observe until its time has settled).
+    let edited = state
+        .path()
+        .join("project-melbourne/helmrepository/nvidia.yaml");
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, text.replace("interval: 6h", "interval: 1m")).unwrap();
+    let third = observe();
+    assert_eq!(target.files_read(), profiles + 1);
+    std::fs::write(&edited, text).unwrap();
+    observe();
+    assert_eq!(target.files_read(), profiles + 1, "restored, but racy");
+    observe();
+    assert_eq!(
+        target.files_read(),
+        profiles + 1,
+        "still racy: not remembered"
+    );
+    let nvidia = third
+        .objects
+        .iter()
+        .find(|(k, _)| k.to_string() == "HelmRepository project-melbourne/nvidia")
+        .map(|(_, o)| o)
+        .unwrap();
+    assert!(!nvidia.matches_desired);
+    assert_eq!(nvidia.manifest.as_ref().unwrap()["spec"]["interval"], "1m");
+
+    // Another parse of the same commit: new documents, so every file is read again (and
+    // still recognised by its bytes).
+    let reparsed = reconcile::load(&snapshot, &ctx.limits, &Default::default()).unwrap();
+    let fourth = block_on(target.observe(&reparsed.graph, &stamp)).unwrap();
+    assert_eq!(target.files_read(), objects);
+    assert_eq!(
+        fourth
+            .objects
+            .values()
+            .filter(|o| o.matches_desired)
+            .count(),
+        objects - profiles,
+        "the restored file matches again"
+    );
+}
+
+#[test]
 fn writes_are_atomic_renames_leaving_no_temporary_files() {
     let (_repo, state, _) = apply_example();
     for f in list_files(state.path()) {
