@@ -150,7 +150,7 @@ pub fn render(obj: &Object, stamp: &Stamp<'_>) -> Value {
     if obj.key.kind == Kind::ClusterProfile {
         return render_cluster_profile(obj, stamp);
     }
-    let mut manifest = Value::clone(&obj.manifest);
+    let mut manifest = obj.manifest.value();
     let root = manifest
         .as_object_mut()
         .expect("invariant: parsed manifests are mappings");
@@ -172,9 +172,9 @@ pub fn render(obj: &Object, stamp: &Stamp<'_>) -> Value {
 }
 
 fn render_cluster_profile(obj: &Object, stamp: &Stamp<'_>) -> Value {
-    let spec = obj.manifest.get("spec").cloned().unwrap_or(Value::Null);
-    let mut labels = obj
-        .manifest
+    let manifest = obj.manifest.value();
+    let spec = manifest.get("spec").cloned().unwrap_or(Value::Null);
+    let mut labels = manifest
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
         .cloned()
@@ -184,8 +184,7 @@ fn render_cluster_profile(obj: &Object, stamp: &Stamp<'_>) -> Value {
     if stamp.adopted {
         labels.insert(ADOPTED_LABEL.into(), "true".into());
     }
-    let mut annotations = obj
-        .manifest
+    let mut annotations = manifest
         .pointer("/metadata/annotations")
         .and_then(Value::as_object)
         .cloned()

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{DeletePermit, Error, Result, Status, Target};
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
-use crate::model::{Kind, Object, ObjectKey, ProfileType, yaml};
+use crate::model::{Kind, Manifest, Object, ObjectKey, ProfileType, yaml};
 use crate::ownership::{self, Ownership, Stamp};
 use crate::plan::Change;
 
@@ -78,7 +78,7 @@ pub struct LocalDir {
 /// next observe knows the answer without reading the file.
 #[derive(Debug)]
 struct Matched {
-    manifest: Arc<Value>,
+    manifest: Manifest,
     source: Arc<str>,
     instance: String,
     adopted: bool,
@@ -125,7 +125,7 @@ impl FileStat {
 
 impl Matched {
     fn still_holds(&self, obj: &Object, instance: &str, adopted: bool, path: &Path) -> bool {
-        Arc::ptr_eq(&self.manifest, &obj.manifest)
+        Manifest::same_document(&self.manifest, &obj.manifest)
             && self.source == obj.location.path
             && self.instance == instance
             && self.adopted == adopted
@@ -288,7 +288,7 @@ impl LocalDir {
                     && m.still_holds(obj, stamp.instance, adopted, &path)
                 {
                     let m = Matched {
-                        manifest: Arc::clone(&m.manifest),
+                        manifest: m.manifest.clone(),
                         source: Arc::clone(&m.source),
                         instance: m.instance.clone(),
                         ..*m
@@ -315,7 +315,7 @@ impl LocalDir {
                     let m = stat
                         .filter(|s| s.settled(scan_start_ns))
                         .map(|stat| Matched {
-                            manifest: Arc::clone(&obj.manifest),
+                            manifest: obj.manifest.clone(),
                             source: Arc::clone(&obj.location.path),
                             instance: stamp.instance.to_string(),
                             adopted,

@@ -427,7 +427,7 @@ fn prepare(
             continue;
         };
         match by_key.get(&obj.key) {
-            Some(first) if first.manifest == *obj.manifest => {}
+            Some(first) if first.manifest == obj.manifest.value() => {}
             Some(first) => {
                 return Err(Error::BadMember {
                     member,
@@ -441,7 +441,7 @@ fn prepare(
                         key: obj.key,
                         member,
                         text,
-                        manifest: Arc::unwrap_or_clone(obj.manifest),
+                        manifest: obj.manifest.value(),
                     },
                 );
             }
@@ -505,7 +505,7 @@ fn scan(dir: &Path) -> Result<Existing, Error> {
             for o in objs {
                 out.objects
                     .entry(o.key)
-                    .or_insert((rel.to_string(), Arc::unwrap_or_clone(o.manifest)));
+                    .or_insert((rel.to_string(), o.manifest.value()));
             }
             out.files.insert(rel.to_string(), ());
         }

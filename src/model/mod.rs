@@ -8,6 +8,7 @@
 //! live catalogue of cluster profiles and definitions.
 
 mod key;
+mod manifest;
 mod parse;
 mod validate;
 mod workflow;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use key::{Kind, ObjectKey};
+pub use manifest::Manifest;
 pub use parse::{Limits, ParsedFile, parse_file, parse_file_detailed, parse_live};
 pub use validate::{Catalog, Resolution, resolve, validate};
 pub use workflow::{
@@ -417,9 +419,10 @@ pub struct Object {
     pub key: ObjectKey,
     /// Where it was written.
     pub location: Location,
-    /// The document as written (JSON form). Shared, so that a cached parse hands the same
-    /// document to every pass without copying it (and a target may know it by identity).
-    pub manifest: Arc<serde_json::Value>,
+    /// The document as written (JSON form, held compactly). Shared, so that a cached parse
+    /// hands the same document to every pass without copying it (and a target may know it
+    /// by identity).
+    pub manifest: Manifest,
     /// Typed view of the fields pbsync acts on.
     pub spec: Spec,
     /// Ordering-only dependencies from the depends-on annotation.

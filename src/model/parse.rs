@@ -379,10 +379,10 @@ fn object_from_json(
         key,
         location: doc_loc,
         // A live object parsed for its references only keeps no copy of its manifest.
-        manifest: Arc::new(match json {
-            std::borrow::Cow::Owned(v) => v,
-            std::borrow::Cow::Borrowed(_) => serde_json::Value::Null,
-        }),
+        manifest: match json {
+            std::borrow::Cow::Owned(v) => super::Manifest::new(&v),
+            std::borrow::Cow::Borrowed(_) => super::Manifest::null(),
+        },
         spec,
         depends_on,
     };

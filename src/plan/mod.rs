@@ -704,7 +704,7 @@ fn compare(change: &mut Change, live: &LiveObject, obj: &crate::model::Object, s
             let marks = ownership::Marks::of(obj, stamp);
             diff::same_with_marks(
                 live_manifest,
-                &obj.manifest,
+                &obj.manifest.value(),
                 &marks.labels(),
                 &marks.annotations(),
             )
