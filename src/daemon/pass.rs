@@ -72,6 +72,7 @@ fn fetch(
     path: &str,
     max_file_bytes: u64,
     applied: Option<&str>,
+    earlier: Option<&Snapshot>,
 ) -> Result<Fetched, FetchError> {
     let (repo, oid) = match origin {
         Origin::Local { repo, reference } => {
@@ -84,7 +85,8 @@ fn fetch(
             (source::open(remote.dir())?, oid)
         }
     };
-    let snapshot = source::read_commit(&repo, oid, path, max_file_bytes)?;
+    // Blobs the previous pass read are not read again.
+    let snapshot = source::read_commit_reusing(&repo, oid, path, max_file_bytes, earlier)?;
     let lag = applied
         .and_then(|a| git2::Oid::from_str(a).ok())
         .and_then(|a| repo.graph_ahead_behind(oid, a).ok())
@@ -106,6 +108,8 @@ pub struct Reconciler<T> {
     applied_at: Option<String>,
     /// A revision that failed for good, and the outcome reported for it.
     final_failure: Option<(String, LastOutcome)>,
+    /// The last commit read, whose blobs the next fetch need not read again.
+    last_snapshot: Option<Arc<Snapshot>>,
 }
 
 impl<T> std::fmt::Debug for Reconciler<T> {
@@ -153,6 +157,7 @@ impl<T: Target + RequestSource> Reconciler<T> {
             last_applied: None,
             applied_at: None,
             final_failure: None,
+            last_snapshot: None,
         }
     }
 
@@ -195,11 +200,13 @@ impl<T: Target + RequestSource> Reconciler<T> {
         let path = self.ctx.git.path.clone();
         let max = self.ctx.git.max_file_bytes;
         let applied = self.last_applied.clone();
-        let fetched =
-            tokio::task::spawn_blocking(move || fetch(&origin, &path, max, applied.as_deref()))
-                .await
-                .map_err(FetchError::Task)
-                .and_then(|r| r);
+        let earlier = self.last_snapshot.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            fetch(&origin, &path, max, applied.as_deref(), earlier.as_deref())
+        })
+        .await
+        .map_err(FetchError::Task)
+        .and_then(|r| r);
         metrics.observe_stage("fetch", started.elapsed().as_secs_f64());
         let fetched = match fetched {
             Ok(f) => f,
@@ -214,7 +221,8 @@ impl<T: Target + RequestSource> Reconciler<T> {
                 return Verdict::Retryable;
             }
         };
-        let snapshot = fetched.snapshot;
+        let snapshot = Arc::new(fetched.snapshot);
+        self.last_snapshot = Some(Arc::clone(&snapshot));
         let revision = snapshot.revision.clone();
         tracing::Span::current().record("revision", &revision[..revision.len().min(12)]);
         let lag = i64::try_from(fetched.lag.unwrap_or(0)).unwrap_or(i64::MAX);

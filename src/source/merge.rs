@@ -7,7 +7,7 @@
 
 use git2::{MergeOptions, Oid, Repository};
 
-use super::{Snapshot, read_tree};
+use super::{Snapshot, read_tree_reusing};
 
 /// Errors of merging head into base.
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +66,15 @@ pub fn label(base: Oid, head: Oid) -> String {
     format!("merge of {} into {}", short(head), short(base))
 }
 
-/// Merges `head` into `base` in memory and reads the merged tree's YAML files under `subpath`.
+/// Merges `head` into `base` in memory and reads the merged tree's YAML files under `subpath`,
+/// taking the content of blobs `earlier` (base's snapshot, say) holds from there.
 pub fn read_merge(
     repo: &Repository,
     base: Oid,
     head: Oid,
     subpath: &str,
     max_file_bytes: u64,
+    earlier: Option<&Snapshot>,
 ) -> Result<Merged> {
     let failed = |source| Error::MergeFailed {
         base: base.to_string(),
@@ -96,8 +98,15 @@ pub fn read_merge(
         None
     };
     if let Some(tree) = fast {
-        let snapshot = read_tree(repo, tree, subpath, max_file_bytes, &label(base, head))
-            .map_err(Error::ReadFailed)?;
+        let snapshot = read_tree_reusing(
+            repo,
+            tree,
+            subpath,
+            max_file_bytes,
+            &label(base, head),
+            earlier,
+        )
+        .map_err(Error::ReadFailed)?;
         return Ok(Merged {
             base,
             head,
@@ -125,8 +134,15 @@ pub fn read_merge(
         });
     }
     let tree = index.write_tree_to(repo).map_err(failed)?;
-    let snapshot = read_tree(repo, tree, subpath, max_file_bytes, &label(base, head))
-        .map_err(Error::ReadFailed)?;
+    let snapshot = read_tree_reusing(
+        repo,
+        tree,
+        subpath,
+        max_file_bytes,
+        &label(base, head),
+        earlier,
+    )
+    .map_err(Error::ReadFailed)?;
     Ok(Merged {
         base,
         head,
@@ -196,7 +212,7 @@ mod tests {
             3,
         );
         let before = objects_on_disk(dir.path());
-        let merged = read_merge(&repo, base, head, "", 1 << 20).expect("merge");
+        let merged = read_merge(&repo, base, head, "", 1 << 20, None).expect("merge");
         let paths: Vec<&str> = merged.snapshot.files.iter().map(|f| &*f.path).collect();
         assert_eq!(paths, ["a.yaml", "b.yaml", "c.yaml"]);
         assert_eq!(merged.merge_base, Some(root));
@@ -214,7 +230,7 @@ mod tests {
         let repo = Repository::init(dir.path()).expect("init");
         let base = commit(&repo, &[("a.yaml", "a: 1\n")], None, 1);
         let head = commit(&repo, &[("a.yaml", "a: 2\n")], Some(base), 2);
-        let merged = read_merge(&repo, base, head, "", 1 << 20).expect("merge");
+        let merged = read_merge(&repo, base, head, "", 1 << 20, None).expect("merge");
         let head_tree = repo.find_commit(head).expect("head").tree_id().to_string();
         let base_read = crate::source::read_tree(
             &repo,
@@ -225,7 +241,7 @@ mod tests {
         )
         .expect("read");
         assert_eq!(merged.snapshot.files, base_read.files, "{head_tree}");
-        let back = read_merge(&repo, head, base, "", 1 << 20).expect("already merged");
+        let back = read_merge(&repo, head, base, "", 1 << 20, None).expect("already merged");
         assert_eq!(
             back.snapshot.files, base_read.files,
             "head already in base: base's tree"
@@ -239,7 +255,7 @@ mod tests {
         let root = commit(&repo, &[("a.yaml", "a: 1\n")], None, 1);
         let base = commit(&repo, &[("a.yaml", "a: 2\n")], Some(root), 2);
         let head = commit(&repo, &[("a.yaml", "a: 3\n")], Some(root), 3);
-        let err = read_merge(&repo, base, head, "", 1 << 20).expect_err("conflict");
+        let err = read_merge(&repo, base, head, "", 1 << 20, None).expect_err("conflict");
         match &err {
             Error::Conflict { paths, .. } => assert_eq!(paths, &["a.yaml"]),
             other => panic!("{other:?}"),

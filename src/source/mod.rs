@@ -154,6 +154,19 @@ pub fn read_commit(
     subpath: &str,
     max_file_bytes: u64,
 ) -> Result<Snapshot> {
+    read_commit_reusing(repo, commit, subpath, max_file_bytes, None)
+}
+
+/// [`read_commit`], taking the content of every file whose blob `earlier` (a snapshot of the
+/// same repository) holds from there instead of reading the blob again: a commit that
+/// changes one file of ten thousand reads one blob.
+pub fn read_commit_reusing(
+    repo: &Repository,
+    commit: Oid,
+    subpath: &str,
+    max_file_bytes: u64,
+    earlier: Option<&Snapshot>,
+) -> Result<Snapshot> {
     let tree = repo
         .find_commit(commit)
         .map(|c| c.tree_id())
@@ -161,7 +174,14 @@ pub fn read_commit(
             what: format!("tree of commit {commit}"),
             source,
         })?;
-    read_tree(repo, tree, subpath, max_file_bytes, &commit.to_string())
+    read_tree_reusing(
+        repo,
+        tree,
+        subpath,
+        max_file_bytes,
+        &commit.to_string(),
+        earlier,
+    )
 }
 
 /// Reads the YAML files of the tree `tree` under `subpath`, honouring `.pbsyncignore`; the
@@ -173,6 +193,18 @@ pub fn read_tree(
     subpath: &str,
     max_file_bytes: u64,
     revision: &str,
+) -> Result<Snapshot> {
+    read_tree_reusing(repo, tree, subpath, max_file_bytes, revision, None)
+}
+
+/// [`read_tree`], reusing the content of blobs `earlier` holds (see [`read_commit_reusing`]).
+pub fn read_tree_reusing(
+    repo: &Repository,
+    tree: Oid,
+    subpath: &str,
+    max_file_bytes: u64,
+    revision: &str,
+    earlier: Option<&Snapshot>,
 ) -> Result<Snapshot> {
     let read_failed = |what: String| move |source| Error::ReadFailed { what, source };
     let subpath = normalize_path(subpath);
@@ -229,6 +261,15 @@ pub fn read_tree(
         }
     })
     .map_err(read_failed(format!("tree of commit {revision}")))?;
+    // A blob id names its content: what an earlier snapshot read under any path is this.
+    let known: std::collections::HashMap<&str, &Content> = earlier
+        .map(|s| {
+            s.files
+                .iter()
+                .map(|f| (f.blob.as_str(), &f.content))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut files = Vec::with_capacity(found.len());
     for (rel, oid) in found {
         let path = if subpath.is_empty() {
@@ -236,6 +277,15 @@ pub fn read_tree(
         } else {
             format!("{subpath}/{rel}")
         };
+        let blob = oid.to_string();
+        if let Some(content) = known.get(blob.as_str()) {
+            files.push(SourceFile {
+                path: Arc::from(path),
+                blob,
+                content: (*content).clone(),
+            });
+            continue;
+        }
         let (size, _) = odb
             .read_header(oid)
             .map_err(read_failed(format!("blob {path}")))?;
@@ -249,7 +299,7 @@ pub fn read_tree(
         };
         files.push(SourceFile {
             path: Arc::from(path),
-            blob: oid.to_string(),
+            blob,
             content,
         });
     }

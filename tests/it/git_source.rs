@@ -122,3 +122,30 @@ fn history_finds_the_last_committed_version_of_a_removed_file() {
     let none = source::find_in_history(&repo.repo, head, "never.yaml", 100, |_| Some(())).unwrap();
     assert_eq!(none, None);
 }
+
+#[test]
+fn a_read_reusing_an_earlier_snapshot_equals_a_fresh_read() {
+    let mut repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    repo.write("b.yaml", "b: 1\n");
+    repo.write("big.yaml", "x: 1\n".repeat(400));
+    let first = repo.commit("one");
+    repo.write("a.yaml", "a: 2\n");
+    repo.write("c.yaml", "b: 1\n");
+    repo.write("moved/b.yaml", "b: 1\n");
+    std::fs::remove_file(repo.path().join("b.yaml")).unwrap();
+    let second = repo.commit("two");
+    let git = git2::Repository::open(repo.path()).unwrap();
+    let earlier = source::read_commit(&git, first, "", 1024).unwrap();
+    let fresh = source::read_commit(&git, second, "", 1024).unwrap();
+    let reused = source::read_commit_reusing(&git, second, "", 1024, Some(&earlier)).unwrap();
+    assert_eq!(reused.revision, fresh.revision);
+    assert_eq!(reused.files, fresh.files, "same paths, blobs and contents");
+    // The over-limit file stays refused by size when its content is taken over.
+    let big = reused
+        .files
+        .iter()
+        .find(|f| &*f.path == "big.yaml")
+        .unwrap();
+    assert_eq!(big.content, Content::TooLarge(2000));
+}
