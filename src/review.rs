@@ -91,39 +91,56 @@ impl Review {
     }
 }
 
-/// Base, head, the merged tree, and base's graph when base is valid.
+/// Base, head, the merged tree, base's graph when base is valid, and the merge loaded.
 struct Prepared {
     repo: Repository,
-    /// Files are parsed once across base and merge: a one-file pull request parses one file
-    /// twice, not the repository twice.
-    cache: ParseCache,
     merged: merge::Merged,
     base_graph: Option<ResourceGraph>,
     base_violations: Violations,
 }
 
-fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
+/// Reads base and the merge, and loads both (parsed, validated without live state, graphed).
+/// The merge shares what it can with base: its files' contents where the blobs are the same
+/// (read once), their parsed documents (parsed once), and the two checks run side by side.
+fn prepare(
+    ctx: &Context,
+    req: &Request,
+) -> Result<(Prepared, reconcile::Result<reconcile::Loaded>)> {
     let read = |what| move |source| Error::ReadFailed { what, source };
     let repo = source::open(&ctx.git.repo).map_err(read("base"))?;
     let base = source::resolve(&repo, &req.base).map_err(read("base"))?;
     let head = source::resolve(&repo, &req.head).map_err(read("head"))?;
-    let merged = merge::read_merge(&repo, base, head, &ctx.git.path, ctx.git.max_file_bytes)
-        .map_err(Error::Merge)?;
     let base_snapshot = source::read_commit(&repo, base, &ctx.git.path, ctx.git.max_file_bytes)
         .map_err(read("base"))?;
+    let merged = merge::read_merge(
+        &repo,
+        base,
+        head,
+        &ctx.git.path,
+        ctx.git.max_file_bytes,
+        Some(&base_snapshot),
+    )
+    .map_err(Error::Merge)?;
     let cache = ParseCache::default();
-    let (base_graph, base_violations) = match load(&base_snapshot, ctx, &cache) {
+    let (base_desired, base_parse_violations) =
+        reconcile::parse_with(&base_snapshot, &ctx.limits, &cache);
+    drop(base_snapshot);
+    let (base_loaded, head_loaded) = rayon::join(
+        || reconcile::check(base_desired, base_parse_violations, &Catalog::default()),
+        || load(&merged.snapshot, ctx, &cache),
+    );
+    let (base_graph, base_violations) = match base_loaded {
         Ok(loaded) => (Some(loaded.graph), Violations::default()),
         Err(reconcile::Error::Invalid { violations, .. }) => (None, violations),
         Err(_) => (None, Violations::default()),
     };
-    Ok(Prepared {
+    let prepared = Prepared {
         repo,
-        cache,
         merged,
         base_graph,
         base_violations,
-    })
+    };
+    Ok((prepared, head_loaded))
 }
 
 /// Parses (through `cache`), validates without live state, and graphs `snapshot`.
@@ -156,29 +173,62 @@ pub fn state_of(graph: &ResourceGraph, instance: &str) -> Observed {
     observed
 }
 
+/// [`state_of`] `base`, as seen by a plan of `head`: an object whose parsed document head
+/// shares (the same document, by identity, from the same file: a file both commits hold
+/// unchanged is parsed once) is marked as holding head's desired object instead of being
+/// rendered, so a one-file change in a large repository renders one file's objects. Pure.
+pub fn state_for(base: &ResourceGraph, head: &ResourceGraph, instance: &str) -> Observed {
+    let stamp = Stamp {
+        instance,
+        revision: base.revision(),
+        adopted: false,
+    };
+    let mut observed = Observed::default();
+    for node in base.creation_order() {
+        let Some(obj) = base.object(node) else {
+            continue;
+        };
+        let shared = head
+            .node(&node.key)
+            .filter(|n| n.desired)
+            .and_then(|n| head.object(n))
+            .is_some_and(|h| {
+                model::Manifest::same_document(&h.manifest, &obj.manifest)
+                    && h.location.path == obj.location.path
+            });
+        let live = if shared {
+            LiveObject::matching_desired(Ownership::Managed)
+        } else {
+            LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed)
+        };
+        observed.objects.insert(node.key.clone(), live);
+    }
+    observed
+}
+
 /// Plans the merge of `req.head` into `req.base` against the state base would produce: no
 /// target is read, for CI jobs that cannot reach the hub.
 pub fn plan_offline(ctx: &Context, req: &Request) -> Result<Review> {
-    let prepared = prepare(ctx, req)?;
+    let (prepared, loaded) = prepare(ctx, req)?;
     let Some(base_graph) = &prepared.base_graph else {
         return Err(Error::BaseInvalid {
             revision: prepared.merged.base.to_string(),
             violations: prepared.base_violations,
         });
     };
-    let observed = state_of(base_graph, &ctx.plan.instance);
-    let loaded = match load(&prepared.merged.snapshot, ctx, &prepared.cache) {
+    let loaded = match loaded {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, true),
     };
+    let observed = state_for(base_graph, &loaded.graph, &ctx.plan.instance);
     Ok(finish(ctx, &prepared, &loaded, &observed, true))
 }
 
 /// Plans the merge of `req.head` into `req.base` against the live state of `target`.
 pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> Result<Review> {
-    let prepared = prepare(ctx, req)?;
+    let (prepared, loaded) = prepare(ctx, req)?;
     let snapshot = &prepared.merged.snapshot;
-    let loaded = match load(snapshot, ctx, &prepared.cache) {
+    let loaded = match loaded {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, false),
     };
@@ -192,12 +242,16 @@ pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> R
         .await
         .map_err(Error::Observe)?;
     // External references (cluster profiles, definitions) resolve against live state now;
-    // the parsed objects are reused.
-    let recheck = reconcile::check(
-        loaded.graph.into_desired_state(),
-        Vec::new(),
-        &observed.catalog(),
-    );
+    // the parsed objects are reused (and without any, the graph stands).
+    let recheck = if loaded.graph.has_external() {
+        reconcile::check(
+            loaded.graph.into_desired_state(),
+            Vec::new(),
+            &observed.catalog(),
+        )
+    } else {
+        Ok(loaded)
+    };
     let loaded = match recheck {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, false),
