@@ -2,12 +2,17 @@
 //! repository parses one file. The path is part of the key because violations and objects
 //! carry it. Entries of files no longer in the snapshot are dropped after each pass, so the
 //! cache holds one commit's worth of parsed objects.
+//!
+//! A fresh process (a pull-request plan in CI) can start from a store on disk
+//! ([`ParseCache::load_store`], [`ParseCache::save_store`], format in `model::stored`).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::model::stored::{self, StoredFile};
 use crate::model::{Limits, Object, ObjectKey, ParsedFile, Violation, parse_file_detailed};
 use crate::reconcile::FileParser;
 use crate::source::{Snapshot, SourceFile};
@@ -39,6 +44,65 @@ impl ParseCache {
             .collect();
         self.lock()
             .retain(|(p, b), _| keep.contains(&(&**p, b.as_str())));
+    }
+
+    /// Adds the files of the store at `path` (written by [`Self::save_store`]); returns how
+    /// many. A store that is missing, damaged or from another version adds nothing.
+    pub fn load_store(&self, path: &Path, limits: &Limits) -> usize {
+        let Ok(bytes) = std::fs::read(path) else {
+            return 0;
+        };
+        let files = stored::decode(&bytes, limits);
+        let n = files.len();
+        let mut entries = self.lock();
+        for f in files {
+            entries.insert(
+                (f.path, f.blob),
+                Arc::new(Parsed {
+                    objects: f.objects,
+                    violations: Vec::new(),
+                    rejected: Vec::new(),
+                }),
+            );
+        }
+        n
+    }
+
+    /// Writes the files of `snapshots` that parsed without a violation to the store at
+    /// `path`, atomically (a temporary file, then a rename), so concurrent runs never read a
+    /// torn store.
+    pub fn save_store(
+        &self,
+        path: &Path,
+        limits: &Limits,
+        snapshots: &[&Snapshot],
+    ) -> std::io::Result<()> {
+        let files: Vec<StoredFile> = {
+            let entries = self.lock();
+            let mut seen = std::collections::HashSet::new();
+            snapshots
+                .iter()
+                .flat_map(|s| s.files.iter())
+                .filter(|f| seen.insert((&*f.path, f.blob.as_str())))
+                .filter_map(|f| {
+                    let hit = entries.get(&(f.path.clone(), f.blob.clone()))?;
+                    (hit.violations.is_empty() && hit.rejected.is_empty()).then(|| StoredFile {
+                        path: f.path.clone(),
+                        blob: f.blob.clone(),
+                        objects: hit.objects.clone(),
+                    })
+                })
+                .collect()
+        };
+        let bytes = stored::encode(&files, limits);
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("store path has no parent"))?;
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, &bytes)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
     }
 
     /// `(hits, misses)` so far.
@@ -122,6 +186,39 @@ mod tests {
         // Same content at another path is another entry (objects carry their path).
         cache.parse_file(&file("b.yaml", "b1", REPO), &limits);
         assert_eq!(cache.stats(), (1, 2));
+    }
+
+    #[test]
+    fn a_store_on_disk_carries_clean_files_to_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("sub/parsed.bin");
+        let limits = Limits::default();
+        let bad = "kind: [unclosed\n";
+        let snapshot = Snapshot {
+            revision: "r".into(),
+            files: vec![file("a.yaml", "b1", REPO), file("bad.yaml", "b2", bad)],
+        };
+        let first = ParseCache::default();
+        for f in &snapshot.files {
+            first.parse_file(f, &limits);
+        }
+        first.save_store(&store, &limits, &[&snapshot]).unwrap();
+
+        // Another process: the clean file comes from the store, the one with a violation
+        // is parsed again (its messages come from the parser).
+        let second = ParseCache::default();
+        assert_eq!(second.load_store(&store, &limits), 1);
+        let a = second.parse_file(&snapshot.files[0], &limits);
+        let b = second.parse_file(&snapshot.files[1], &limits);
+        assert_eq!(second.stats(), (1, 1));
+        assert_eq!(
+            a.objects,
+            first.parse_file(&snapshot.files[0], &limits).objects
+        );
+        assert_eq!(b.violations.len(), 1);
+        // A damaged store is a miss, not an error.
+        std::fs::write(&store, b"garbage").unwrap();
+        assert_eq!(ParseCache::default().load_store(&store, &limits), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod key;
 mod manifest;
 mod parse;
+pub mod stored;
 mod validate;
 mod workflow;
 pub mod yaml;
@@ -358,7 +359,7 @@ pub struct ClusterProfile {
 }
 
 /// A Compute Pool's variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PoolVariant {
     /// Its own cluster.
     Dedicated,
@@ -376,7 +377,7 @@ pub struct ComputePool {
 }
 
 /// AIWorkload deployment type (label `palette.ai/aiworkload-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DeploymentType {
     /// App Deployment.
     Application,
