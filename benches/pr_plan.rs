@@ -1,7 +1,9 @@
 //! Pull-request plans at scale: a synthetic repository of 10,000 bundles (about 50,000
 //! objects) on `main`, a branch that edits one file (a shared WorkloadProfile used by many
 //! bundles), and the offline plan of the merge: in-memory merge, read of both trees, parse +
-//! validate + graph of both, plan, impact, masking and the Markdown comments. Run with
+//! validate + graph of both, plan, impact, masking and the Markdown comments; once cold (every
+//! file parsed, as in a fresh CI job) and once with the parse store of an earlier run in
+//! `--cache-dir` (a CI job that caches that directory). Run with
 //! `cargo bench --bench pr_plan`; results go into BENCHMARKS.md ("Pull-request plans").
 
 use std::hint::black_box;
@@ -12,6 +14,10 @@ use pbsync::plan::comment::render_comments;
 use pbsync::reconcile::Context;
 use pbsync::review::{self, Request};
 use pbsync::synthetic::{Params, commit_all, write_repo};
+
+// The allocator the binary uses, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn git(dir: &std::path::Path, args: &[&str]) {
     let status = std::process::Command::new("git")
@@ -56,6 +62,7 @@ fn bench(c: &mut Criterion) {
 
         let ctx = Context::new(dir.path(), "HEAD", "");
         let req = Request {
+            cache_dir: None,
             base: "main".into(),
             head: "pr".into(),
         };
@@ -64,6 +71,19 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{bundles}-bundles-one-file-offline"), |b| {
             b.iter(|| {
                 let review = review::plan_offline(&ctx, &req).expect("plan");
+                let comments = render_comments(&review.plan, &review.comment_context());
+                black_box((review, comments))
+            });
+        });
+        let store = tempfile::tempdir().expect("cache dir");
+        let cached = Request {
+            cache_dir: Some(store.path().to_path_buf()),
+            ..req.clone()
+        };
+        review::plan_offline(&ctx, &cached).expect("a first run writes the store");
+        group.bench_function(format!("{bundles}-bundles-one-file-offline-cached"), |b| {
+            b.iter(|| {
+                let review = review::plan_offline(&ctx, &cached).expect("plan");
                 let comments = render_comments(&review.plan, &review.comment_context());
                 black_box((review, comments))
             });

@@ -53,6 +53,24 @@ pub struct Request {
     pub base: String,
     /// Head revision (the pull request).
     pub head: String,
+    /// Where parsed files are kept between runs (`--cache-dir`): with the store of an earlier
+    /// run there, only files that run did not see are parsed.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// The store of parsed files for this repository and path in `dir`.
+fn store_path(dir: &std::path::Path, ctx: &Context) -> std::path::PathBuf {
+    use sha2::Digest as _;
+    let repo = std::fs::canonicalize(&ctx.git.repo).unwrap_or_else(|_| ctx.git.repo.clone());
+    let mut h = sha2::Sha256::new();
+    h.update(repo.to_string_lossy().as_bytes());
+    h.update(b"\n");
+    h.update(ctx.git.path.as_bytes());
+    let id: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dir.join(format!("parsed-{id}.bin"))
 }
 
 /// A pull request's plan.
@@ -122,13 +140,28 @@ fn prepare(
     )
     .map_err(Error::Merge)?;
     let cache = ParseCache::default();
+    let store = req.cache_dir.as_deref().map(|d| store_path(d, ctx));
+    if let Some(store) = &store {
+        cache.load_store(store, &ctx.limits);
+    }
     let (base_desired, base_parse_violations) =
         reconcile::parse_with(&base_snapshot, &ctx.limits, &cache);
-    drop(base_snapshot);
     let (base_loaded, head_loaded) = rayon::join(
         || reconcile::check(base_desired, base_parse_violations, &Catalog::default()),
         || load(&merged.snapshot, ctx, &cache),
     );
+    // Rewrite the store when this run parsed more than 1% of the files afresh: a pull
+    // request's own few files are cheap to parse again, and a store is not rewritten on
+    // every run for them.
+    if let Some(store) = &store {
+        let (_, parsed) = cache.stats();
+        let files = base_snapshot.files.len().max(merged.snapshot.files.len()) as u64;
+        if parsed * 100 > files {
+            // A store that cannot be written only costs the next run a parse.
+            let _ = cache.save_store(store, &ctx.limits, &[&base_snapshot, &merged.snapshot]);
+        }
+    }
+    drop(base_snapshot);
     let (base_graph, base_violations) = match base_loaded {
         Ok(loaded) => (Some(loaded.graph), Violations::default()),
         Err(reconcile::Error::Invalid { violations, .. }) => (None, violations),

@@ -40,6 +40,10 @@ pub struct PlanArgs {
     /// With --format markdown: write the comments to DIR/comment-1.md, comment-2.md, ...
     #[arg(long, value_name = "DIR")]
     comment_dir: Option<PathBuf>,
+    /// With --base: keep parsed files in DIR between runs (CI: cache this directory), so a
+    /// later plan parses only the files an earlier one did not see (ignored without --base)
+    #[arg(long, value_name = "DIR", env = "PBSYNC_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,6 +110,7 @@ async fn run_review(
 ) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(Some(&args.target));
     let req = Request {
+        cache_dir: args.cache_dir.clone(),
         base: base.to_string(),
         head: head.to_string(),
     };

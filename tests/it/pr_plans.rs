@@ -100,6 +100,7 @@ impl Branches {
 
 fn request(base: &str, head: &str) -> Request {
     Request {
+        cache_dir: None,
         base: format!("refs/heads/{base}"),
         head: format!("refs/heads/{head}"),
     }
@@ -208,6 +209,35 @@ fn editing_a_shared_profile_used_by_three_bundles() {
     let text = render(&review);
     assert!(!text.contains("key-for-nginx"), "secret masked:\n{text}");
     insta::assert_snapshot!("pr-editing-a-shared-profile-used-by-three-bundles", text);
+}
+
+#[test]
+fn a_parse_store_from_an_earlier_run_gives_the_same_plan() {
+    let mut b = base_with(&[("a", "delete"), ("b", "delete"), ("c", "delete")]);
+    let edited = profile("web", "nginx:1.28");
+    b.commit("pr", Some("main"), &[("shared/web.yaml", Some(&edited))]);
+    let without = render(&b.offline("main", "pr"));
+    let cache = tempfile::tempdir().unwrap();
+    let cached = |b: &Branches, base: &str, head: &str| {
+        let req = Request {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..request(base, head)
+        };
+        render(&review::plan_offline(&b.context(), &req).expect("plan"))
+    };
+    assert_eq!(
+        cached(&b, "main", "pr"),
+        without,
+        "a first run writes the store"
+    );
+    let stores: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(stores.len(), 1, "one store per repository and path");
+    assert_eq!(cached(&b, "main", "pr"), without, "a later run reads it");
+    // Another pull request on the same base: its new file is parsed, the rest comes from
+    // the store, and the plan is what a run without the store makes.
+    let fresh = profile("web", "nginx:1.29");
+    b.commit("pr2", Some("main"), &[("shared/web.yaml", Some(&fresh))]);
+    assert_eq!(cached(&b, "main", "pr2"), render(&b.offline("main", "pr2")));
 }
 
 #[test]
