@@ -3,7 +3,7 @@
 //! Pure: no I/O. `petgraph` indices never leave this module.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use petgraph::Direction;
 use petgraph::algo::tarjan_scc;
@@ -11,7 +11,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::model::{
-    Catalog, DesiredState, Kind, Location, Object, ObjectKey, Resolution, Rule, Violation, resolve,
+    Catalog, DesiredState, KeyMap, Kind, Location, Object, ObjectKey, Resolution, Rule, Violation,
+    resolve,
 };
 
 /// One node: an object of the repository, or a live object the repository only references.
@@ -27,8 +28,23 @@ pub struct Node {
     pub references: u32,
     /// The ProfileBundles whose closure contains it, sorted.
     pub referrers: Vec<ObjectKey>,
+    /// The other roots (pools, workloads) whose closure contains it, sorted; see
+    /// [`Node::dependents`]. Kept apart so the bundles, most roots, are not listed twice.
+    pub other_dependents: Vec<ObjectKey>,
+}
+
+impl Node {
     /// Every root (bundle, pool, workload) whose closure contains it, sorted.
-    pub dependents: Vec<ObjectKey>,
+    pub fn dependents(&self) -> Vec<ObjectKey> {
+        let mut all: Vec<ObjectKey> = self
+            .referrers
+            .iter()
+            .chain(&self.other_dependents)
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    }
 }
 
 /// The graph of one commit.
@@ -37,7 +53,7 @@ pub struct ResourceGraph {
     desired: DesiredState,
     nodes: Vec<Node>,
     graph: DiGraph<(), ()>,
-    index: HashMap<ObjectKey, NodeIndex>,
+    index: KeyMap<NodeIndex>,
     order: Vec<usize>,
     waves: Vec<usize>,
     warnings: Vec<String>,
@@ -73,15 +89,15 @@ impl ResourceGraph {
         let mut graph =
             DiGraph::<(), ()>::with_capacity(desired.objects.len(), desired.objects.len() * 2);
         let mut nodes: Vec<Node> = Vec::with_capacity(desired.objects.len());
-        let mut index: HashMap<ObjectKey, NodeIndex> =
-            HashMap::with_capacity(desired.objects.len());
+        let mut index: KeyMap<NodeIndex> =
+            KeyMap::with_capacity_and_hasher(desired.objects.len(), Default::default());
         let new_node = |key: ObjectKey, object: Option<usize>| Node {
             key,
             object,
             desired: false,
             references: 0,
             referrers: Vec::new(),
-            dependents: Vec::new(),
+            other_dependents: Vec::new(),
         };
         for (i, obj) in desired.objects.iter().enumerate() {
             let n = graph.add_node(());
@@ -200,10 +216,11 @@ impl ResourceGraph {
                     }
                     stamp[m.index()] = root;
                     let node = &mut self.nodes[m.index()];
-                    node.dependents.push(root_key.clone());
                     if is_bundle {
                         node.references += 1;
                         node.referrers.push(root_key.clone());
+                    } else {
+                        node.other_dependents.push(root_key.clone());
                     }
                     stack.push(m);
                 }
@@ -211,7 +228,7 @@ impl ResourceGraph {
         }
         for node in &mut self.nodes {
             node.referrers.sort();
-            node.dependents.sort();
+            node.other_dependents.sort();
         }
     }
 

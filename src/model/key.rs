@@ -135,6 +135,12 @@ impl fmt::Display for Kind {
 /// The identity of one object: `namespace/name` on the hub, `scope/name@version` in Palette.
 ///
 /// For a ClusterProfile, `namespace` holds the Palette scope (`project` or `tenant`).
+/// A map keyed by object identity, with a fast hasher: the index of tens of thousands of
+/// objects is built and probed several times a pass, and SipHash (the standard library's
+/// default) showed in profiles. foldhash is seeded per process, so keys from a repository
+/// cannot be chosen to collide.
+pub type KeyMap<V> = std::collections::HashMap<ObjectKey, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectKey {
     /// The kind.

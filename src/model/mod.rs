@@ -15,13 +15,13 @@ mod validate;
 mod workflow;
 pub mod yaml;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use key::{Kind, ObjectKey};
+pub use key::{KeyMap, Kind, ObjectKey};
 pub use manifest::Manifest;
 pub use parse::{Limits, ParsedFile, parse_file, parse_file_detailed, parse_live};
 pub use validate::{Catalog, Resolution, resolve, validate};
@@ -465,7 +465,7 @@ pub struct DesiredState {
     /// Objects, sorted by key.
     pub objects: Vec<Object>,
     /// Position of each key in `objects`.
-    pub index: HashMap<ObjectKey, usize>,
+    pub index: KeyMap<usize>,
     /// Non-fatal findings (merged duplicates, ...).
     pub warnings: Vec<String>,
     /// Identities (without version) of documents that were rejected with a violation of

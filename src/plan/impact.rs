@@ -82,7 +82,7 @@ pub fn compute(plan: &Plan, graph: &ResourceGraph, before: Option<&ResourceGraph
     let closure_of = |g: &ResourceGraph, key: &ObjectKey| -> Vec<ObjectKey> {
         g.node(key)
             .filter(|n| n.desired)
-            .map(|n| n.dependents.clone())
+            .map(crate::graph::Node::dependents)
             .unwrap_or_default()
     };
     let mut out: Vec<Impact> = plan

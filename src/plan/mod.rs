@@ -396,7 +396,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         };
         let needed_by = if shared {
             if node.referrers.is_empty() {
-                format!("needed by {}", join_keys(&node.dependents))
+                format!("needed by {}", join_keys(&node.other_dependents))
             } else {
                 format!("needed by {}", join_keys(&node.referrers))
             }

@@ -112,6 +112,10 @@ pub struct GitConfig {
 
 /// Opens the repository at `path` (searching upwards like `git` does).
 pub fn open(path: &Path) -> Result<Repository> {
+    // libgit2 re-hashes every object it reads; git itself does not (that is fsck's job),
+    // and for ten thousand blobs the SHA-1s showed in profiles.
+    static NO_REHASH: std::sync::Once = std::sync::Once::new();
+    NO_REHASH.call_once(|| git2::opts::strict_hash_verification(false));
     Repository::discover(path).map_err(|source| Error::OpenFailed {
         path: path.to_path_buf(),
         source,
