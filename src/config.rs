@@ -837,6 +837,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_uses_only_known_keys() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/config.example.yaml");
+        let (settings, lines) = read_file(&example).expect("the example parses");
+        assert!(lines.contains_key("preflight") && lines.contains_key("kube-concurrency"));
+        assert_eq!(settings.preflight, Some(false));
+        assert_eq!(settings.kube_qps, Some(200.0));
+    }
+
+    #[test]
     fn unknown_keys_are_reported_at_their_line() {
         let (_d, path) = write("repo: /srv/repo\n\nintervall: 10s\n");
         let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");

@@ -7,6 +7,10 @@
 //! `2/3 duration` stops applying before anyone may take over; a holder that stops gracefully
 //! releases the lease so the other takes over at its next try. Writes carry the
 //! resourceVersion read, so two candidates can never both win.
+//!
+//! A standby reads the lease every `duration / 6` (so it sees the last renewal soon after
+//! it happened) and wakes exactly when the record it saw expires: a holder that dies is
+//! replaced about `duration` after its last renewal, at worst `duration / 6` later.
 
 use std::time::Duration;
 
@@ -86,6 +90,13 @@ struct Candidate {
 }
 
 impl Candidate {
+    /// When the record this standby saw expires (by its own clock).
+    fn expiry(&self) -> Option<Instant> {
+        self.observed
+            .as_ref()
+            .map(|(_, at)| *at + self.cfg.duration)
+    }
+
     fn err(&self, verb: &'static str) -> impl FnOnce(kube::Error) -> Error + '_ {
         move |source| Error::RequestFailed {
             verb,
@@ -202,6 +213,7 @@ pub fn spawn(
     let (tx, rx) = watch::channel(false);
     let api = Api::<Lease>::namespaced(client, &cfg.namespace);
     let retry = (cfg.duration / 3).max(Duration::from_millis(500));
+    let standby_poll = (cfg.duration / 6).max(Duration::from_millis(250));
     let deadline = cfg.duration * 2 / 3;
     let mut c = Candidate {
         api,
@@ -232,8 +244,16 @@ pub fn spawn(
                     send(&triggers, Trigger::Start);
                 }
             }
+            // A standby wakes when the record it saw expires, or to look again.
+            let wait = if now_leader {
+                retry
+            } else {
+                let poll = Instant::now() + standby_poll;
+                let at = c.expiry().map_or(poll, |e| e.min(poll));
+                at.saturating_duration_since(Instant::now())
+            };
             tokio::select! {
-                _ = tokio::time::sleep(retry) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {
                     if *tx.borrow() {
                         let _ = tx.send(false);
