@@ -97,25 +97,41 @@ pub fn read_merge(
     } else {
         None
     };
-    if let Some(tree) = fast {
-        let snapshot = read_tree_reusing(
-            repo,
-            tree,
-            subpath,
-            max_file_bytes,
-            &label(base, head),
-            earlier,
-        )
-        .map_err(Error::ReadFailed)?;
-        return Ok(Merged {
-            base,
-            head,
-            merge_base,
-            snapshot,
-        });
-    }
+    let tree = match fast {
+        Some(tree) => tree,
+        None => merge_tree(repo, &ours, &theirs)?,
+    };
+    let snapshot = read_tree_reusing(
+        repo,
+        tree,
+        subpath,
+        max_file_bytes,
+        &label(base, head),
+        earlier,
+    )
+    .map_err(Error::ReadFailed)?;
+    Ok(Merged {
+        base,
+        head,
+        merge_base,
+        snapshot,
+    })
+}
+
+/// The three-way merge of `theirs` into `ours`, written (to the mempack) as a tree.
+fn merge_tree(
+    repo: &Repository,
+    ours: &git2::Commit<'_>,
+    theirs: &git2::Commit<'_>,
+) -> Result<Oid> {
+    let (base, head) = (ours.id(), theirs.id());
+    let failed = |source| Error::MergeFailed {
+        base: base.to_string(),
+        head: head.to_string(),
+        source,
+    };
     let mut index = repo
-        .merge_commits(&ours, &theirs, Some(&MergeOptions::new()))
+        .merge_commits(ours, theirs, Some(&MergeOptions::new()))
         .map_err(failed)?;
     if index.has_conflicts() {
         let mut paths: Vec<String> = index
@@ -133,22 +149,7 @@ pub fn read_merge(
             paths,
         });
     }
-    let tree = index.write_tree_to(repo).map_err(failed)?;
-    let snapshot = read_tree_reusing(
-        repo,
-        tree,
-        subpath,
-        max_file_bytes,
-        &label(base, head),
-        earlier,
-    )
-    .map_err(Error::ReadFailed)?;
-    Ok(Merged {
-        base,
-        head,
-        merge_base,
-        snapshot,
-    })
+    index.write_tree_to(repo).map_err(failed)
 }
 
 #[cfg(test)]

@@ -174,18 +174,9 @@ fn a_second_run_with_no_change_writes_nothing() {
 
 #[test]
 fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_diffed() {
-    let mut repo = example_repo();
-    let state = tempfile::tempdir().unwrap();
+    let (mut repo, state, _) = apply_example();
     let target = LocalDir::new(state.path(), "default");
     let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
-    let snapshot = reconcile::fetch(&ctx).unwrap();
-    block_on(reconcile::run_once(
-        &ctx,
-        &snapshot,
-        &target,
-        RunOptions::default(),
-    ))
-    .unwrap();
 
     // A later commit: every file still records the first revision, yet holds exactly what
     // pbsync would write, so none is parsed or kept (cluster profiles, JSON, always are).
