@@ -24,7 +24,14 @@ use pbsync::synthetic::{Params, commit_all, write_repo};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn bench(c: &mut Criterion) {
-    for bundles in [1_000usize, 10_000] {
+    // `cargo test --all-targets` runs benchmarks once as a smoke test (no `--bench`): the small
+    // repository is enough there, and keeps CI from generating the large one.
+    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
+        &[1_000, 10_000]
+    } else {
+        &[1_000]
+    };
+    for &bundles in sizes {
         let dir = tempfile::tempdir().expect("tempdir");
         let params = Params {
             bundles,
