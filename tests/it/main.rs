@@ -20,3 +20,5 @@ mod cli;
 mod pr_plans;
 // PaletteAI Studio archives: refusals, conflicts, the example archive.
 mod import;
+// The remote source over Git's smart HTTP protocol with basic auth and tokens, on loopback.
+mod remote_http;
