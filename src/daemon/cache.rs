@@ -52,7 +52,7 @@ impl ParseCache {
         let Ok(bytes) = std::fs::read(path) else {
             return 0;
         };
-        let files = stored::decode(&bytes, limits);
+        let files = stored::decode(&bytes, limits, build());
         let n = files.len();
         let mut entries = self.lock();
         for f in files {
@@ -94,7 +94,7 @@ impl ParseCache {
                 })
                 .collect()
         };
-        let bytes = stored::encode(&files, limits);
+        let bytes = stored::encode(&files, limits, build());
         let dir = path
             .parent()
             .ok_or_else(|| std::io::Error::other("store path has no parent"))?;
@@ -128,6 +128,28 @@ impl ParseCache {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// This build of pbsync: its version and the size and modification time of the running
+/// executable, so a store written by another build (whose parser may judge files otherwise)
+/// is never trusted. When the executable cannot be looked at, a value of this process alone.
+fn build() -> &'static str {
+    static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILD.get_or_init(|| {
+        let exe = std::env::current_exe()
+            .and_then(std::fs::metadata)
+            .ok()
+            .and_then(|m| {
+                let mtime = m
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                Some(format!("{}-{}", m.len(), mtime.as_nanos()))
+            })
+            .unwrap_or_else(|| format!("process-{}-{}", std::process::id(), fastrand::u64(..)));
+        format!("{}+{exe}", env!("CARGO_PKG_VERSION"))
+    })
 }
 
 impl FileParser for ParseCache {

@@ -3,9 +3,10 @@
 //!
 //! The store is checksummed (CRC-32), so a torn or damaged file decodes as empty. Only
 //! files that parsed without a violation are stored (a file with violations is parsed
-//! again, so its messages come from the parser itself). A store written by another pbsync
-//! version, another format or other input limits decodes as empty: it is a cache, and a
-//! miss only costs a parse.
+//! again, so its messages come from the parser itself). A store written by another build of
+//! pbsync (the caller names the build: a parser that changed could find violations an older
+//! one did not), another format or other input limits decodes as empty: it is a cache, and
+//! a miss only costs a parse.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -105,11 +106,11 @@ fn limits_id(limits: &Limits) -> String {
     format!("{limits:?}")
 }
 
-/// Encodes `files` for this pbsync version and these limits.
-pub fn encode(files: &[StoredFile], limits: &Limits) -> Vec<u8> {
+/// Encodes `files` for this build of pbsync (`build`) and these limits.
+pub fn encode(files: &[StoredFile], limits: &Limits, build: &str) -> Vec<u8> {
     let store = Store {
         format: FORMAT,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: build.to_string(),
         limits: limits_id(limits),
         files: files
             .iter()
@@ -127,8 +128,8 @@ pub fn encode(files: &[StoredFile], limits: &Limits) -> Vec<u8> {
 }
 
 /// Decodes a store written by [`encode`]; empty when it is unreadable or was written by
-/// another version, format or limits.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Vec<StoredFile> {
+/// another build, format or limits.
+pub fn decode(bytes: &[u8], limits: &Limits, build: &str) -> Vec<StoredFile> {
     // A checksum first: a torn or damaged store is a miss, never a wrong document.
     let Some((sum, body)) = bytes.split_first_chunk::<4>() else {
         return Vec::new();
@@ -139,10 +140,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Vec<StoredFile> {
     let Ok(store) = postcard::from_bytes::<Store>(body) else {
         return Vec::new();
     };
-    if store.format != FORMAT
-        || store.version != env!("CARGO_PKG_VERSION")
-        || store.limits != limits_id(limits)
-    {
+    if store.format != FORMAT || store.version != build || store.limits != limits_id(limits) {
         return Vec::new();
     }
     store
@@ -361,7 +359,7 @@ mod tests {
             .collect();
         assert!(kinds.len() >= 9, "the example covers the kinds: {kinds:?}");
         let limits = Limits::default();
-        let back = decode(&encode(&files, &limits), &limits);
+        let back = decode(&encode(&files, &limits, "b1"), &limits, "b1");
         assert_eq!(back, files);
     }
 
@@ -372,22 +370,23 @@ mod tests {
             "apiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata: {name: r, namespace: ns}\nspec: {url: https://charts.example}\n",
         )];
         let limits = Limits::default();
-        let bytes = encode(&files, &limits);
-        assert_eq!(decode(&bytes, &limits).len(), 1);
+        let bytes = encode(&files, &limits, "b1");
+        assert_eq!(decode(&bytes, &limits, "b1").len(), 1);
+        assert!(decode(&bytes, &limits, "b2").is_empty(), "another build");
         let other = Limits {
             max_file_bytes: 1,
             ..Limits::default()
         };
-        assert!(decode(&bytes, &other).is_empty());
-        assert!(decode(&bytes[..bytes.len() / 2], &limits).is_empty());
+        assert!(decode(&bytes, &other, "b1").is_empty());
+        assert!(decode(&bytes[..bytes.len() / 2], &limits, "b1").is_empty());
         let mut flipped = bytes.clone();
         let middle = flipped.len() / 2;
         flipped[middle] ^= 0x20;
         assert!(
-            decode(&flipped, &limits).is_empty(),
+            decode(&flipped, &limits, "b1").is_empty(),
             "a damaged store is a miss"
         );
-        assert!(decode(b"not a store", &limits).is_empty());
+        assert!(decode(b"not a store", &limits, "b1").is_empty());
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
