@@ -92,10 +92,13 @@ pub fn redact(url: &str) -> String {
     };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}/{path}")
-        }
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}/{path}"),
+            // A lone user name is no secret over SSH; over HTTP(S) it is often a token
+            // (`https://<token>@host/...`).
+            None if scheme == "ssh" => url.to_string(),
+            None => format!("{scheme}://***@{host}/{path}"),
+        },
         None => url.to_string(),
     }
 }
@@ -351,6 +354,15 @@ mod tests {
             "https://bob:***@example.com/org/repo.git"
         );
         assert_eq!(redact("https://example.com/x"), "https://example.com/x");
+        assert_eq!(
+            redact("https://ghp_tok3n@github.com/org/repo.git"),
+            "https://***@github.com/org/repo.git",
+            "a token given as the user name"
+        );
+        assert_eq!(
+            redact("ssh://git@example.com:2222/org/repo.git"),
+            "ssh://git@example.com:2222/org/repo.git"
+        );
     }
 
     #[test]

@@ -22,3 +22,5 @@ mod pr_plans;
 mod import;
 // The remote source over Git's smart HTTP protocol with basic auth and tokens, on loopback.
 mod remote_http;
+// The remote source over SSH (key file, strict known_hosts) against a real sshd on loopback.
+mod remote_ssh;
