@@ -17,21 +17,14 @@ use pbsync::apply::local_dir::LocalDir;
 use pbsync::model::Catalog;
 use pbsync::plan::{self, History};
 use pbsync::reconcile::{self, Context};
-use pbsync::synthetic::{Params, commit_all, write_repo};
+use pbsync::synthetic::{Params, bench_sizes, commit_all, write_repo};
 
 // The allocator the binary uses, so the figures are the binary's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn bench(c: &mut Criterion) {
-    // `cargo test --all-targets` runs benchmarks once as a smoke test (no `--bench`): the small
-    // repository is enough there, and keeps CI from generating the large one.
-    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
-        &[1_000, 10_000]
-    } else {
-        &[1_000]
-    };
-    for &bundles in sizes {
+    for &bundles in bench_sizes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let params = Params {
             bundles,

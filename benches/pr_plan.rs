@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use pbsync::plan::comment::render_comments;
 use pbsync::reconcile::Context;
 use pbsync::review::{self, Request};
-use pbsync::synthetic::{Params, commit_all, write_repo};
+use pbsync::synthetic::{Params, bench_sizes, commit_all, write_repo};
 
 // The allocator the binary uses, so the figures are the binary's.
 #[global_allocator]
@@ -37,14 +37,7 @@ fn bench(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(30));
-    // `cargo test --all-targets` runs benchmarks once as a smoke test (no `--bench`): the small
-    // repository is enough there, and keeps CI from generating the large one.
-    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
-        &[1_000, 10_000]
-    } else {
-        &[1_000]
-    };
-    for &bundles in sizes {
+    for &bundles in bench_sizes() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_repo(
             dir.path(),

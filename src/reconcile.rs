@@ -223,6 +223,22 @@ pub fn check(
     Ok(Loaded { graph, warnings })
 }
 
+/// `loaded` checked again against the live catalogue of `observed`: external references
+/// (cluster profiles, definitions) resolve against live state now, reusing the parsed
+/// objects. Without any external reference the catalogue cannot change a thing, and
+/// `loaded` stands as it is.
+pub fn recheck(loaded: Loaded, observed: &Observed) -> Result<Loaded> {
+    if loaded.graph.has_external() {
+        check(
+            loaded.graph.into_desired_state(),
+            Vec::new(),
+            &observed.catalog(),
+        )
+    } else {
+        Ok(loaded)
+    }
+}
+
 /// Everything one pass needs.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -309,18 +325,7 @@ pub async fn plan_parsed<T: Target>(
         .observe(&loaded.graph, &stamp)
         .await
         .map_err(Error::Observe)?;
-    // External references (cluster profiles, definitions) resolve against live state now;
-    // the parsed objects are reused, not parsed again. Without any, the catalogue cannot
-    // change a thing, and the graph stands.
-    let loaded = if loaded.graph.has_external() {
-        check(
-            loaded.graph.into_desired_state(),
-            Vec::new(),
-            &observed.catalog(),
-        )?
-    } else {
-        loaded
-    };
+    let loaded = recheck(loaded, &observed)?;
     let history = history(ctx, &loaded.graph, &observed, &snapshot.revision);
     let mut plan = plan::plan(&loaded.graph, &observed, &history, &ctx.plan);
     for w in loaded.warnings {

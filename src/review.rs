@@ -274,18 +274,7 @@ pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> R
         .observe(&loaded.graph, &stamp)
         .await
         .map_err(Error::Observe)?;
-    // External references (cluster profiles, definitions) resolve against live state now;
-    // the parsed objects are reused (and without any, the graph stands).
-    let recheck = if loaded.graph.has_external() {
-        reconcile::check(
-            loaded.graph.into_desired_state(),
-            Vec::new(),
-            &observed.catalog(),
-        )
-    } else {
-        Ok(loaded)
-    };
-    let loaded = match recheck {
+    let loaded = match reconcile::recheck(loaded, &observed) {
         Ok(l) => l,
         Err(e) => return invalid(&prepared, e, false),
     };
@@ -312,16 +301,11 @@ fn invalid(prepared: &Prepared, err: reconcile::Error, offline: bool) -> Result<
         ),
     };
     Ok(Review {
-        plan: Plan {
-            revision: prepared.merged.snapshot.revision.clone(),
-            changes: Vec::new(),
+        plan: Plan::invalid(
+            prepared.merged.snapshot.revision.clone(),
+            violations.0,
             warnings,
-            guard: None,
-            read_at: None,
-            impact: Vec::new(),
-            violations: violations.0,
-            deployments: Vec::new(),
-        },
+        ),
         base: prepared.merged.base,
         head: prepared.merged.head,
         offline,

@@ -41,6 +41,17 @@ fn namespace(i: usize, p: &Params) -> String {
     format!("team-{:03}", i / p.per_namespace.max(1))
 }
 
+/// Repository sizes (bundles) a benchmark runs at: 1,000 and 10,000 under `cargo bench`;
+/// only 1,000 when `cargo test --all-targets` runs the benchmark once as a smoke test
+/// (without `--bench`), so CI does not generate the large repository.
+pub fn bench_sizes() -> &'static [usize] {
+    if std::env::args().any(|a| a == "--bench") {
+        &[1_000, 10_000]
+    } else {
+        &[1_000]
+    }
+}
+
 /// Writes the repository's files under `dir` (which must exist).
 pub fn write_repo(dir: &Path, p: &Params) -> io::Result<()> {
     let shared = p.shared.max(1);

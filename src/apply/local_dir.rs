@@ -76,7 +76,7 @@ pub struct LocalDir {
 /// daemon's parse cache hands unchanged files' documents to every pass) under the same
 /// marks, and the file is untouched (same size, inode, modification and change times), the
 /// next observe knows the answer without reading the file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Matched {
     manifest: Manifest,
     source: Arc<str>,
@@ -287,13 +287,11 @@ impl LocalDir {
                     && let Some(m) = previous.get(&key)
                     && m.still_holds(obj, stamp.instance, adopted, &path)
                 {
-                    let m = Matched {
-                        manifest: m.manifest.clone(),
-                        source: Arc::clone(&m.source),
-                        instance: m.instance.clone(),
-                        ..*m
-                    };
-                    return (key, LiveObject::matching_desired(ownership), Some(m));
+                    return (
+                        key,
+                        LiveObject::matching_desired(ownership),
+                        Some(m.clone()),
+                    );
                 }
                 // Taken before reading: a write in between only makes the next observe
                 // read the file again.

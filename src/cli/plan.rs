@@ -72,16 +72,7 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
             revision,
             violations,
             warnings,
-        }) if args.format == Format::Markdown => Plan {
-            revision,
-            changes: Vec::new(),
-            warnings,
-            guard: None,
-            read_at: None,
-            impact: Vec::new(),
-            violations: violations.0,
-            deployments: Vec::new(),
-        },
+        }) if args.format == Format::Markdown => Plan::invalid(revision, violations.0, warnings),
         Err(Error::Invalid {
             revision,
             violations,

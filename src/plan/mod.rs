@@ -814,6 +814,20 @@ pub struct Summary {
 }
 
 impl Plan {
+    /// The plan of a commit that failed validation: its violations first, no changes.
+    pub fn invalid(revision: String, violations: Vec<Violation>, warnings: Vec<String>) -> Self {
+        Self {
+            revision,
+            changes: Vec::new(),
+            warnings,
+            guard: None,
+            read_at: None,
+            impact: Vec::new(),
+            violations,
+            deployments: Vec::new(),
+        }
+    }
+
     /// Counts per action.
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
