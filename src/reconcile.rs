@@ -315,16 +315,20 @@ pub async fn plan_parsed<T: Target>(
     violations: Vec<Violation>,
     target: &T,
 ) -> Result<Planned> {
+    let started = std::time::Instant::now();
     let loaded = check(desired, violations, &Catalog::default())?;
+    tracing::debug!(elapsed = ?started.elapsed(), nodes = loaded.graph.nodes().len(), "validated; graph built");
     let stamp = Stamp {
         instance: &ctx.plan.instance,
         revision: &snapshot.revision,
         adopted: false,
     };
+    let started = std::time::Instant::now();
     let observed = target
         .observe(&loaded.graph, &stamp)
         .await
         .map_err(Error::Observe)?;
+    tracing::debug!(elapsed = ?started.elapsed(), objects = observed.objects.len(), "observed");
     let loaded = recheck(loaded, &observed)?;
     let history = history(ctx, &loaded.graph, &observed, &snapshot.revision);
     let mut plan = plan::plan(&loaded.graph, &observed, &history, &ctx.plan);
@@ -432,7 +436,9 @@ pub async fn run_parsed<T: Target>(
         revision: &snapshot.revision,
         adopted: false,
     };
+    let started = std::time::Instant::now();
     let (changes, result) = apply::run(target, &planned.graph, &planned.plan, &stamp, opts).await;
+    tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "applied");
     match result {
         Ok(()) => Ok(Report {
             plan: planned.plan,

@@ -294,7 +294,9 @@ pub async fn run<T: Target>(
             .map(|e| e.key.clone())
             .collect(),
     };
+    let started = std::time::Instant::now();
     let recorded = target.record(&status).await;
+    tracing::debug!(elapsed = ?started.elapsed(), "status recorded");
     let result = match (result, recorded) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(RunError::Status(e)),
@@ -343,6 +345,7 @@ async fn run_steps<T: Target>(
             }
             continue;
         }
+        let started = std::time::Instant::now();
         // Unordered, so one slow request does not hold back the ones behind it; the
         // results are put back in plan order so the ChangeSet stays deterministic.
         let mut results: Vec<(usize, &Change, Option<Result<()>>)> =
@@ -369,6 +372,7 @@ async fn run_steps<T: Target>(
                 .buffer_unordered(target.concurrency().max(1))
                 .collect()
                 .await;
+        tracing::debug!(elapsed = ?started.elapsed(), "wave written");
         results.sort_by_key(|(i, _, _)| *i);
         for (_, change, result) in results {
             match (change.action, result) {

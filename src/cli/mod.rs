@@ -111,13 +111,36 @@ fn color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
+/// Logs of the one-shot commands to stderr: warnings (an Event that could not be written),
+/// or what `RUST_LOG` asks for (`RUST_LOG=pbsync=debug` shows each phase and its duration).
+/// The daemon sets up its own (journald lines or JSON).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging();
+    }
+    // A one-shot command is one task sending requests and waiting for answers: one thread
+    // serves that without the cross-thread wake-ups of a work-stealing pool (measured: a
+    // 1,000-object apply costs pbsync ~0.25 s of CPU instead of ~0.4 s, and 1.5k context
+    // switches instead of 12k, CPU the API server on the same host then has). The daemon
+    // keeps a pool: its watcher, webhook, leader lease and passes run side by side.
+    let mut builder = if matches!(cli.command, Command::Run(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
