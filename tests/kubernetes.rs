@@ -212,18 +212,25 @@ impl Env {
         cm.data.unwrap_or_default().into_iter().collect()
     }
 
-    async fn events_for(&self, bundle: &str) -> Vec<(String, String)> {
+    /// (reason, message, involvedObject.uid) of the Events on `bundle`.
+    async fn events_for(&self, bundle: &str) -> Vec<(String, String, Option<String>)> {
         let events: Api<k8s_openapi::api::core::v1::Event> =
             Api::namespaced(self.client.clone(), &self.ns);
         let list = events
             .list(&kube::api::ListParams::default())
             .await
             .expect("events");
-        let mut out: Vec<(String, String)> = list
+        let mut out: Vec<(String, String, Option<String>)> = list
             .items
             .into_iter()
             .filter(|e| e.involved_object.name.as_deref() == Some(bundle))
-            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default(),
+                    e.involved_object.uid,
+                )
+            })
             .collect();
         out.sort();
         out
@@ -494,6 +501,13 @@ async fn creates_objects_with_ownership_marks_then_updates_only_what_changed() {
     let events = env.events_for("chat").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "Created");
+    // The uid comes from the create's answer (its metadata only).
+    let bundle = env.must_get("ProfileBundle", "chat").await;
+    assert_eq!(
+        events[0].2.as_deref(),
+        bundle["metadata"]["uid"].as_str(),
+        "the Event names the bundle it was written for"
+    );
 
     // Change one property: one object is updated, nothing else is written.
     repo.write(
@@ -747,7 +761,7 @@ async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_refe
     assert!(env.get("HelmRepository", "a-only").await.is_none());
     assert!(env.get("HelmRepository", "common").await.is_some());
     let events = env.events_for("a").await;
-    assert!(events.iter().any(|(r, _)| r == "Deleted"), "{events:?}");
+    assert!(events.iter().any(|(r, _, _)| r == "Deleted"), "{events:?}");
 
     // b goes: it was the last referrer of `common`, with policy delete.
     repo.remove("bundles/b.yaml");

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::client::ApiClient;
 use super::{
-    CONFLICT_RETRIES, Compared, Error, KubeTarget, Seen, describe, lock, observe, status,
+    Answer, CONFLICT_RETRIES, Compared, Error, KubeTarget, Seen, describe, lock, observe, status,
     version_of, with_api_version,
 };
 use crate::apply::{self, DeletePermit, Result};
@@ -78,17 +78,20 @@ impl KubeTarget {
             ) {
                 meta.insert("resourceVersion".into(), Value::String(rv.clone()));
             }
-            match api.apply(&collection, &change.key.name, &body, false).await {
-                Ok(applied) => {
-                    self.remember(&change.key, &applied);
+            match api.apply(&collection, &change.key.name, &body).await {
+                Ok(answer) => {
+                    let seen = Seen::written(&desired, &answer);
+                    // The object at this resourceVersion is what applying `desired` gives:
+                    // the next pass needs no dry-run while neither changes.
                     lock(&self.compared).insert(
                         change.key.clone(),
                         Compared {
                             fingerprint,
-                            resource_version: Seen::of(&applied).resource_version,
-                            result: Ok(applied),
+                            resource_version: seen.resource_version.clone(),
+                            answer: Answer::Live,
                         },
                     );
+                    lock(&self.seen).insert(change.key.clone(), seen);
                     self.note_bundle(
                         &change.key,
                         if change.action == Action::Create {

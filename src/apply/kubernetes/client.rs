@@ -286,25 +286,24 @@ impl ApiClient {
     }
 
     /// Server-side apply of `body` (force: pbsync's desired state wins field conflicts;
-    /// strict field validation: unknown fields are errors, not silently dropped).
-    pub(super) async fn apply(
+    /// strict field validation: unknown fields are errors, not silently dropped). Returns
+    /// the object's metadata only (uid, resourceVersion, managedFields): the server then
+    /// encodes, and pbsync decodes, a fraction of the object; the rest is what was sent.
+    pub(super) async fn apply(&self, collection: &str, name: &str, body: &Value) -> Result<Value> {
+        let mut req = apply_request(collection, name, body, false)?;
+        answer_metadata_only(&mut req);
+        self.json(Verb::Apply, req).await
+    }
+
+    /// A server-side dry-run of applying `body`: the whole object the server would store.
+    pub(super) async fn dry_run_apply(
         &self,
         collection: &str,
         name: &str,
         body: &Value,
-        dry_run: bool,
     ) -> Result<Value> {
-        let pp = PatchParams {
-            dry_run,
-            force: true,
-            field_manager: Some(FIELD_MANAGER.into()),
-            field_validation: Some(ValidationDirective::Strict),
-        };
-        let req = Request::new(collection)
-            .patch(name, &pp, &Patch::Apply(body))
-            .map_err(Error::BuildRequest)?;
-        let verb = if dry_run { Verb::DryRun } else { Verb::Apply };
-        self.json(verb, req).await
+        let req = apply_request(collection, name, body, true)?;
+        self.json(Verb::DryRun, req).await
     }
 
     /// A server-side dry-run of creating `body` (strict field validation): what the server
@@ -362,14 +361,45 @@ impl ApiClient {
         }
     }
 
-    /// Creates an object (Events).
+    /// Creates an object (Events); returns its metadata only.
     pub(super) async fn create(&self, collection: &str, body: &Value) -> Result<Value> {
         let data = serde_json::to_vec(body).expect("invariant: JSON values serialize");
-        let req = Request::new(collection)
+        let mut req = Request::new(collection)
             .create(&PostParams::default(), data)
             .map_err(Error::BuildRequest)?;
+        answer_metadata_only(&mut req);
         self.json(Verb::Create, req).await
     }
+}
+
+/// The request of a server-side apply as field manager `pbsync`, forced, strictly validated.
+fn apply_request(
+    collection: &str,
+    name: &str,
+    body: &Value,
+    dry_run: bool,
+) -> Result<http::Request<Vec<u8>>> {
+    let pp = PatchParams {
+        dry_run,
+        force: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+        field_validation: Some(ValidationDirective::Strict),
+    };
+    Request::new(collection)
+        .patch(name, &pp, &Patch::Apply(body))
+        .map_err(Error::BuildRequest)
+}
+
+/// The answer `as=PartialObjectMetadata`: the API server converts the object it wrote to
+/// its metadata before encoding it (any resource, custom ones included). Errors still come
+/// back as a full Status.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+fn answer_metadata_only(req: &mut http::Request<Vec<u8>>) {
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
 }
 
 fn not_found_is_none(r: Result<Value>) -> Result<Option<Value>> {
@@ -500,12 +530,7 @@ mod tests {
         for code in [400, 409, 422] {
             let (api, seen) = scripted(vec![(code, None)]).await;
             let err = api
-                .apply(
-                    "/apis/g/v/namespaces/n/things",
-                    "x",
-                    &serde_json::json!({}),
-                    false,
-                )
+                .apply("/apis/g/v/namespaces/n/things", "x", &serde_json::json!({}))
                 .await
                 .expect_err("error");
             assert_eq!(err.code(), Some(code));

@@ -169,6 +169,17 @@ struct Seen {
 }
 
 impl Seen {
+    /// After a write: the identity (uid, resourceVersion) from the server's answer, which
+    /// holds the metadata only; apiVersion and deletion policy are those written.
+    fn written(desired: &Value, answer: &Value) -> Self {
+        let identity = Self::of(answer);
+        Self {
+            uid: identity.uid,
+            resource_version: identity.resource_version,
+            ..Self::of(desired)
+        }
+    }
+
     fn of(manifest: &Value) -> Self {
         let meta = |k: &str| {
             manifest
@@ -198,12 +209,23 @@ impl Seen {
     }
 }
 
-/// A cached comparison: the dry-run of a desired object against one live resourceVersion.
+/// A cached comparison: what applying a desired object (by fingerprint) to one live
+/// resourceVersion gives.
 #[derive(Debug, Clone)]
 struct Compared {
     fingerprint: Vec<u8>,
     resource_version: Option<String>,
-    result: std::result::Result<Value, String>,
+    answer: Answer,
+}
+
+/// What applying a desired object gives.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// The server's answer to a dry-run: the object it would store, or its rejection.
+    DryRun(std::result::Result<Value, String>),
+    /// The live object at the cached resourceVersion itself: pbsync's own apply wrote it, or
+    /// field ownership showed applying again changes nothing.
+    Live,
 }
 
 /// The Kubernetes target.
@@ -422,6 +444,26 @@ mod tests {
             &o,
         );
         assert_eq!(v["apiVersion"], "spectrocloud.com/v1beta1");
+    }
+
+    #[test]
+    fn seen_after_a_write_takes_the_identity_from_the_answer_and_the_rest_from_the_request() {
+        let desired = json!({
+            "apiVersion": "spectrocloud.com/v1beta1",
+            "kind": "ProfileBundle",
+            "metadata": {"name": "b", "namespace": "n"},
+            "spec": {"deletionPolicy": "orphan"}
+        });
+        let answer = json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {"name": "b", "uid": "u2", "resourceVersion": "7"}
+        });
+        let s = Seen::written(&desired, &answer);
+        assert_eq!(s.uid.as_deref(), Some("u2"));
+        assert_eq!(s.resource_version.as_deref(), Some("7"));
+        assert_eq!(s.api_version, "spectrocloud.com/v1beta1");
+        assert_eq!(s.deletion_policy, Some(DeletionPolicy::Orphan));
     }
 
     #[test]

@@ -21,7 +21,9 @@ use sha2::{Digest as _, Sha256};
 use super::client::{self, ApiClient};
 use super::discovery::{self, Resources};
 use super::fields;
-use super::{ClusterProfiles, Compared, KubeTarget, Seen, lock, version_of, with_api_version};
+use super::{
+    Answer, ClusterProfiles, Compared, KubeTarget, Seen, lock, version_of, with_api_version,
+};
 use crate::apply::{Error, Result};
 use crate::graph::ResourceGraph;
 use crate::live::{LiveObject, Observed};
@@ -143,6 +145,8 @@ struct Compared1 {
     live: Option<Value>,
     fingerprint: Vec<u8>,
     result: std::result::Result<Value, String>,
+    /// `result` is the live object itself (cached as [`Answer::Live`], not as a copy).
+    is_live: bool,
 }
 
 fn observe_failed(what: impl Into<String>, e: client::Error) -> Error {
@@ -182,7 +186,9 @@ impl KubeTarget {
             .filter_map(|n| graph.object(n).map(|o| (n, o)))
             .collect();
         let needed: BTreeSet<Kind> = desired.iter().map(|(n, _)| n.key.kind).collect();
+        let started = std::time::Instant::now();
         let resources = self.discover(api, &needed).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "discovered");
         let instance = stamp.instance;
 
         // 1. This instance's objects, and every bundle and pool.
@@ -199,7 +205,9 @@ impl KubeTarget {
                 metadata_only: false,
             });
         }
+        let started = std::time::Instant::now();
         let mut items = self.run_lists(api, jobs).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), items = items.len(), "listed this instance's objects");
 
         // 2. Other objects where the desired state (or a live bundle) may meet them.
         let namespaces = foreign_namespaces(graph, &items);
@@ -228,7 +236,9 @@ impl KubeTarget {
                 });
             }
         }
+        let started = std::time::Instant::now();
         items.extend(self.run_lists(api, jobs).await?);
+        tracing::debug!(elapsed = ?started.elapsed(), "listed other objects nearby");
 
         // 3. Dry-run every desired object (cached).
         let mut compares = Vec::new();
@@ -268,6 +278,7 @@ impl KubeTarget {
                 ours: own.as_ref().is_some_and(Ownership::is_managed),
             });
         }
+        let started = std::time::Instant::now();
         let mut compared: Vec<Compared1> = futures::stream::iter(compares)
             .map(|c| self.compare(api, c))
             .buffer_unordered(self.parallelism())
@@ -276,6 +287,7 @@ impl KubeTarget {
             .into_iter()
             .collect::<Result<_>>()?;
         compared.sort_by(|a, b| a.key.cmp(&b.key));
+        tracing::debug!(elapsed = ?started.elapsed(), "compared");
 
         // 4. Assemble, and keep what the writes and the next pass need.
         let mut observed = Observed {
@@ -299,7 +311,11 @@ impl KubeTarget {
                         Compared {
                             fingerprint: c.fingerprint,
                             resource_version: rv,
-                            result: c.result,
+                            answer: if c.is_live {
+                                Answer::Live
+                            } else {
+                                Answer::DryRun(c.result)
+                            },
                         },
                     );
                 }
@@ -313,7 +329,7 @@ impl KubeTarget {
                                 Compared {
                                     fingerprint: c.fingerprint,
                                     resource_version: None,
-                                    result: Ok(v),
+                                    answer: Answer::DryRun(Ok(v)),
                                 },
                             );
                         }
@@ -330,7 +346,10 @@ impl KubeTarget {
             let own = ownership::read_manifest(&item.manifest, instance);
             let mut live = LiveObject::new(item.manifest, own);
             if let Some(c) = cache.get(&key).filter(|c| c.resource_version.is_some()) {
-                live.dry_run = Some(c.result.clone());
+                live.dry_run = match &c.answer {
+                    Answer::DryRun(result) => Some(result.clone()),
+                    Answer::Live => live.manifest.clone().map(Ok),
+                };
             }
             observed.objects.insert(key, live);
         }
@@ -350,30 +369,27 @@ impl KubeTarget {
             c.live
         };
         let rv = live.as_ref().and_then(|l| Seen::of(l).resource_version);
-        let cached = lock(&self.compared).get(&c.key).and_then(|hit| {
-            (hit.fingerprint == c.fingerprint && hit.resource_version == rv)
-                .then(|| hit.result.clone())
-        });
-        let result = match cached {
-            Some(r) => r,
+        let cached = lock(&self.compared)
+            .get(&c.key)
+            .filter(|hit| hit.fingerprint == c.fingerprint && hit.resource_version == rv)
+            .map(|hit| hit.answer.clone());
+        let (result, is_live) = match (cached, &live) {
+            (Some(Answer::DryRun(r)), _) => (r, false),
+            (Some(Answer::Live), Some(l)) => (Ok(l.clone()), true),
             // Without preflight, a new object is checked by its create.
-            None if live.is_none() && !self.options.preflight => Ok(c.rendered.clone()),
+            (_, None) if !self.options.preflight => (Ok(c.rendered.clone()), false),
             // Field ownership proves that applying would change nothing: no dry-run needed.
-            None if c.ours
-                && live
-                    .as_ref()
-                    .is_some_and(|l| fields::already_applied(l, &c.rendered)) =>
-            {
-                Ok(live.clone().expect("invariant: checked just above"))
+            (_, Some(l)) if c.ours && fields::already_applied(l, &c.rendered) => {
+                (Ok(l.clone()), true)
             }
-            None => match if live.is_some() {
-                api.apply(&c.collection, &c.key.name, &c.rendered, true)
+            _ => match if live.is_some() {
+                api.dry_run_apply(&c.collection, &c.key.name, &c.rendered)
                     .await
             } else {
                 api.dry_run_create(&c.collection, &c.rendered).await
             } {
-                Ok(v) => Ok(v),
-                Err(e) if is_rejection(&e) => Err(e.server_message()),
+                Ok(v) => (Ok(v), false),
+                Err(e) if is_rejection(&e) => (Err(e.server_message()), false),
                 Err(e) => return Err(observe_failed(format!("dry-run of {}", c.key), e)),
             },
         };
@@ -382,6 +398,7 @@ impl KubeTarget {
             live,
             fingerprint: c.fingerprint,
             result,
+            is_live,
         })
     }
 

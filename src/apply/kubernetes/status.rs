@@ -86,7 +86,7 @@ impl KubeTarget {
                 },
                 "data": data,
             });
-            api.apply(&self.configmaps(), &self.configmap_name(), &body, false)
+            api.apply(&self.configmaps(), &self.configmap_name(), &body)
                 .await
                 .map_err(|e| {
                     let namespace_missing = e.code() == Some(404);
