@@ -761,7 +761,12 @@ async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_refe
     assert!(env.get("HelmRepository", "a-only").await.is_none());
     assert!(env.get("HelmRepository", "common").await.is_some());
     let events = env.events_for("a").await;
-    assert!(events.iter().any(|(r, _, _)| r == "Deleted"), "{events:?}");
+    let deleted: Vec<_> = events.iter().filter(|(r, _, _)| r == "Deleted").collect();
+    assert_eq!(deleted.len(), 1, "{events:?}");
+    // The same bundle as the Created Event named: the uid it had when it was deleted.
+    let created = events.iter().find(|(r, _, _)| r == "Created");
+    assert!(deleted[0].2.is_some(), "{events:?}");
+    assert_eq!(created.map(|c| &c.2), Some(&deleted[0].2), "{events:?}");
 
     // b goes: it was the last referrer of `common`, with policy delete.
     repo.remove("bundles/b.yaml");

@@ -99,8 +99,6 @@ pub struct Status {
     pub outcome: String,
     /// Counts per outcome word.
     pub counts: std::collections::BTreeMap<String, usize>,
-    /// Bundles that changed (for events).
-    pub changed_bundles: Vec<ObjectKey>,
 }
 
 /// Where objects go. Implemented by the local directory, the Kubernetes hub and Palette.
@@ -281,18 +279,6 @@ pub async fn run<T: Target>(
             Err(e) => format!("failed: {}", crate::error_chain(e)),
         },
         counts: set.counts(),
-        changed_bundles: set
-            .entries
-            .iter()
-            .filter(|e| e.key.kind == Kind::ProfileBundle)
-            .filter(|e| {
-                matches!(
-                    e.outcome,
-                    Outcome::Created | Outcome::Configured | Outcome::Deleted | Outcome::Orphaned
-                )
-            })
-            .map(|e| e.key.clone())
-            .collect(),
     };
     let started = std::time::Instant::now();
     let recorded = target.record(&status).await;

@@ -91,15 +91,14 @@ impl KubeTarget {
                             answer: Answer::Live,
                         },
                     );
+                    let uid = seen.uid.clone();
                     lock(&self.seen).insert(change.key.clone(), seen);
-                    self.note_bundle(
-                        &change.key,
-                        if change.action == Action::Create {
-                            "Created"
-                        } else {
-                            "Updated"
-                        },
-                    );
+                    let reason = if change.action == Action::Create {
+                        "Created"
+                    } else {
+                        "Updated"
+                    };
+                    self.bundle_changed(api, &change.key, reason, uid).await;
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
@@ -158,8 +157,9 @@ impl KubeTarget {
             }
             match api.merge_patch(&collection, &change.key.name, &patch).await {
                 Ok(_) => {
+                    let uid = self.seen(&change.key).and_then(|s| s.uid);
                     self.forget(&change.key);
-                    self.note_bundle(&change.key, "Orphaned");
+                    self.bundle_changed(api, &change.key, "Orphaned", uid).await;
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(404) => {
@@ -268,7 +268,8 @@ impl KubeTarget {
             {
                 Ok(()) => {
                     self.forget(key);
-                    self.note_bundle(key, "Deleted");
+                    self.bundle_changed(api, key, "Deleted", seen.uid.clone())
+                        .await;
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {

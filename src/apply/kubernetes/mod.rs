@@ -238,8 +238,8 @@ pub struct KubeTarget {
     seen: Mutex<HashMap<ObjectKey, Seen>>,
     /// The status ConfigMap's data as last read or written.
     recorded: tokio::sync::Mutex<Option<BTreeMap<String, String>>>,
-    /// What happened to each bundle in the current pass (the reason of its Event).
-    bundle_events: Mutex<BTreeMap<ObjectKey, &'static str>>,
+    /// The revision of the current pass (observe sets it), for the Events' messages.
+    revision: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -257,7 +257,7 @@ impl KubeTarget {
             compared: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             recorded: tokio::sync::Mutex::new(None),
-            bundle_events: Mutex::new(BTreeMap::new()),
+            revision: Mutex::new(String::new()),
         }
     }
 
@@ -320,12 +320,6 @@ impl KubeTarget {
     fn forget(&self, key: &ObjectKey) {
         lock(&self.seen).remove(key);
         lock(&self.compared).remove(key);
-    }
-
-    fn note_bundle(&self, key: &ObjectKey, reason: &'static str) {
-        if key.kind == Kind::ProfileBundle {
-            lock(&self.bundle_events).insert(key.clone(), reason);
-        }
     }
 }
 

@@ -177,7 +177,7 @@ impl KubeTarget {
             )));
         }
         self.check_cluster_profiles(graph)?;
-        lock(&self.bundle_events).clear();
+        *lock(&self.revision) = stamp.revision.to_string();
         let api = self.api().await?;
         let desired: Vec<_> = graph
             .nodes()

@@ -1,11 +1,10 @@
 //! What a pass records on the hub: the status ConfigMap `pbsync-status-<instance>` (last
 //! applied and attempted revision, outcome, counts), written only when its content changes,
 //! and a Kubernetes Event on each ProfileBundle the pass created, updated, deleted or
-//! released.
+//! released, emitted as each happens.
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::client::ApiClient;
@@ -101,33 +100,30 @@ impl KubeTarget {
                 })?;
         }
         *recorded = Some(data);
-        drop(recorded);
-        self.emit_events(api, status).await;
         Ok(())
     }
 
-    /// One Event per changed bundle. Best effort: an Event that cannot be written is logged,
-    /// not a failed pass.
-    async fn emit_events(&self, api: &ApiClient, status: &Status) {
-        let reasons = std::mem::take(&mut *lock(&self.bundle_events));
-        let short = &status.attempted[..status.attempted.len().min(12)];
-        let events: Vec<(&ObjectKey, Value)> = status
-            .changed_bundles
-            .iter()
-            .map(|key| {
-                let reason = reasons.get(key).copied().unwrap_or("Changed");
-                let uid = self.seen(key).and_then(|s| s.uid);
-                (key, event(key, reason, &self.options.instance, short, uid))
-            })
-            .collect();
-        futures::stream::iter(events)
-            .for_each_concurrent(self.parallelism(), |(key, body)| async move {
-                let path = format!("/api/v1/namespaces/{}/events", key.namespace);
-                if let Err(e) = api.create(&path, &body).await {
-                    tracing::warn!(bundle = %key, error = %crate::error_chain(&e), "cannot emit event");
-                }
-            })
-            .await;
+    /// The Event of a bundle this pass created, updated, deleted or released, emitted as soon
+    /// as that happened (so it carries the moment, and a pass cut short leaves the Events
+    /// of what it did). Best effort: an Event that cannot be written is logged, never a
+    /// failed pass.
+    pub(super) async fn bundle_changed(
+        &self,
+        api: &ApiClient,
+        key: &ObjectKey,
+        reason: &str,
+        uid: Option<String>,
+    ) {
+        if key.kind != Kind::ProfileBundle {
+            return;
+        }
+        let revision = lock(&self.revision).clone();
+        let short = &revision[..revision.len().min(12)];
+        let body = event(key, reason, &self.options.instance, short, uid);
+        let path = format!("/api/v1/namespaces/{}/events", key.namespace);
+        if let Err(e) = api.create(&path, &body).await {
+            tracing::warn!(bundle = %key, error = %crate::error_chain(&e), "cannot emit event");
+        }
     }
 }
 
@@ -192,7 +188,6 @@ mod tests {
                 "failed: x".into()
             },
             counts: counts.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
-            changed_bundles: Vec::new(),
         }
     }
 
