@@ -654,7 +654,50 @@ fn count_bundles(kubeconfig: &Path, ns: &str) -> usize {
 }
 
 /// A namespace of the test's own, created with the API directly.
-fn namespace(kubeconfig: &Path, test: &str) -> String {
+/// Removes a test's namespace when dropped: its objects, then the namespace itself (the test
+/// cluster runs no controller manager, so nothing else would empty it). Later tests and the
+/// benchmarks on the same cluster then do not meet this test's bundles.
+struct Gone {
+    kubeconfig: PathBuf,
+    ns: String,
+}
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        use kube::api::{
+            Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams,
+        };
+        block_on(async {
+            let client = client(&self.kubeconfig).await;
+            let (dp, lp) = (DeleteParams::background(), ListParams::default());
+            for (group, version, kind) in [
+                ("spectrocloud.com", "v1beta1", "ProfileBundle"),
+                ("spectrocloud.com", "v1beta1", "WorkloadProfile"),
+                ("core.oam.dev", "v1beta1", "ComponentDefinition"),
+                ("", "v1", "ConfigMap"),
+                ("", "v1", "Event"),
+                ("coordination.k8s.io", "v1", "Lease"),
+            ] {
+                let gvk = GroupVersionKind::gvk(group, version, kind);
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &self.ns, &ApiResource::from_gvk(&gvk));
+                let _ = api.delete_collection(&dp, &lp).await;
+            }
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+            let _ = namespaces.delete(&self.ns, &dp).await;
+            let finalized = serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": self.ns}, "spec": {"finalizers": []},
+            });
+            let _ = namespaces
+                .replace_subresource("finalize", &self.ns, &Default::default(), &finalized)
+                .await;
+        });
+    }
+}
+
+/// A fresh namespace for `test`, removed when the returned guard is dropped.
+fn namespace(kubeconfig: &Path, test: &str) -> (String, Gone) {
     let short: String = test
         .chars()
         .filter(char::is_ascii_alphanumeric)
@@ -670,7 +713,11 @@ fn namespace(kubeconfig: &Path, test: &str) -> String {
             .await
             .expect("create namespace");
     });
-    ns
+    let gone = Gone {
+        kubeconfig: kubeconfig.to_path_buf(),
+        ns: ns.clone(),
+    };
+    (ns, gone)
 }
 
 fn kube_bundle(ns: &str, name: &str) -> String {
@@ -723,7 +770,7 @@ fn kube_args<'a>(repo: &'a str, kubeconfig: &'a str, ns: &'a str) -> Vec<&'a str
 fn two_daemons_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     let test = "two_daemons_elect_one_leader";
     let Some(kc) = kubeconfig(test) else { return };
-    let ns = namespace(&kc, test);
+    let (ns, _gone) = namespace(&kc, test);
     let repo = kube_repo(&ns, &["a"]);
     let repo_arg = repo.path().display().to_string();
     let kc_arg = kc.display().to_string();
@@ -813,7 +860,7 @@ fn an_api_server_killed_mid_reconcile_is_retried_until_the_daemon_converges() {
     }
     let _down = Down(&script, cluster.path());
     let kc = cluster.path().join("kubeconfig");
-    let ns = namespace(&kc, test);
+    let (ns, _gone) = namespace(&kc, test);
     let repo = kube_repo(&ns, &["a"]);
     let repo_arg = repo.path().display().to_string();
     let kc_arg = kc.display().to_string();
