@@ -17,9 +17,7 @@ use kube::api::{
 use serde_json::{Value, json};
 
 use pbsync::apply::kubernetes::{KubeOptions, KubeTarget, RequestCounts, Verb};
-use pbsync::apply::{self, DeletePermit, Outcome, RunError, RunOptions, Status, Target};
-use pbsync::graph::ResourceGraph;
-use pbsync::live::Observed;
+use pbsync::apply::{self, Outcome, RunError, RunOptions, Target};
 use pbsync::model::Kind;
 use pbsync::ownership::Stamp;
 use pbsync::plan::{Action, Cascade, Change, Plan};
@@ -1341,47 +1339,89 @@ async fn cluster_profiles_without_a_palette_target_are_a_configuration_error() {
 // Interrupted passes and the server-side cascade
 // ---------------------------------------------------------------------------------------
 
-/// A target that "dies" after `deletes` deletions: the next delete never returns, as if the
-/// process were killed before sending it. Everything else goes to the real target.
-struct DiesAfter<'a> {
-    inner: &'a KubeTarget,
-    deletes: std::sync::atomic::AtomicUsize,
+/// A plain-HTTP proxy on loopback in front of the test cluster, for a pbsync process to
+/// talk through. It forwards every request with the test's own credentials, except the first
+/// one `hold` picks: that one is reported on `held`, never forwarded and never answered, so
+/// the process can be killed while it waits, at an exact point of its pass.
+struct HoldingProxy {
+    dir: tempfile::TempDir,
+    held: tokio::sync::oneshot::Receiver<String>,
 }
 
-impl Target for DiesAfter<'_> {
-    async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> apply::Result<Observed> {
-        self.inner.observe(graph, stamp).await
+impl HoldingProxy {
+    async fn start(
+        client: kube::Client,
+        hold: impl Fn(&http::Method, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, held) = tokio::sync::oneshot::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let hold = Arc::new(hold);
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (client, tx, hold) = (client.clone(), tx.clone(), hold.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str)
+                    .to_string();
+                if hold(&parts.method, &path) {
+                    let first = tx.lock().expect("lock").take();
+                    if let Some(tx) = first {
+                        let _ = tx.send(format!("{} {path}", parts.method));
+                        return std::future::pending().await;
+                    }
+                }
+                let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+                let mut forward = http::Request::builder()
+                    .method(parts.method.clone())
+                    .uri(&path);
+                for (name, value) in &parts.headers {
+                    if name != http::header::HOST {
+                        forward = forward.header(name, value);
+                    }
+                }
+                let forward = forward
+                    .body(kube::client::Body::from(body.to_vec()))
+                    .expect("request");
+                let answer = client.send(forward).await.expect("forward");
+                let (mut parts, body) = answer.into_parts();
+                let body = body.collect_bytes().await.expect("answer body");
+                for hop in [http::header::TRANSFER_ENCODING, http::header::CONNECTION] {
+                    parts.headers.remove(hop);
+                }
+                axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: proxy\n\
+                 clusters: [{{name: proxy, cluster: {{server: 'http://{addr}'}}}}]\n\
+                 users: [{{name: proxy, user: {{}}}}]\n\
+                 contexts: [{{name: proxy, context: {{cluster: proxy, user: proxy}}}}]\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        Self { dir, held }
     }
-    async fn prepare(&self, changes: &[&Change]) -> apply::Result<()> {
-        self.inner.prepare(changes).await
-    }
-    async fn write(&self, change: &Change, desired: &Value) -> apply::Result<()> {
-        self.inner.write(change, desired).await
-    }
-    async fn release(&self, change: &Change) -> apply::Result<()> {
-        self.inner.release(change).await
-    }
-    async fn delete(&self, change: &Change, permit: DeletePermit) -> apply::Result<()> {
-        use std::sync::atomic::Ordering;
-        if self
-            .deletes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_err()
-        {
-            std::future::pending::<()>().await;
-        }
-        self.inner.delete(change, permit).await
-    }
-    async fn record(&self, status: &Status) -> apply::Result<()> {
-        self.inner.record(status).await
-    }
-    fn concurrency(&self) -> usize {
-        self.inner.concurrency()
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_interrupted_between_dependents_and_bundle_is_completed_by_the_next() {
+async fn a_pass_killed_between_dependents_and_bundle_is_completed_by_the_next() {
     let Some(env) = env("interrupted").await else {
         return;
     };
@@ -1402,16 +1442,52 @@ async fn a_pass_interrupted_between_dependents_and_bundle_is_completed_by_the_ne
     repo.remove("bundles/a.yaml");
     repo.write("shared.yaml", &shared(ns, &["common"]));
     repo.commit("a leaves");
-    // a's dependents (its WorkloadProfile and a-only) go, then the pass dies before the bundle.
-    let target = env.target();
-    let dying = DiesAfter {
-        inner: &target,
-        deletes: 2.into(),
+    // A real `pbsync apply` process, through a proxy that holds its delete of the bundle: by
+    // then a's dependents (its WorkloadProfile and a-only) are gone. The process is killed
+    // (SIGKILL) while it waits; the bundle's delete never reaches the server.
+    let bundle_path = format!("/namespaces/{ns}/profilebundles/a");
+    let mut proxy = HoldingProxy::start(env.client.clone(), move |method, path| {
+        method == http::Method::DELETE
+            && path
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .ends_with(&bundle_path)
+    })
+    .await;
+    let logs = tempfile::tempdir().expect("tempdir");
+    let stderr = logs.path().join("stderr");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .args(["apply", "--target", "kube", "--repo"])
+        .arg(repo.dir.path())
+        .arg("--kubeconfig")
+        .arg(proxy.kubeconfig())
+        .args(["--instance", &env.instance, "--status-namespace", ns])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn pbsync");
+    let held = tokio::select! {
+        held = &mut proxy.held => held.expect("proxy"),
+        exit = child.wait() => panic!(
+            "pbsync exited ({exit:?}) before deleting the bundle:\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        ),
+        () = tokio::time::sleep(Duration::from_secs(60)) => panic!("pbsync never deleted the bundle"),
     };
-    let killed = tokio::time::timeout(Duration::from_secs(20), env.apply(&repo, &dying)).await;
-    assert!(killed.is_err(), "the pass was cut off");
-    assert!(env.get("WorkloadProfile", "a-wp").await.is_none());
-    assert!(env.get("HelmRepository", "a-only").await.is_none());
+    assert!(held.starts_with("DELETE "), "{held}");
+    assert!(
+        env.get("WorkloadProfile", "a-wp").await.is_none(),
+        "deleted before the bundle"
+    );
+    assert!(
+        env.get("HelmRepository", "a-only").await.is_none(),
+        "deleted before the bundle"
+    );
+    child.start_kill().expect("SIGKILL");
+    let status = child.wait().await.expect("wait");
+    assert!(!status.success(), "killed: {status:?}");
     let a = env.must_get("ProfileBundle", "a").await;
     assert_eq!(
         labels(&a)["pbsync.dev/instance"],
