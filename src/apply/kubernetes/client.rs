@@ -385,8 +385,10 @@ fn apply_request(
         field_manager: Some(FIELD_MANAGER.into()),
         field_validation: Some(ValidationDirective::Strict),
     };
+    // kube builds the URL, query and content type; the body is ours (`()` spares kube
+    // serializing the object only for its body to be replaced).
     let mut req = Request::new(collection)
-        .patch(name, &pp, &Patch::Apply(body))
+        .patch(name, &pp, &Patch::Apply(()))
         .map_err(Error::BuildRequest)?;
     *req.body_mut() = apply_body(body);
     Ok(req)
