@@ -12,12 +12,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pbsync::apply::RunOptions;
-use pbsync::apply::local_dir::LocalDir;
 use pbsync::model::Catalog;
 use pbsync::plan::{self, History};
 use pbsync::reconcile::{self, Context};
-use pbsync::synthetic::{Params, bench_sizes, commit_all, write_repo};
+use pbsync::target::RunOptions;
+use pbsync::target::local_dir::LocalDir;
+use pbsync_devkit::synthetic::{Params, bench_sizes, commit_all, write_repo};
 
 // The allocator the binary uses, so the figures are the binary's.
 #[global_allocator]

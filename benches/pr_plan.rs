@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use pbsync::plan::comment::render_comments;
 use pbsync::reconcile::Context;
 use pbsync::review::{self, Request};
-use pbsync::synthetic::{Params, bench_sizes, commit_all, write_repo};
+use pbsync_devkit::synthetic::{Params, bench_sizes, commit_all, write_repo};
 
 // The allocator the binary uses, so the figures are the binary's.
 #[global_allocator]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use pbsync::synthetic::{Params, commit_all, write_repo};
+use pbsync_devkit::synthetic::{Params, commit_all, write_repo};
 
 /// Write a synthetic repository of N bundles sharing M objects
 #[derive(Debug, Parser)]

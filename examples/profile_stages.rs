@@ -46,8 +46,8 @@ fn main() {
     let t = Instant::now();
     let observed = match std::env::args().nth(2) {
         Some(dir) => {
-            use pbsync::apply::Target as _;
-            let target = pbsync::apply::local_dir::LocalDir::new(dir, "default");
+            use pbsync::target::Target as _;
+            let target = pbsync::target::local_dir::LocalDir::new(dir, "default");
             let stamp = pbsync::ownership::Stamp {
                 instance: "default",
                 revision: graph.revision(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::yaml::{self, PathSegment};
+use pbsync_core::model::yaml::{self, PathSegment};
 
 /// Errors of reading and validating the configuration; all of them exit with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -579,7 +579,7 @@ impl Config {
         let backoff_max = duration("backoff-max", &s.backoff_max, Duration::from_secs(300));
         let lease_duration = duration("lease-duration", &s.lease_duration, Duration::from_secs(15));
         if let Some(t) = &s.palette_timeout
-            && let Err(e) = crate::apply::palette::parse_timeout(t)
+            && let Err(e) = pbsync_target::palette::parse_timeout(t)
         {
             problems.push(format!("{}: {e}", o.at("palette-timeout")));
         }
@@ -707,7 +707,7 @@ impl Config {
                     .clone()
                     .or_else(|| s.status_namespace.clone())
                     .unwrap_or_else(|| {
-                        crate::apply::kubernetes::DEFAULT_STATUS_NAMESPACE.to_string()
+                        pbsync_target::kubernetes::DEFAULT_STATUS_NAMESPACE.to_string()
                     }),
                 duration: lease_duration,
                 identity: s.leader_id.clone().unwrap_or_else(default_identity),
@@ -760,16 +760,16 @@ impl Config {
     }
 
     /// Plan options (instance, adoption, cascade, guard).
-    pub fn plan_options(&self) -> crate::plan::Options {
+    pub fn plan_options(&self) -> pbsync_core::plan::Options {
         let s = &self.settings;
-        crate::plan::Options {
+        pbsync_core::plan::Options {
             instance: s.instance.clone().unwrap_or_else(|| "default".into()),
             adopt: s.adopt.unwrap_or(false),
             cascade: match s.cascade.unwrap_or_default() {
-                Cascade::Client => crate::plan::Cascade::Client,
-                Cascade::Server => crate::plan::Cascade::Server,
+                Cascade::Client => pbsync_core::plan::Cascade::Client,
+                Cascade::Server => pbsync_core::plan::Cascade::Server,
             },
-            guard: crate::plan::Guard {
+            guard: pbsync_core::plan::Guard {
                 max_fraction: f64::from(s.guard_percent.unwrap_or(50)) / 100.0,
                 min_objects: s.guard_min.unwrap_or(10),
             },

@@ -5,13 +5,13 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::apply::{self, ChangeSet, RunError, RunOptions, Target};
-use crate::graph::ResourceGraph;
-use crate::live::Observed;
-use crate::model::{self, Catalog, DesiredState, Kind, Limits, Violation, Violations};
-use crate::ownership::Stamp;
-use crate::plan::{self, History, Plan};
 use crate::source::{self, GitConfig, Snapshot};
+use pbsync_core::graph::ResourceGraph;
+use pbsync_core::live::Observed;
+use pbsync_core::model::{self, Catalog, DesiredState, Kind, Limits, Violation, Violations};
+use pbsync_core::ownership::Stamp;
+use pbsync_core::plan::{self, History, Plan};
+use pbsync_target::{ChangeSet, RunError, RunOptions, Target};
 
 /// Pipeline stages, for metrics labels, health reasons and systemd `STATUS=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,7 +71,7 @@ pub enum Error {
     },
     /// Live state could not be read.
     #[error("observe failed")]
-    Observe(#[source] apply::Error),
+    Observe(#[source] pbsync_target::Error),
     /// Applying failed part-way; the ChangeSet says how far it got.
     #[error("apply of {revision} failed")]
     Apply {
@@ -437,7 +437,8 @@ pub async fn run_parsed<T: Target>(
         adopted: false,
     };
     let started = std::time::Instant::now();
-    let (changes, result) = apply::run(target, &planned.graph, &planned.plan, &stamp, opts).await;
+    let (changes, result) =
+        pbsync_target::run(target, &planned.graph, &planned.plan, &stamp, opts).await;
     tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "applied");
     match result {
         Ok(()) => Ok(Report {

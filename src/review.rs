@@ -5,15 +5,15 @@
 
 use git2::{Oid, Repository};
 
-use crate::apply::{self, Target};
 use crate::daemon::cache::ParseCache;
-use crate::graph::ResourceGraph;
-use crate::live::{LiveObject, Observed};
-use crate::model::{self, Catalog, Violations};
-use crate::ownership::{self, Ownership, Stamp};
-use crate::plan::{self, History, Plan, comment, impact, mask};
 use crate::reconcile::{self, Context};
 use crate::source::{self, merge};
+use pbsync_core::graph::ResourceGraph;
+use pbsync_core::live::{LiveObject, Observed};
+use pbsync_core::model::{self, Catalog, Violations};
+use pbsync_core::ownership::{self, Ownership, Stamp};
+use pbsync_core::plan::{self, History, Plan, comment, impact, mask};
+use pbsync_target::Target;
 
 /// Errors of planning a pull request.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum Error {
     },
     /// The live state could not be read.
     #[error("cannot read the live state")]
-    Observe(#[source] apply::Error),
+    Observe(#[source] pbsync_target::Error),
 }
 
 /// Result alias of this module.
@@ -295,7 +295,7 @@ fn invalid(prepared: &Prepared, err: reconcile::Error, offline: bool) -> Result<
                 path: "".into(),
                 line: 0,
                 rule: model::Rule::Shape,
-                message: crate::error_chain(&other),
+                message: pbsync_core::error_chain(&other),
             }]),
             Vec::new(),
         ),

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pbsync::synthetic::{Params, commit_all, write_repo};
+use pbsync_devkit::synthetic::{Params, commit_all, write_repo};
 
 // ---------------------------------------------------------------------------------------
 // Running the daemon

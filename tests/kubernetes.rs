@@ -16,12 +16,12 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
-use pbsync::apply::kubernetes::{KubeOptions, KubeTarget, RequestCounts, Verb};
-use pbsync::apply::{self, Outcome, RunError, RunOptions, Target};
 use pbsync::model::Kind;
 use pbsync::ownership::Stamp;
 use pbsync::plan::{Action, Cascade, Change, Plan};
 use pbsync::reconcile::{self, Context, Error, Planned, Report};
+use pbsync::target::kubernetes::{KubeOptions, KubeTarget, RequestCounts, Verb};
+use pbsync::target::{self, Outcome, RunError, RunOptions, Target};
 
 // ---------------------------------------------------------------------------------------
 // Finding the cluster
@@ -685,7 +685,7 @@ async fn a_change_between_plan_and_apply_is_retried_after_rereading() {
         adopted: false,
     };
     let before = target.requests();
-    let (set, result) = apply::run(
+    let (set, result) = target::run(
         &target,
         &planned.graph,
         &planned.plan,
@@ -1126,7 +1126,7 @@ async fn a_missing_crd_is_a_configuration_error_before_anything_is_written() {
         .insert(Kind::WorkloadProfile, "missing.pbsync.test/v1".into());
     let target = KubeTarget::new(options);
     let err = env.apply(&repo, &target).await.expect_err("missing CRD");
-    let Error::Observe(apply::Error::Config(msg)) = &err else {
+    let Error::Observe(target::Error::Config(msg)) = &err else {
         panic!(
             "expected a configuration error, got {}",
             pbsync::error_chain(&err)
@@ -1319,7 +1319,7 @@ async fn cluster_profiles_without_a_palette_target_are_a_configuration_error() {
     repo.commit("one");
     let target = env.target();
     let err = env.apply(&repo, &target).await.expect_err("config");
-    let Error::Observe(apply::Error::Config(msg)) = &err else {
+    let Error::Observe(target::Error::Config(msg)) = &err else {
         panic!("{}", pbsync::error_chain(&err));
     };
     assert!(
@@ -1613,12 +1613,12 @@ async fn with_a_palette_side_cluster_profiles_go_there_and_hub_objects_to_kubern
     // The Palette side is the local-directory target here; `--palette-url` builds the same
     // split with the Palette target.
     let palette_dir = tempfile::tempdir().expect("tempdir");
-    let split = apply::Split {
+    let split = target::Split {
         hub: KubeTarget::new(KubeOptions {
-            cluster_profiles: pbsync::apply::kubernetes::ClusterProfiles::Elsewhere,
+            cluster_profiles: pbsync::target::kubernetes::ClusterProfiles::Elsewhere,
             ..env.options()
         }),
-        palette: pbsync::apply::local_dir::LocalDir::new(palette_dir.path(), env.instance.clone()),
+        palette: pbsync::target::local_dir::LocalDir::new(palette_dir.path(), env.instance.clone()),
     };
     let report = ok(env.apply(&repo, &split).await);
     let o = outcomes(&report);
@@ -1667,7 +1667,7 @@ async fn a_rejected_write_names_the_file_line_and_the_servers_message() {
         revision: &planned.plan.revision,
         adopted: false,
     };
-    let (set, result) = apply::run(
+    let (set, result) = target::run(
         &target,
         &planned.graph,
         &planned.plan,

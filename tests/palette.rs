@@ -6,14 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use git2::{Repository, Signature, Time};
-use pbsync::apply::local_dir::LocalDir;
-use pbsync::apply::palette::{ApiKey, PaletteConfig, PaletteTarget};
-use pbsync::apply::{RunOptions, Split, Target as _};
 use pbsync::live::Observed;
 use pbsync::model::{ObjectKey, Rule};
-use pbsync::palette_sim::{self, Fault, RateLimit, Scope, SeedProfile, Simulator};
 use pbsync::plan::{Action, Plan};
 use pbsync::reconcile::{self, Context, Error, Report};
+use pbsync::target::local_dir::LocalDir;
+use pbsync::target::palette::{ApiKey, PaletteConfig, PaletteTarget};
+use pbsync::target::{RunOptions, Split, Target as _};
+use pbsync_devkit::palette_sim::{self, Fault, RateLimit, Scope, SeedProfile, Simulator};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-api-key";
@@ -649,7 +649,7 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
         changes: vec![change],
         ..planned.plan.clone()
     };
-    let err = pbsync::apply::guarded_delete(&target, &plan, &plan.changes[0], false)
+    let err = pbsync::target::guarded_delete(&target, &plan, &plan.changes[0], false)
         .await
         .expect_err("refused");
     assert!(pbsync::error_chain(&err).contains("ownership labels"));
@@ -829,7 +829,7 @@ async fn a_rejected_profile_reports_palettes_code_and_its_file_and_line() {
     ));
 }
 
-fn outcome_of_set(set: &pbsync::apply::ChangeSet, key: &ObjectKey) -> String {
+fn outcome_of_set(set: &pbsync::target::ChangeSet, key: &ObjectKey) -> String {
     set.entries
         .iter()
         .find(|e| &e.key == key)

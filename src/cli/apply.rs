@@ -4,8 +4,8 @@ use clap::{Args, ValueEnum};
 
 use super::target::{RequestStats as _, with_target};
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
-use crate::apply::{ChangeSet, Outcome, RunOptions};
 use crate::reconcile::{self, Error};
+use pbsync_target::{ChangeSet, Outcome, RunOptions};
 
 /// Arguments of `pbsync apply`.
 #[derive(Debug, Args)]

@@ -3,8 +3,8 @@
 use clap::{Args, ValueEnum};
 
 use super::{SourceArgs, Status, print_invalid};
-use crate::model::Catalog;
 use crate::reconcile::{self, Error};
+use pbsync_core::model::Catalog;
 
 /// Arguments of `pbsync graph`.
 #[derive(Debug, Args)]

@@ -18,8 +18,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::plan::{Cascade, Guard};
 use crate::reconcile::Context;
+use pbsync_core::plan::{Cascade, Guard};
 
 /// GitOps reconciliation for PaletteAI Profile Bundles and everything they reference
 #[derive(Debug, Parser)]
@@ -169,7 +169,7 @@ fn exit_code(result: Result<Status, Box<dyn std::error::Error>>) -> ExitCode {
         Ok(Status::Failure) => ExitCode::from(1),
         Ok(Status::Changes) => ExitCode::from(2),
         Err(err) => {
-            eprintln!("error: {}", crate::error_chain(err.as_ref()));
+            eprintln!("error: {}", pbsync_core::error_chain(err.as_ref()));
             if err.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -182,7 +182,7 @@ fn exit_code(result: Result<Status, Box<dyn std::error::Error>>) -> ExitCode {
 /// Prints the violations of an invalid commit (text or JSON) to stdout.
 fn print_invalid(
     revision: &str,
-    violations: &crate::model::Violations,
+    violations: &pbsync_core::model::Violations,
     warnings: &[String],
     json: bool,
 ) {

@@ -7,10 +7,10 @@ use clap::{Args, ValueEnum};
 
 use super::target::with_target;
 use super::{ConfigError, SourceArgs, Status, TargetArgs, color, print_invalid};
-use crate::plan::comment::{self, render_comments};
-use crate::plan::{Plan, mask, render_json, render_text};
 use crate::reconcile::{self, Error};
 use crate::review::{self, Request};
+use pbsync_core::plan::comment::{self, render_comments};
+use pbsync_core::plan::{Plan, mask, render_json, render_text};
 
 /// Arguments of `pbsync plan`.
 #[derive(Debug, Args)]

@@ -58,7 +58,7 @@ impl TargetArgs {
                 palette_timeout: s
                     .palette_timeout
                     .as_deref()
-                    .and_then(|t| crate::apply::palette::parse_timeout(t).ok()),
+                    .and_then(|t| pbsync_target::palette::parse_timeout(t).ok()),
             },
         }
     }
@@ -83,7 +83,7 @@ fn init_logging(format: LogFormat) {
 
 pub(super) async fn run(args: &RunArgs) -> Result<Status, Box<dyn std::error::Error>> {
     let config = Config::load(args.config.as_deref(), &args.settings)
-        .map_err(|e| ConfigError(crate::error_chain(&e)))?;
+        .map_err(|e| ConfigError(pbsync_core::error_chain(&e)))?;
     init_logging(config.log_format);
     // Build the target before anything else, so a bad target is a config error (exit 2).
     let mut built = config.target_args().build()?;

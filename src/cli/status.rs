@@ -130,7 +130,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
         .unwrap_or_else(|| "default".into());
     let recorded = match target.as_deref() {
         Some(t) if t.starts_with("dir:") => {
-            let dir = crate::apply::local_dir::LocalDir::new(&t[4..], instance.clone());
+            let dir = pbsync_target::local_dir::LocalDir::new(&t[4..], instance.clone());
             dir.read_inventory()
                 .ok()
                 .and_then(|inv| inv.instances.get(&instance).cloned())
@@ -148,7 +148,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
                 .status_namespace
                 .clone()
                 .or_else(|| s.status_namespace.clone())
-                .unwrap_or_else(|| crate::apply::kubernetes::DEFAULT_STATUS_NAMESPACE.into());
+                .unwrap_or_else(|| pbsync_target::kubernetes::DEFAULT_STATUS_NAMESPACE.into());
             kube_status(kubeconfig.as_deref(), &ns, &instance).await
         }
         _ => None,

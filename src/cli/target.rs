@@ -4,10 +4,10 @@
 use clap::Args;
 
 use super::{CascadeArg, ConfigError};
-use crate::apply::Split;
-use crate::apply::kubernetes::{self, KubeOptions, KubeTarget};
-use crate::apply::local_dir::LocalDir;
-use crate::apply::palette::{self, ApiKey, PaletteConfig, PaletteTarget};
+use pbsync_target::Split;
+use pbsync_target::kubernetes::{self, KubeOptions, KubeTarget};
+use pbsync_target::local_dir::LocalDir;
+use pbsync_target::palette::{self, ApiKey, PaletteConfig, PaletteTarget};
 
 /// Where objects go and how pbsync decides.
 #[derive(Debug, Clone, Args)]
@@ -258,7 +258,7 @@ impl PaletteArgs {
         };
         let key = match &self.palette_api_key_file {
             Some(path) => {
-                ApiKey::from_file(path).map_err(|e| ConfigError(crate::error_chain(&e)))?
+                ApiKey::from_file(path).map_err(|e| ConfigError(pbsync_core::error_chain(&e)))?
             }
             None => ApiKey::new(std::env::var("PALETTE_API_KEY").map_err(|_| {
                 ConfigError(
@@ -281,6 +281,6 @@ impl PaletteArgs {
         config: PaletteConfig,
         instance: &str,
     ) -> Result<PaletteTarget, ConfigError> {
-        PaletteTarget::new(config, instance).map_err(|e| ConfigError(crate::error_chain(&e)))
+        PaletteTarget::new(config, instance).map_err(|e| ConfigError(pbsync_core::error_chain(&e)))
     }
 }

@@ -4,10 +4,10 @@ use clap::{Args, ValueEnum};
 
 use super::target::with_target;
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
-use crate::apply::Target as _;
-use crate::model::Catalog;
-use crate::ownership::Stamp;
 use crate::reconcile::{self, Error};
+use pbsync_core::model::Catalog;
+use pbsync_core::ownership::Stamp;
+use pbsync_target::Target as _;
 
 /// Arguments of `pbsync validate`.
 #[derive(Debug, Args)]

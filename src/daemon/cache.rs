@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::model::stored::{self, StoredFile};
-use crate::model::{Limits, Object, ObjectKey, ParsedFile, Violation, parse_file_detailed};
 use crate::reconcile::FileParser;
 use crate::source::{Snapshot, SourceFile};
+use pbsync_core::model::stored::{self, StoredFile};
+use pbsync_core::model::{Limits, Object, ObjectKey, ParsedFile, Violation, parse_file_detailed};
 
 type Entries = HashMap<(Arc<str>, String), Arc<Parsed>>;
 

@@ -195,7 +195,7 @@ impl Candidate {
             .replace(&self.cfg.lease_name, &PostParams::default(), &lease)
             .await
         {
-            tracing::warn!(error = %crate::error_chain(&e), "cannot release the lease");
+            tracing::warn!(error = %pbsync_core::error_chain(&e), "cannot release the lease");
         } else {
             tracing::info!("lease released");
         }
@@ -231,7 +231,7 @@ pub fn spawn(
                 }
                 Ok(false) => false,
                 Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "leader election");
+                    tracing::warn!(error = %pbsync_core::error_chain(&e), "leader election");
                     // Keep leading only while the last renewal is recent enough that nobody
                     // else may have taken over.
                     was && renewed.is_some_and(|r| r.elapsed() < deadline)

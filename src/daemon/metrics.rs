@@ -13,10 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::apply::kubernetes::KubeTarget;
-use crate::apply::local_dir::LocalDir;
-use crate::apply::palette::PaletteTarget;
-use crate::apply::{ChangeSet, Split};
+use pbsync_target::kubernetes::KubeTarget;
+use pbsync_target::local_dir::LocalDir;
+use pbsync_target::palette::PaletteTarget;
+use pbsync_target::{ChangeSet, Split};
 
 type Labels = Vec<(&'static str, String)>;
 

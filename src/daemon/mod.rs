@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch as channel};
 
-use crate::apply::{RunOptions, Target};
 use crate::config::{Config, Settings};
 use crate::reconcile::Context;
 use crate::source::remote::{Location, Remote};
@@ -29,6 +28,7 @@ use cache::ParseCache;
 use http::{Shared, WebhookSettings};
 use metrics::{Metrics, RequestSource};
 use pass::{Origin, Parts, Reconciler};
+use pbsync_target::{RunOptions, Target};
 use scheduler::{Scheduler, Timing, Trigger};
 use systemd::Notifier;
 
@@ -157,7 +157,7 @@ impl Daemon {
                 match watch::RefWatch::start(&repo, self.trigger_tx.clone()) {
                     Ok(w) => Some(w),
                     Err(e) => {
-                        tracing::warn!(error = %crate::error_chain(&e), "not watching the repository; polling only");
+                        tracing::warn!(error = %pbsync_core::error_chain(&e), "not watching the repository; polling only");
                         None
                     }
                 }
@@ -292,10 +292,11 @@ pub fn origin(config: &Config) -> Origin {
 
 /// Reads the configuration again for SIGHUP; any problem keeps the running one.
 fn reload(running: &Config, flags: &Settings) -> Result<Config, String> {
-    let new = Config::load(running.file.as_deref(), flags).map_err(|e| crate::error_chain(&e))?;
+    let new =
+        Config::load(running.file.as_deref(), flags).map_err(|e| pbsync_core::error_chain(&e))?;
     new.target_args()
         .build()
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| pbsync_core::error_chain(&e))?;
     if new.daemon.listen != running.daemon.listen {
         tracing::warn!("listen changes take effect at the next restart");
     }

@@ -18,10 +18,10 @@ use super::http::Shared;
 use super::metrics::RequestSource;
 use super::scheduler::{Pass, Request, Verdict};
 use super::systemd::Notifier;
-use crate::apply::{ChangeSet, RunOptions, Target};
-use crate::model::Rule;
 use crate::reconcile::{self, Context, Error};
 use crate::source::{self, Snapshot, remote::Remote};
+use pbsync_core::model::Rule;
+use pbsync_target::{ChangeSet, RunOptions, Target};
 
 /// Where commits come from.
 #[derive(Debug, Clone)]
@@ -211,7 +211,7 @@ impl<T: Target + RequestSource> Reconciler<T> {
         let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
-                let message = crate::error_chain(&e);
+                let message = pbsync_core::error_chain(&e);
                 tracing::error!(stage = "fetch", retryable = true, error = %message, "reconcile failed");
                 metrics.count_reconcile("failed", Some("fetch"));
                 let mut o = self.outcome("failed", None, message);
@@ -303,7 +303,7 @@ impl<T: Target + RequestSource> Reconciler<T> {
                 if let Error::Apply { changes, .. } = &e {
                     metrics.count_changes(changes);
                 }
-                let message = crate::error_chain(&e);
+                let message = pbsync_core::error_chain(&e);
                 tracing::error!(stage = %stage, retryable, error = %message, "reconcile failed");
                 metrics.count_reconcile("failed", Some(stage.as_str()));
                 let mut o = self.outcome("failed", Some(&revision), message);
@@ -325,7 +325,7 @@ fn acted(changes: &ChangeSet) -> bool {
     changes
         .entries
         .iter()
-        .any(|e| e.outcome != crate::apply::Outcome::Unchanged)
+        .any(|e| e.outcome != pbsync_target::Outcome::Unchanged)
 }
 
 fn summary(changes: &ChangeSet) -> String {

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::model::Kind;
+use pbsync_core::model::Kind;
 
 /// Annotation Palette keeps a cluster profile's description in (our choice for envelopes).
 pub const DESCRIPTION_ANNOTATION: &str = "description";

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::model::{self, Kind, ObjectKey, Violation, yaml};
 use crate::source::{Content, SourceFile};
 use convert::Doc;
+use pbsync_core::model::{self, Kind, ObjectKey, Violation, yaml};
 
 /// A failed import; nothing was written unless the error is [`Error::Write`].
 #[derive(Debug, thiserror::Error)]

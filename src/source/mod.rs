@@ -14,6 +14,8 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 pub mod merge;
 pub mod remote;
 
+pub use pbsync_core::snapshot::{Content, Snapshot, SourceFile};
+
 /// Name of the ignore file honoured at the root of the configured path (gitignore syntax).
 pub const IGNORE_FILE: &str = ".pbsyncignore";
 
@@ -66,36 +68,6 @@ pub enum Error {
 
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The content of one file: its bytes, or only its size when over the limit (so a 50 MB
-/// file is never loaded into memory just to be rejected).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Content {
-    /// The file's bytes.
-    Bytes(Vec<u8>),
-    /// Size in bytes of a file over the limit.
-    TooLarge(u64),
-}
-
-/// One YAML file of the commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFile {
-    /// Repository-relative path.
-    pub path: Arc<str>,
-    /// Git blob id (hex): identical content has an identical id, which makes it a cache key.
-    pub blob: String,
-    /// Content.
-    pub content: Content,
-}
-
-/// The YAML files of one commit under the configured path.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Full commit id.
-    pub revision: String,
-    /// Files, sorted by path.
-    pub files: Vec<SourceFile>,
-}
 
 /// Where to read from.
 #[derive(Debug, Clone)]

@@ -149,3 +149,25 @@ fn a_read_reusing_an_earlier_snapshot_equals_a_fresh_read() {
         .unwrap();
     assert_eq!(big.content, Content::TooLarge(2000));
 }
+
+#[test]
+fn generated_repositories_are_valid_and_as_large_as_announced() {
+    use pbsync::model::Catalog;
+    use pbsync::reconcile;
+    use pbsync_devkit::synthetic::{Params, commit_all, write_repo};
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params {
+        bundles: 30,
+        shared: 4,
+        per_namespace: 10,
+    };
+    write_repo(dir.path(), &p).unwrap();
+    commit_all(dir.path(), "gen").unwrap();
+    let ctx = reconcile::Context::new(dir.path(), "HEAD", "");
+    let snapshot = reconcile::fetch(&ctx).unwrap();
+    let loaded = match reconcile::load(&snapshot, &ctx.limits, &Catalog::default()) {
+        Ok(l) => l,
+        Err(e) => panic!("{}", pbsync::error_chain(&e)),
+    };
+    assert_eq!(loaded.graph.desired_state().objects.len(), p.object_count());
+}

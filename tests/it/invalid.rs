@@ -7,11 +7,11 @@
 use std::fmt::Write as _;
 
 use git2::{Signature, Time};
-use pbsync::apply::RunOptions;
-use pbsync::apply::local_dir::LocalDir;
 use pbsync::model::{Catalog, Kind, Rule, Violation};
 use pbsync::reconcile::{self, Error};
 use pbsync::source::Content;
+use pbsync::target::RunOptions;
+use pbsync::target::local_dir::LocalDir;
 
 use crate::support::{TestRepo, block_on, context, fixture, list_files};
 

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
-use pbsync::apply::RunOptions;
-use pbsync::apply::local_dir::LocalDir;
 use pbsync::reconcile;
+use pbsync::target::RunOptions;
+use pbsync::target::local_dir::LocalDir;
 
 use crate::support::{TestRepo, block_on, copy_dir, list_files};
 
@@ -153,7 +153,7 @@ fn a_second_run_with_no_change_writes_nothing() {
         .changes
         .entries
         .iter()
-        .filter(|e| e.outcome != pbsync::apply::Outcome::Unchanged)
+        .filter(|e| e.outcome != pbsync::target::Outcome::Unchanged)
         .map(|e| e.key.to_string())
         .collect();
     assert_eq!(changed, ["HelmRepository project-melbourne/nvidia"]);
@@ -238,7 +238,7 @@ fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_d
 
 #[test]
 fn a_repeated_observe_reads_only_files_that_changed() {
-    use pbsync::apply::Target as _;
+    use pbsync::target::Target as _;
     let (repo, state, snapshot) = apply_example();
     // Files written just now are not remembered (see below): make them a minute old.
     let a_minute_ago = SystemTime::now() - std::time::Duration::from_secs(60);

@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use pbsync::apply::local_dir::LocalDir;
-use pbsync::apply::{DeletePermit, Outcome, RunError, RunOptions, Status, Target};
 use pbsync::graph::ResourceGraph;
 use pbsync::live::Observed;
 use pbsync::ownership::Stamp;
 use pbsync::plan::Change;
 use pbsync::reconcile::{self, Error};
+use pbsync::target::local_dir::LocalDir;
+use pbsync::target::{DeletePermit, Outcome, RunError, RunOptions, Status, Target};
 use serde_json::Value;
 
 use crate::support::{TestRepo, block_on, list_files};
@@ -27,8 +27,8 @@ struct Flaky {
 #[error("injected failure")]
 struct Injected;
 
-fn injected(verb: &'static str, change: &Change) -> pbsync::apply::Error {
-    pbsync::apply::Error::WriteFailed {
+fn injected(verb: &'static str, change: &Change) -> pbsync::target::Error {
+    pbsync::target::Error::WriteFailed {
         verb,
         key: change.key.clone(),
         at: String::new(),
@@ -38,13 +38,13 @@ fn injected(verb: &'static str, change: &Change) -> pbsync::apply::Error {
 }
 
 impl Target for Flaky {
-    async fn observe(&self, g: &ResourceGraph, s: &Stamp<'_>) -> pbsync::apply::Result<Observed> {
+    async fn observe(&self, g: &ResourceGraph, s: &Stamp<'_>) -> pbsync::target::Result<Observed> {
         self.inner.observe(g, s).await
     }
-    async fn prepare(&self, c: &[&Change]) -> pbsync::apply::Result<()> {
+    async fn prepare(&self, c: &[&Change]) -> pbsync::target::Result<()> {
         self.inner.prepare(c).await
     }
-    async fn write(&self, change: &Change, desired: &Value) -> pbsync::apply::Result<()> {
+    async fn write(&self, change: &Change, desired: &Value) -> pbsync::target::Result<()> {
         if self
             .fail_writes
             .lock()
@@ -55,10 +55,10 @@ impl Target for Flaky {
         }
         self.inner.write(change, desired).await
     }
-    async fn release(&self, change: &Change) -> pbsync::apply::Result<()> {
+    async fn release(&self, change: &Change) -> pbsync::target::Result<()> {
         self.inner.release(change).await
     }
-    async fn delete(&self, change: &Change, permit: DeletePermit) -> pbsync::apply::Result<()> {
+    async fn delete(&self, change: &Change, permit: DeletePermit) -> pbsync::target::Result<()> {
         if self
             .fail_deletes
             .lock()
@@ -69,7 +69,7 @@ impl Target for Flaky {
         }
         self.inner.delete(change, permit).await
     }
-    async fn record(&self, status: &Status) -> pbsync::apply::Result<()> {
+    async fn record(&self, status: &Status) -> pbsync::target::Result<()> {
         self.inner.record(status).await
     }
 }

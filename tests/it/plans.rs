@@ -14,10 +14,10 @@
 
 use std::path::Path;
 
-use pbsync::apply::local_dir::LocalDir;
-use pbsync::apply::{RunError, RunOptions};
 use pbsync::plan::{Cascade, render_text};
 use pbsync::reconcile::{self, Error};
+use pbsync::target::local_dir::LocalDir;
+use pbsync::target::{RunError, RunOptions};
 use serde_json::Value;
 
 use crate::support::{TestRepo, block_on, fixture};

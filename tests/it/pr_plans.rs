@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use git2::{Oid, Signature, Time};
-use pbsync::apply::RunOptions;
-use pbsync::apply::local_dir::LocalDir;
 use pbsync::plan::comment::{GITHUB_LIMIT, MARKER, render_comments};
 use pbsync::reconcile::{self, Context};
 use pbsync::review::{self, Request, Review};
+use pbsync::target::RunOptions;
+use pbsync::target::local_dir::LocalDir;
 
 use crate::support::{TestRepo, block_on};
 

@@ -1,0 +1,6 @@
+//! Development only, never shipped in the `pbsync` binary: the Palette API simulator (the
+//! server the Palette target's tests run against, and `pbsync-palette-sim` for trying it by
+//! hand) and synthetic repositories for scale tests and benchmarks.
+
+pub mod palette_sim;
+pub mod synthetic;

@@ -1,0 +1,227 @@
+//! What a pass records on the hub: the status ConfigMap `pbsync-status-<instance>` (last
+//! applied and attempted revision, outcome, counts), written only when its content changes,
+//! and a Kubernetes Event on each ProfileBundle the pass created, updated, deleted or
+//! released, emitted as each happens.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::client::ApiClient;
+use super::{Error, KubeTarget, lock};
+use crate::{Result, Status};
+use pbsync_core::model::{Kind, ObjectKey};
+use pbsync_core::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+
+/// Name prefix of the status ConfigMaps; the instance follows.
+pub(super) const CONFIGMAP_PREFIX: &str = "pbsync-status-";
+/// Outcome words of a pass that changed (or tried to change) something.
+const ACTED: [&str; 5] = ["created", "configured", "deleted", "orphaned", "failed"];
+
+/// The ConfigMap's data after `status`, given what it held before.
+///
+/// `counts` are those of the last pass that acted: a pass that found nothing to do leaves
+/// them, so a steady state (the same revision, nothing to change) writes nothing.
+fn next_data(previous: &BTreeMap<String, String>, status: &Status) -> BTreeMap<String, String> {
+    let mut data = previous.clone();
+    data.insert("instance".into(), status.instance.clone());
+    data.insert("lastAttemptedRevision".into(), status.attempted.clone());
+    if let Some(applied) = &status.applied {
+        data.insert("lastAppliedRevision".into(), applied.clone());
+    }
+    data.insert("outcome".into(), status.outcome.clone());
+    let acted = ACTED
+        .iter()
+        .any(|w| status.counts.get(*w).is_some_and(|n| *n > 0));
+    if acted || !data.contains_key("counts") {
+        let counts = serde_json::to_string(&status.counts).expect("invariant: counts serialize");
+        data.insert("counts".into(), counts);
+    }
+    data
+}
+
+impl KubeTarget {
+    fn configmap_name(&self) -> String {
+        format!("{CONFIGMAP_PREFIX}{}", self.options.instance)
+    }
+
+    fn configmaps(&self) -> String {
+        format!(
+            "/api/v1/namespaces/{}/configmaps",
+            self.options.status_namespace
+        )
+    }
+
+    pub(super) async fn record_status(&self, status: &Status) -> Result<()> {
+        let api = self.api().await?;
+        let failed = |e: Error| crate::Error::StatusFailed {
+            source: Box::new(e),
+        };
+        let mut recorded = self.recorded.lock().await;
+        let previous = match recorded.as_ref() {
+            Some(d) => d.clone(),
+            None => api
+                .get(&self.configmaps(), &self.configmap_name())
+                .await
+                .map_err(|e| failed(Error::Request(e)))?
+                .and_then(|cm| cm.get("data").cloned())
+                .and_then(|d| serde_json::from_value(d).ok())
+                .unwrap_or_default(),
+        };
+        let data = next_data(&previous, status);
+        if data != previous {
+            let body = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": self.configmap_name(),
+                    "namespace": self.options.status_namespace,
+                    // Not the instance label: the status object is never one of the objects
+                    // this instance manages, so no deletion rule can ever reach it.
+                    "labels": {
+                        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                        "app.kubernetes.io/component": "status",
+                    },
+                },
+                "data": data,
+            });
+            api.apply(&self.configmaps(), &self.configmap_name(), &body)
+                .await
+                .map_err(|e| {
+                    let namespace_missing = e.code() == Some(404);
+                    failed(if namespace_missing {
+                        Error::StatusNamespaceMissing {
+                            namespace: self.options.status_namespace.clone(),
+                            source: e,
+                        }
+                    } else {
+                        Error::Request(e)
+                    })
+                })?;
+        }
+        *recorded = Some(data);
+        Ok(())
+    }
+
+    /// The Event of a bundle this pass created, updated, deleted or released, emitted as soon
+    /// as that happened (so it carries the moment, and a pass cut short leaves the Events
+    /// of what it did). Best effort: an Event that cannot be written is logged, never a
+    /// failed pass.
+    pub(super) async fn bundle_changed(
+        &self,
+        api: &ApiClient,
+        key: &ObjectKey,
+        reason: &str,
+        uid: Option<String>,
+    ) {
+        if key.kind != Kind::ProfileBundle {
+            return;
+        }
+        let revision = lock(&self.revision).clone();
+        let short = &revision[..revision.len().min(12)];
+        let body = event(key, reason, &self.options.instance, short, uid);
+        let path = format!("/api/v1/namespaces/{}/events", key.namespace);
+        if let Err(e) = api.create(&path, &body).await {
+            tracing::warn!(bundle = %key, error = %pbsync_core::error_chain(&e), "cannot emit event");
+        }
+    }
+}
+
+fn event(
+    key: &ObjectKey,
+    reason: &str,
+    instance: &str,
+    revision: &str,
+    uid: Option<String>,
+) -> Value {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let verb = match reason {
+        "Created" => "created",
+        "Updated" => "updated",
+        "Deleted" => "deleted",
+        "Orphaned" => "released",
+        _ => "changed",
+    };
+    let prefix: String = key.name.chars().take(200).collect();
+    let mut involved = json!({
+        "apiVersion": Kind::ProfileBundle.api_versions()[0],
+        "kind": Kind::ProfileBundle.as_str(),
+        "namespace": &*key.namespace,
+        "name": &*key.name,
+    });
+    if let Some(uid) = uid {
+        involved["uid"] = Value::String(uid);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": format!("{prefix}."),
+            "namespace": &*key.namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+        },
+        "involvedObject": involved,
+        "type": "Normal",
+        "reason": reason,
+        "message": format!("pbsync instance {instance} {verb} this bundle at revision {revision}"),
+        "source": {"component": "pbsync"},
+        "reportingComponent": "pbsync",
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(attempted: &str, applied: bool, counts: &[(&str, usize)]) -> Status {
+        Status {
+            instance: "blue".into(),
+            applied: applied.then(|| attempted.to_string()),
+            attempted: attempted.into(),
+            outcome: if applied {
+                "applied".into()
+            } else {
+                "failed: x".into()
+            },
+            counts: counts.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pass_with_nothing_to_do_leaves_the_status_as_it_was() {
+        let first = next_data(&BTreeMap::new(), &status("r1", true, &[("created", 3)]));
+        assert_eq!(first["counts"], r#"{"created":3}"#);
+        let again = next_data(&first, &status("r1", true, &[("unchanged", 3)]));
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn a_failed_pass_keeps_the_last_applied_revision() {
+        let first = next_data(&BTreeMap::new(), &status("r1", true, &[("created", 1)]));
+        let failed = next_data(&first, &status("r2", false, &[("failed", 1)]));
+        assert_eq!(failed["lastAppliedRevision"], "r1");
+        assert_eq!(failed["lastAttemptedRevision"], "r2");
+        assert_eq!(failed["outcome"], "failed: x");
+        assert_eq!(failed["counts"], r#"{"failed":1}"#);
+    }
+
+    #[test]
+    fn events_name_the_bundle_and_the_revision() {
+        let key = ObjectKey::new(Kind::ProfileBundle, "team-a", "llama");
+        let e = event(&key, "Deleted", "blue", "abc123", Some("u1".into()));
+        assert_eq!(e["involvedObject"]["uid"], "u1");
+        assert_eq!(
+            e["involvedObject"]["apiVersion"],
+            "spectrocloud.com/v1beta1"
+        );
+        assert_eq!(e["metadata"]["generateName"], "llama.");
+        assert_eq!(
+            e["message"],
+            "pbsync instance blue deleted this bundle at revision abc123"
+        );
+    }
+}

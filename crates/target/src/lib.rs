@@ -1,0 +1,492 @@
+//! Applying a plan: the `Target` trait the rest of the code sees, the ChangeSet that reports
+//! what happened (even when something failed), and the one guarded delete path.
+//!
+//! Client types stay private to each target's file. `run` is the only caller of
+//! `Target::write`, `Target::release` and (through [`guarded_delete`]) `Target::delete`.
+
+pub mod kubernetes;
+pub mod local_dir;
+pub mod palette;
+mod split;
+
+pub use split::Split;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+
+use futures::StreamExt as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use pbsync_core::graph::ResourceGraph;
+use pbsync_core::live::Observed;
+use pbsync_core::model::{Kind, ObjectKey};
+use pbsync_core::ownership::Stamp;
+use pbsync_core::plan::{Action, Change, Executor, Phase, Plan};
+
+/// Errors of the apply stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the live state failed; nothing was written.
+    #[error("cannot read live state of {what}")]
+    ObserveFailed {
+        /// What was being read.
+        what: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The target rejected or failed a write.
+    #[error("cannot {verb} {key}{at}")]
+    WriteFailed {
+        /// create, update, delete, release.
+        verb: &'static str,
+        /// Object.
+        key: ObjectKey,
+        /// ` (path:line)` of the object's declaration, when known.
+        at: String,
+        /// Whether trying again may succeed (network, timeout, 5xx, 429, conflict).
+        retryable: bool,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Recording status failed.
+    #[error("cannot record status")]
+    StatusFailed {
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The target is misconfigured (missing CRD, unusable directory, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// True when trying the same commit again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::ObserveFailed { .. } | Self::StatusFailed { .. } => true,
+            Self::WriteFailed { retryable, .. } => *retryable,
+            Self::Config(_) => false,
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Proof that the guarded delete function checked a deletion. Only [`guarded_delete`] can
+/// make one, so `Target::delete` cannot be reached any other way.
+#[derive(Debug)]
+pub struct DeletePermit {
+    _private: (),
+}
+
+/// What one pass recorded about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Instance.
+    pub instance: String,
+    /// Revision applied completely, if this pass did.
+    pub applied: Option<String>,
+    /// Revision attempted.
+    pub attempted: String,
+    /// `applied` or the failure.
+    pub outcome: String,
+    /// Counts per outcome word.
+    pub counts: std::collections::BTreeMap<String, usize>,
+}
+
+/// Where objects go. Implemented by the local directory, the Kubernetes hub and Palette.
+pub trait Target: Send + Sync {
+    /// Reads the live state the plan needs (see [`Observed`]): every object this instance
+    /// manages, every object the graph names, every ProfileBundle and ComputePool, and the
+    /// catalogue for external references.
+    fn observe(
+        &self,
+        graph: &ResourceGraph,
+        stamp: &Stamp<'_>,
+    ) -> impl Future<Output = Result<Observed>> + Send;
+    /// Records the intent to own these objects before writing them, so a crash between the
+    /// write and the bookkeeping can never turn pbsync's own object into a foreign one.
+    fn prepare(&self, changes: &[&Change]) -> impl Future<Output = Result<()>> + Send;
+    /// Creates or updates one object to `desired`.
+    fn write(&self, change: &Change, desired: &Value) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the ownership marks of one object, leaving it in place.
+    fn release(&self, change: &Change) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes one object. Reached only through [`guarded_delete`].
+    fn delete(
+        &self,
+        change: &Change,
+        permit: DeletePermit,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Records the outcome of the pass.
+    fn record(&self, status: &Status) -> impl Future<Output = Result<()>> + Send;
+    /// How many writes of one wave may run at once.
+    fn concurrency(&self) -> usize {
+        1
+    }
+}
+
+/// Outcome of one object, in Flux's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Created.
+    Created,
+    /// Updated.
+    Configured,
+    /// Nothing to do.
+    Unchanged,
+    /// Deleted.
+    Deleted,
+    /// Released.
+    Orphaned,
+    /// Not acted on (blocked, unknown, performed by the server, or not reached).
+    Skipped,
+    /// Tried and failed.
+    Failed,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Unchanged => "unchanged",
+            Self::Deleted => "deleted",
+            Self::Orphaned => "orphaned",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+/// One entry of a ChangeSet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Object.
+    pub key: ObjectKey,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why it was skipped or how it failed.
+    pub note: Option<String>,
+}
+
+/// What one apply did, complete even when it failed part-way.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChangeSet {
+    /// Entries in execution order.
+    pub entries: Vec<Entry>,
+}
+
+impl ChangeSet {
+    fn push(&mut self, key: &ObjectKey, outcome: Outcome, note: Option<String>) {
+        self.entries.push(Entry {
+            key: key.clone(),
+            outcome,
+            note,
+        });
+    }
+
+    /// Counts per outcome word.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for e in &self.entries {
+            *m.entry(e.outcome.to_string()).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// Why an apply stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The plan exceeds the mass-deletion guard.
+    #[error("refusing to apply: {0}")]
+    GuardRefused(String),
+    /// Some objects could not be compared with their live state; nothing was deleted.
+    #[error("{0} object(s) could not be compared with live state; nothing was deleted")]
+    Unknown(usize),
+    /// A write failed; later writes and all deletions were skipped.
+    #[error("apply stopped")]
+    Write(#[source] Error),
+    /// Deletions failed; the objects stay managed and are retried on the next pass.
+    #[error("{count} deletion(s) failed; the objects stay managed and are retried next pass")]
+    Prune {
+        /// Number of failures.
+        count: usize,
+        /// The first failure.
+        #[source]
+        first: Error,
+    },
+    /// The status could not be recorded.
+    #[error("apply finished")]
+    Status(#[source] Error),
+}
+
+impl RunError {
+    /// True when the same commit may succeed on a later try.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::GuardRefused(_) => false,
+            Self::Unknown(_) => true,
+            Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.is_retryable(),
+        }
+    }
+}
+
+/// Options of one apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Apply even when the mass-deletion guard trips.
+    pub allow_mass_deletion: bool,
+}
+
+/// Applies `plan`: creates and updates in dependency order, stopping at the first failure;
+/// then, only if all of them succeeded and every object could be compared, deletions and
+/// orphanings in deletion order. Always returns the ChangeSet of what was done.
+pub async fn run<T: Target>(
+    target: &T,
+    graph: &ResourceGraph,
+    plan: &Plan,
+    stamp: &Stamp<'_>,
+    opts: RunOptions,
+) -> (ChangeSet, Result<(), RunError>) {
+    let mut set = ChangeSet::default();
+    if let Some(trip) = plan.guard.as_ref().filter(|_| !opts.allow_mass_deletion) {
+        return (set, Err(RunError::GuardRefused(trip.message.clone())));
+    }
+    let result = run_steps(
+        target,
+        graph,
+        plan,
+        stamp,
+        opts.allow_mass_deletion,
+        &mut set,
+    )
+    .await;
+    let status = Status {
+        instance: stamp.instance.to_string(),
+        applied: result.is_ok().then(|| plan.revision.clone()),
+        attempted: plan.revision.clone(),
+        outcome: match &result {
+            Ok(()) => "applied".into(),
+            Err(e) => format!("failed: {}", pbsync_core::error_chain(e)),
+        },
+        counts: set.counts(),
+    };
+    let started = std::time::Instant::now();
+    let recorded = target.record(&status).await;
+    tracing::debug!(elapsed = ?started.elapsed(), "status recorded");
+    let result = match (result, recorded) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(RunError::Status(e)),
+        (Ok(()), Ok(())) => Ok(()),
+    };
+    (set, result)
+}
+
+async fn run_steps<T: Target>(
+    target: &T,
+    graph: &ResourceGraph,
+    plan: &Plan,
+    stamp: &Stamp<'_>,
+    allow_mass_deletion: bool,
+    set: &mut ChangeSet,
+) -> Result<(), RunError> {
+    let (applies, removals): (Vec<&Change>, Vec<&Change>) =
+        plan.changes.iter().partition(|c| !is_removal_phase(c));
+    let writes: Vec<&Change> = applies
+        .iter()
+        .copied()
+        .filter(|c| matches!(c.action, Action::Create | Action::Update))
+        .collect();
+    if !writes.is_empty() {
+        target.prepare(&writes).await.map_err(RunError::Write)?;
+    }
+    let mut unknown = 0;
+    // Waves in dependency order; the writes of one wave run concurrently, bounded by the
+    // target. A failure lets the wave finish, then stops before the next one.
+    let mut waves: BTreeMap<usize, Vec<&Change>> = BTreeMap::new();
+    for change in &applies {
+        waves
+            .entry(graph.wave(&change.key))
+            .or_default()
+            .push(change);
+    }
+    let mut failed: Option<Error> = None;
+    for wave in waves.into_values() {
+        if failed.is_some() {
+            for c in wave {
+                set.push(
+                    &c.key,
+                    Outcome::Skipped,
+                    Some("not reached: an earlier step failed".into()),
+                );
+            }
+            continue;
+        }
+        let started = std::time::Instant::now();
+        // Unordered, so one slow request does not hold back the ones behind it; the
+        // results are put back in plan order so the ChangeSet stays deterministic.
+        let mut results: Vec<(usize, &Change, Option<Result<()>>)> =
+            futures::stream::iter(wave.into_iter().enumerate())
+                .map(|(i, change)| async move {
+                    if !matches!(change.action, Action::Create | Action::Update) {
+                        return (i, change, None);
+                    }
+                    let node = graph
+                        .node(&change.key)
+                        .expect("invariant: planned writes are graph nodes");
+                    let obj = graph
+                        .object(node)
+                        .expect("invariant: planned writes are declared");
+                    let desired = pbsync_core::ownership::render(
+                        obj,
+                        &Stamp {
+                            adopted: change.adopt,
+                            ..stamp.clone()
+                        },
+                    );
+                    (i, change, Some(target.write(change, &desired).await))
+                })
+                .buffer_unordered(target.concurrency().max(1))
+                .collect()
+                .await;
+        tracing::debug!(elapsed = ?started.elapsed(), "wave written");
+        results.sort_by_key(|(i, _, _)| *i);
+        for (_, change, result) in results {
+            match (change.action, result) {
+                (_, Some(Err(e))) => {
+                    set.push(
+                        &change.key,
+                        Outcome::Failed,
+                        Some(pbsync_core::error_chain(&e)),
+                    );
+                    failed.get_or_insert(e);
+                }
+                (Action::Create, Some(Ok(()))) => set.push(&change.key, Outcome::Created, None),
+                (_, Some(Ok(()))) => set.push(&change.key, Outcome::Configured, None),
+                (Action::Unchanged, None) => set.push(&change.key, Outcome::Unchanged, None),
+                (Action::Unknown, None) => {
+                    unknown += 1;
+                    set.push(
+                        &change.key,
+                        Outcome::Skipped,
+                        change.reasons.last().cloned(),
+                    );
+                }
+                (_, None) => set.push(
+                    &change.key,
+                    Outcome::Skipped,
+                    change.reasons.last().cloned(),
+                ),
+            }
+        }
+    }
+    if let Some(e) = failed {
+        for rest in &removals {
+            set.push(
+                &rest.key,
+                Outcome::Skipped,
+                Some("not reached: an earlier step failed".into()),
+            );
+        }
+        return Err(RunError::Write(e));
+    }
+    if unknown > 0 {
+        for c in &removals {
+            set.push(
+                &c.key,
+                Outcome::Skipped,
+                Some("not deleted: some objects could not be compared".into()),
+            );
+        }
+        return Err(RunError::Unknown(unknown));
+    }
+    let mut failures: Vec<Error> = Vec::new();
+    for change in removals {
+        if change.key.kind == Kind::ProfileBundle && !failures.is_empty() {
+            // The bundle is the record of what still has to go: keep it until its
+            // dependents are gone.
+            set.push(
+                &change.key,
+                Outcome::Skipped,
+                Some("kept until its dependents' deletions succeed".into()),
+            );
+            continue;
+        }
+        let done = match (change.action, change.executor) {
+            (Action::Delete, Executor::Pbsync) => {
+                guarded_delete(target, plan, change, allow_mass_deletion)
+                    .await
+                    .map(|()| Outcome::Deleted)
+            }
+            (Action::Orphan, _) => target.release(change).await.map(|()| Outcome::Orphaned),
+            _ => {
+                set.push(
+                    &change.key,
+                    Outcome::Skipped,
+                    change.reasons.last().cloned(),
+                );
+                continue;
+            }
+        };
+        match done {
+            Ok(outcome) => set.push(&change.key, outcome, None),
+            Err(e) => {
+                set.push(
+                    &change.key,
+                    Outcome::Failed,
+                    Some(pbsync_core::error_chain(&e)),
+                );
+                failures.push(e);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        let count = failures.len();
+        Err(RunError::Prune {
+            count,
+            first: failures.remove(0),
+        })
+    }
+}
+
+fn is_removal_phase(c: &Change) -> bool {
+    c.phase == Phase::Prune
+}
+
+/// The one delete path: checks that the plan allows this deletion, then deletes.
+///
+/// A deletion is allowed only for a `delete` change that pbsync itself performs, of an
+/// object that is not a Namespace, CRD or pbsync state object, in a plan that passed (or was
+/// explicitly allowed past) the mass-deletion guard. Ownership was checked when the plan was
+/// made: `plan` proposes deletions only for objects this instance created.
+pub async fn guarded_delete<T: Target>(
+    target: &T,
+    plan: &Plan,
+    change: &Change,
+    allow_mass_deletion: bool,
+) -> Result<()> {
+    let refuse =
+        |why: &str| Error::Config(format!("guarded delete refused for {}: {why}", change.key));
+    if plan.guard.is_some() && !allow_mass_deletion {
+        return Err(refuse("the plan exceeds the mass-deletion guard"));
+    }
+
+    if change.action != Action::Delete || change.executor != Executor::Pbsync {
+        return Err(refuse("the plan does not say pbsync deletes it"));
+    }
+    if !plan.changes.iter().any(|c| std::ptr::eq(c, change)) {
+        return Err(refuse("the change is not part of the plan being applied"));
+    }
+    target.delete(change, DeletePermit { _private: () }).await
+}

@@ -1,0 +1,576 @@
+//! The Palette target: cluster profiles created, updated, published, released and deleted in
+//! Palette through its REST API (domain contract §6), for `ClusterProfile` keys only (`Split`
+//! routes them here).
+//!
+//! Observe lists every profile (paged summary list), keeps those the graph names and those
+//! carrying this instance's ownership labels, and reads each in full: its **published**
+//! template, variables and pack manifests, converted to the shape `ownership::render` gives
+//! the desired profile. Create is `POST` then publish; update is `PUT` (the draft) then
+//! publish; ownership lives in the profile's labels, written with the create itself. A create
+//! that failed ambiguously (timeout, dropped connection, 5xx) is looked up by name + version
+//! before it is tried again, so a retry never makes a duplicate. The target re-checks the
+//! ownership it observed before every change: a profile without this instance's labels is
+//! never changed or deleted (unless adoption made the plan say so).
+
+mod client;
+mod config;
+mod convert;
+mod profiles;
+mod throttle;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+pub use client::RequestCounts;
+pub use config::{ApiKey, PaletteConfig, parse_timeout};
+
+use futures::StreamExt as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{DeletePermit, Result as ApplyResult, Status, Target};
+use pbsync_core::graph::ResourceGraph;
+use pbsync_core::live::{LiveObject, Observed};
+use pbsync_core::model::{Kind, ObjectKey, ProfileType};
+use pbsync_core::ownership::{self, Ownership, Stamp};
+use pbsync_core::plan::Change;
+
+use client::{Call, Client, encode_segment};
+use profiles::{Listed, PROFILES_PATH};
+
+/// Errors of the Palette target.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Palette answered with an error status.
+    #[error("palette answered {method} {path} with {status} {code}: {message}")]
+    Api {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// `v1Error.code`.
+        code: String,
+        /// `v1Error.message`.
+        message: String,
+        /// `v1Error.ref`.
+        reference: Option<String>,
+    },
+    /// The request failed without an answer (connection, timeout).
+    #[error("{method} {path} got no answer")]
+    Request {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer was not the JSON expected.
+    #[error("cannot decode the answer to {method} {path}")]
+    Decode {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The answer lacked something it must carry.
+    #[error("unexpected answer from palette: {0}")]
+    Unexpected(String),
+    /// Retries ran out.
+    #[error("still failing after {attempts} attempts")]
+    Retried {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The target refuses a change (ownership, profiles in use, immutable fields).
+    #[error("{0}")]
+    Refused(String),
+    /// The API key file could not be read.
+    #[error("cannot read the palette api key from {path}")]
+    KeyFile {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the palette http client")]
+    Client(#[source] reqwest::Error),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// 429: refused before it was carried out.
+    fn is_throttled(&self) -> bool {
+        match self {
+            Self::Api { status, .. } => *status == 429,
+            Self::Retried { source, .. } => source.is_throttled(),
+            _ => false,
+        }
+    }
+
+    /// Worth sending again: 429, 5xx, no answer.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { status, .. } => *status == 429 || *status >= 500,
+            Self::Request { .. } => true,
+            Self::Retried { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Failed in a way that leaves open whether the server carried the request out: no
+    /// answer, a 5xx, or a success answer that could not be read.
+    fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Api { status, .. } => *status >= 500,
+            Self::Request { .. } | Self::Decode { .. } => true,
+            Self::Retried { source, .. } => source.is_ambiguous(),
+            _ => false,
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Api { status: 409, .. })
+    }
+
+    fn is_not_found(&self) -> bool {
+        matches!(self, Self::Api { status: 404, .. })
+    }
+
+    /// Whether the same commit may succeed later (network, timeout, 5xx, 429, conflict).
+    pub fn is_retryable(&self) -> bool {
+        self.is_transient() || self.is_conflict() || self.is_ambiguous()
+    }
+}
+
+/// What observe learned about one live profile, for the changes that follow.
+#[derive(Debug, Clone)]
+struct Known {
+    uid: String,
+    ownership: Ownership,
+    in_use: Vec<String>,
+}
+
+/// The Palette target.
+#[derive(Debug)]
+pub struct PaletteTarget {
+    client: Client,
+    instance: String,
+    page_size: u32,
+    known: Mutex<HashMap<ObjectKey, Known>>,
+}
+
+/// RFC 3339 (UTC, seconds) of the current time, for `Observed::read_at`.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn write_error(verb: &'static str, change: &Change, e: Error) -> super::Error {
+    super::Error::WriteFailed {
+        verb,
+        key: change.key.clone(),
+        at: change
+            .source
+            .as_ref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
+        retryable: e.is_retryable(),
+        source: Box::new(e),
+    }
+}
+
+impl PaletteTarget {
+    /// A target for `config`, acting as pbsync instance `instance`.
+    pub fn new(config: PaletteConfig, instance: impl Into<String>) -> Result<Self, Error> {
+        Ok(Self {
+            client: Client::new(&config)?,
+            instance: instance.into(),
+            page_size: config.page_size.clamp(1, 50),
+            known: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Requests sent so far, by operation and answer.
+    pub fn requests(&self) -> RequestCounts {
+        self.client.counts()
+    }
+
+    fn known(&self) -> MutexGuard<'_, HashMap<ObjectKey, Known>> {
+        // Entries are replaced whole, so a panic elsewhere cannot leave one half-written.
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether requests about a profile of this scope carry `ProjectUid`.
+    fn project_scoped(&self, key: &ObjectKey) -> Result<bool, Error> {
+        match &*key.namespace {
+            "project" if self.client.project_uid().is_some() => Ok(true),
+            "project" => Err(Error::Config(format!(
+                "{key} has scope project, but no --palette-project-uid is configured"
+            ))),
+            _ => Ok(false),
+        }
+    }
+
+    /// The observed facts about `change`'s profile, if `allowed` accepts its ownership.
+    fn owned(
+        &self,
+        change: &Change,
+        verb: &'static str,
+        allowed: impl Fn(&Ownership) -> bool,
+    ) -> ApplyResult<Known> {
+        let known = self.known().get(&change.key).cloned();
+        let Some(known) = known else {
+            return Err(write_error(
+                verb,
+                change,
+                Error::Refused(format!(
+                    "{} was not observed in Palette (or is not unique there)",
+                    change.key
+                )),
+            ));
+        };
+        if !allowed(&known.ownership) {
+            return Err(write_error(
+                verb,
+                change,
+                Error::Refused(format!(
+                    "{} does not carry this pbsync instance's ownership labels ({:?}); left alone",
+                    change.key, known.ownership
+                )),
+            ));
+        }
+        Ok(known)
+    }
+}
+
+impl Target for PaletteTarget {
+    async fn observe(&self, graph: &ResourceGraph, _stamp: &Stamp<'_>) -> ApplyResult<Observed> {
+        let observe_error = |e: Error| super::Error::ObserveFailed {
+            what: format!("cluster profiles in Palette at {}", self.client.base()),
+            source: Box::new(e),
+        };
+        let named: BTreeSet<&ObjectKey> = graph
+            .nodes()
+            .iter()
+            .filter(|n| n.key.kind == Kind::ClusterProfile)
+            .map(|n| &n.key)
+            .collect();
+        let items = self.list(&json!({})).await.map_err(observe_error)?;
+        let mut groups: BTreeMap<ObjectKey, Vec<Listed>> = BTreeMap::new();
+        for listed in items.iter().filter_map(|i| self.listed(i)) {
+            if named.contains(&listed.key) || listed.ownership.is_managed() {
+                groups.entry(listed.key.clone()).or_default().push(listed);
+            }
+        }
+        let mut observed = Observed::default();
+        let mut known = HashMap::new();
+        let mut unique = Vec::new();
+        for (key, list) in groups {
+            if let [one] = list.as_slice() {
+                unique.push((key, one.uid.clone(), one.ownership.clone()));
+                continue;
+            }
+            let uids: Vec<&str> = list.iter().map(|l| l.uid.as_str()).collect();
+            let ownership = list
+                .iter()
+                .map(|l| l.ownership.clone())
+                .find(Ownership::is_managed)
+                .unwrap_or(Ownership::Foreign { owner: None });
+            let live = LiveObject::unreadable(
+                format!(
+                    "{} profiles named {} version {} exist in Palette (uids {}); remove the duplicates by hand",
+                    list.len(),
+                    key.name,
+                    key.version.as_deref().unwrap_or_default(),
+                    uids.join(", ")
+                ),
+                ownership,
+            );
+            observed.objects.insert(key, live);
+        }
+        let reads: Vec<_> = futures::stream::iter(unique)
+            .map(|(key, uid, own)| async move {
+                let read = self.read_profile(&key, &uid).await;
+                (key, uid, own, read)
+            })
+            .buffered(4)
+            .collect()
+            .await;
+        for (key, uid, own, read) in reads {
+            let Some((profile, mut entity)) = read.map_err(observe_error)? else {
+                continue;
+            };
+            if let Some(obj) = graph.node(&key).and_then(|n| graph.object(n)) {
+                let declared = ownership::render(
+                    obj,
+                    &Stamp {
+                        instance: &self.instance,
+                        revision: graph.revision(),
+                        adopted: false,
+                    },
+                );
+                convert::project_onto(&mut entity, &declared);
+            }
+            let in_use = convert::in_use_by(&profile);
+            let profile_type = ["/spec/published/type", "/spec/draft/type"]
+                .iter()
+                .find_map(|p| profile.pointer(p).and_then(Value::as_str))
+                .and_then(ProfileType::from_api);
+            let mut live = LiveObject::new(entity, own.clone());
+            live.in_use_by.clone_from(&in_use);
+            live.profile_type = profile_type;
+            observed.objects.insert(key.clone(), live);
+            known.insert(
+                key,
+                Known {
+                    uid,
+                    ownership: own,
+                    in_use,
+                },
+            );
+        }
+        if self.client.project_uid().is_none() {
+            for node in graph.nodes() {
+                if node.key.kind == Kind::ClusterProfile
+                    && &*node.key.namespace == "project"
+                    && node.object.is_some()
+                    && !observed.objects.contains_key(&node.key)
+                {
+                    observed.rejected.insert(
+                        node.key.clone(),
+                        "it has scope project, but no --palette-project-uid is configured (tenant scope only)".into(),
+                    );
+                }
+            }
+        }
+        observed.read_at = Some(now_rfc3339());
+        *self.known() = known;
+        Ok(observed)
+    }
+
+    /// Nothing to record ahead: ownership labels travel in the create request itself.
+    async fn prepare(&self, _changes: &[&Change]) -> ApplyResult<()> {
+        Ok(())
+    }
+
+    async fn write(&self, change: &Change, desired: &Value) -> ApplyResult<()> {
+        let project = self
+            .project_scoped(&change.key)
+            .map_err(|e| write_error("write", change, e))?;
+        let exists = self.known().contains_key(&change.key);
+        let adopted = change.adopt;
+        let now_owned = if adopted {
+            Ownership::Adopted
+        } else {
+            Ownership::Managed
+        };
+        if !exists {
+            let uid = self
+                .create(&change.key, desired, project)
+                .await
+                .map_err(|e| write_error("create", change, e))?;
+            self.known().insert(
+                change.key.clone(),
+                Known {
+                    uid: uid.clone(),
+                    ownership: now_owned,
+                    in_use: Vec::new(),
+                },
+            );
+            return self
+                .publish(&uid, project)
+                .await
+                .map_err(|e| write_error("publish", change, e));
+        }
+        // Managed and adopted profiles are ours; released ones are taken back; foreign ones
+        // only when the plan adopts them.
+        let known = self.owned(change, "update", |o| {
+            o.is_managed() || *o == Ownership::Released || adopted
+        })?;
+        self.update(change, desired, &known.uid, project)
+            .await
+            .map_err(|e| write_error("update", change, e))?;
+        self.known().insert(
+            change.key.clone(),
+            Known {
+                ownership: now_owned,
+                ..known
+            },
+        );
+        Ok(())
+    }
+
+    async fn release(&self, change: &Change) -> ApplyResult<()> {
+        let known = self.owned(change, "release", Ownership::is_managed)?;
+        let project = self
+            .project_scoped(&change.key)
+            .map_err(|e| write_error("release", change, e))?;
+        let path = format!("{PROFILES_PATH}/{}", encode_segment(&known.uid));
+        let profile = self
+            .client
+            .send(&Call::new(Method::GET, &path, project))
+            .await
+            .map_err(|e| write_error("release", change, e))?;
+        let mut entity = json!({
+            "metadata": {
+                "name": profile.pointer("/metadata/name").cloned().unwrap_or_default(),
+                "labels": profile.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({})),
+                "annotations": profile.pointer("/metadata/annotations").cloned().unwrap_or_else(|| json!({})),
+            },
+            "spec": {"version": profile.pointer("/spec/version").cloned().unwrap_or_default()},
+        });
+        ownership::release(&mut entity, &self.instance);
+        let body = convert::metadata_entity(&entity);
+        self.client
+            .send(&Call::new(Method::PATCH, format!("{path}/metadata"), project).body(&body))
+            .await
+            .map_err(|e| write_error("release", change, e))?;
+        self.known().insert(
+            change.key.clone(),
+            Known {
+                ownership: Ownership::Released,
+                ..known
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete(&self, change: &Change, _permit: DeletePermit) -> ApplyResult<()> {
+        // Only what this instance created; adopted profiles are released, never deleted.
+        let known = self.owned(change, "delete", |o| *o == Ownership::Managed)?;
+        if !known.in_use.is_empty() {
+            return Err(write_error(
+                "delete",
+                change,
+                Error::Refused(format!(
+                    "{} is in use by cluster(s) {}",
+                    change.key,
+                    known.in_use.join(", ")
+                )),
+            ));
+        }
+        let project = self
+            .project_scoped(&change.key)
+            .map_err(|e| write_error("delete", change, e))?;
+        let path = format!("{PROFILES_PATH}/{}", encode_segment(&known.uid));
+        match self
+            .client
+            .send(&Call::new(Method::DELETE, path, project))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(write_error("delete", change, e)),
+        }
+        self.known().remove(&change.key);
+        Ok(())
+    }
+
+    /// Nothing to record: the pass's status lives with the hub-side target, which `Split`
+    /// asks first.
+    async fn record(&self, _status: &Status) -> ApplyResult<()> {
+        Ok(())
+    }
+
+    fn concurrency(&self) -> usize {
+        4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let mut config = PaletteConfig::new("http://127.0.0.1:1", ApiKey::new("s3cr3t-key\n"));
+        config.project_uid = Some("p1".into());
+        assert_eq!(config.api_key.expose(), "s3cr3t-key");
+        let target = PaletteTarget::new(config.clone(), "blue").expect("target");
+        for text in [
+            format!("{config:?}"),
+            format!("{target:?}"),
+            format!("{target:#?}"),
+        ] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains("redacted"), "{text}");
+        }
+    }
+
+    #[test]
+    fn configuration_errors_are_reported() {
+        let bad = PaletteConfig::new("api.spectrocloud.com", ApiKey::new("k"));
+        assert!(matches!(
+            PaletteTarget::new(bad, "x"),
+            Err(Error::Config(_))
+        ));
+        let empty = PaletteConfig::new("https://api.spectrocloud.com", ApiKey::new("  "));
+        assert!(matches!(
+            PaletteTarget::new(empty, "x"),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn errors_classify_for_retries() {
+        let api = |status| Error::Api {
+            method: "POST".into(),
+            path: "/".into(),
+            status,
+            code: "X".into(),
+            message: "m".into(),
+            reference: None,
+        };
+        assert!(api(429).is_throttled() && api(429).is_transient() && !api(429).is_ambiguous());
+        assert!(api(503).is_transient() && api(503).is_ambiguous());
+        assert!(!api(400).is_retryable());
+        assert!(api(409).is_retryable() && !api(409).is_transient());
+        let wrapped = Error::Retried {
+            attempts: 3,
+            source: Box::new(api(429)),
+        };
+        assert!(wrapped.is_throttled() && !wrapped.is_ambiguous());
+    }
+
+    #[test]
+    fn read_at_is_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+}

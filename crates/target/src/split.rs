@@ -1,0 +1,103 @@
+//! Routing one plan to two targets: cluster profiles to Palette (or wherever `palette`
+//! points), everything else to the hub side. Plan and apply of one commit cover both, in one
+//! dependency order.
+
+use serde_json::Value;
+
+use super::{DeletePermit, Result, Status, Target};
+use pbsync_core::graph::ResourceGraph;
+use pbsync_core::live::Observed;
+use pbsync_core::model::Kind;
+use pbsync_core::ownership::Stamp;
+use pbsync_core::plan::Change;
+
+/// Hub objects go to `hub`, cluster profiles to `palette`.
+#[derive(Debug)]
+pub struct Split<H, P> {
+    /// Target of every hub kind.
+    pub hub: H,
+    /// Target of cluster profiles.
+    pub palette: P,
+}
+
+fn is_palette(change: &Change) -> bool {
+    change.key.kind == Kind::ClusterProfile
+}
+
+impl<H: Target, P: Target> Target for Split<H, P> {
+    async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
+        let (hub, palette) = tokio::try_join!(
+            self.hub.observe(graph, stamp),
+            self.palette.observe(graph, stamp)
+        )?;
+        let mut observed = hub;
+        observed
+            .objects
+            .retain(|k, _| k.kind != Kind::ClusterProfile);
+        observed.objects.extend(
+            palette
+                .objects
+                .into_iter()
+                .filter(|(k, _)| k.kind == Kind::ClusterProfile),
+        );
+        observed
+            .rejected
+            .retain(|k, _| k.kind != Kind::ClusterProfile);
+        observed.rejected.extend(
+            palette
+                .rejected
+                .into_iter()
+                .filter(|(k, _)| k.kind == Kind::ClusterProfile),
+        );
+        observed.read_at = observed.read_at.or(palette.read_at);
+        Ok(observed)
+    }
+
+    async fn prepare(&self, changes: &[&Change]) -> Result<()> {
+        let (p, h): (Vec<&Change>, Vec<&Change>) =
+            changes.iter().copied().partition(|c| is_palette(c));
+        if !h.is_empty() {
+            self.hub.prepare(&h).await?;
+        }
+        if !p.is_empty() {
+            self.palette.prepare(&p).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, change: &Change, desired: &Value) -> Result<()> {
+        if is_palette(change) {
+            self.palette.write(change, desired).await
+        } else {
+            self.hub.write(change, desired).await
+        }
+    }
+
+    async fn release(&self, change: &Change) -> Result<()> {
+        if is_palette(change) {
+            self.palette.release(change).await
+        } else {
+            self.hub.release(change).await
+        }
+    }
+
+    async fn delete(&self, change: &Change, permit: DeletePermit) -> Result<()> {
+        if is_palette(change) {
+            self.palette.delete(change, permit).await
+        } else {
+            self.hub.delete(change, permit).await
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        self.hub
+            .concurrency()
+            .min(self.palette.concurrency())
+            .max(1)
+    }
+
+    async fn record(&self, status: &Status) -> Result<()> {
+        self.hub.record(status).await?;
+        self.palette.record(status).await
+    }
+}
