@@ -12,9 +12,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pbsync::model::Catalog;
+use pbsync::engine::{self, Context, Goal, Input, NoTarget};
 use pbsync::plan::{self, History};
-use pbsync::reconcile::{self, Context};
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 use pbsync_devkit::synthetic::{Params, bench_sizes, commit_all, write_repo};
@@ -33,18 +32,24 @@ fn bench(c: &mut Criterion) {
         write_repo(dir.path(), &params).expect("generate");
         commit_all(dir.path(), "synthetic").expect("commit");
         let ctx = Context::new(dir.path(), "HEAD", "");
-        let snapshot = reconcile::fetch(&ctx).expect("fetch");
-        let loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default()).expect("valid");
-        let observed = pbsync::review::state_of(&loaded.graph, "default");
-        let catalog = observed.catalog();
+        let snapshot = ctx.fetch().expect("fetch");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let load_snapshot = |snapshot| {
+            rt.block_on(engine::run::<NoTarget>(
+                &ctx,
+                Input::of(snapshot),
+                Goal::Validate(None),
+            ))
+        };
+        let loaded = load_snapshot(&snapshot).expect("valid");
+        let observed = pbsync::live::Observed::as_applied(&loaded.graph, "default");
+        let _catalog = observed.catalog();
         let state = tempfile::tempdir().expect("tempdir");
         let target = LocalDir::new(state.path(), "default");
-        rt.block_on(reconcile::run_once(
+        rt.block_on(engine::run(
             &ctx,
-            &snapshot,
-            &target,
-            RunOptions::default(),
+            Input::of(&snapshot),
+            Goal::Apply(&target, RunOptions::default()),
         ))
         .expect("first apply");
 
@@ -53,11 +58,11 @@ fn bench(c: &mut Criterion) {
             .sample_size(10)
             .measurement_time(Duration::from_secs(if bundles > 1_000 { 30 } else { 10 }));
         group.bench_function("git-read", |b| {
-            b.iter(|| black_box(reconcile::fetch(&ctx).expect("fetch")));
+            b.iter(|| black_box(ctx.fetch().expect("fetch")));
         });
         group.bench_function("validate+graph+plan", |b| {
             b.iter(|| {
-                let loaded = reconcile::load(&snapshot, &ctx.limits, &catalog).expect("valid");
+                let loaded = load_snapshot(&snapshot).expect("valid");
                 let plan = plan::plan(&loaded.graph, &observed, &History::default(), &ctx.plan);
                 assert!(!plan.has_changes());
                 black_box(plan)
@@ -66,9 +71,9 @@ fn bench(c: &mut Criterion) {
         group.bench_function("plan-dir-target", |b| {
             b.iter(|| {
                 let planned = rt
-                    .block_on(reconcile::plan_commit(&ctx, &snapshot, &target))
+                    .block_on(engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target)))
                     .expect("plan");
-                assert!(!planned.plan.has_changes());
+                assert!(!planned.plan().has_changes());
                 black_box(planned)
             });
         });

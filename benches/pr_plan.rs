@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use pbsync::engine::{Context, NoTarget};
 use pbsync::plan::comment::render_comments;
-use pbsync::reconcile::Context;
 use pbsync::review::{self, Request};
 use pbsync_devkit::synthetic::{Params, bench_sizes, commit_all, write_repo};
 
@@ -61,16 +61,20 @@ fn bench(c: &mut Criterion) {
         git(dir.path(), &["commit", "-q", "-am", "one file"]);
 
         let ctx = Context::new(dir.path(), "HEAD", "");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let plan_offline = |req: &Request| rt.block_on(review::plan::<NoTarget>(&ctx, req, None));
         let req = Request {
             cache_dir: None,
             base: "main".into(),
             head: "pr".into(),
         };
-        let review = review::plan_offline(&ctx, &req).expect("plan");
+        let review = plan_offline(&req).expect("plan");
         assert!(review.plan.has_changes(), "the edit shows");
         group.bench_function(format!("{bundles}-bundles-one-file-offline"), |b| {
             b.iter(|| {
-                let review = review::plan_offline(&ctx, &req).expect("plan");
+                let review = plan_offline(&req).expect("plan");
                 let comments = render_comments(&review.plan, &review.comment_context());
                 black_box((review, comments))
             });
@@ -80,10 +84,10 @@ fn bench(c: &mut Criterion) {
             cache_dir: Some(store.path().to_path_buf()),
             ..req.clone()
         };
-        review::plan_offline(&ctx, &cached).expect("a first run writes the store");
+        plan_offline(&cached).expect("a first run writes the store");
         group.bench_function(format!("{bundles}-bundles-one-file-offline-cached"), |b| {
             b.iter(|| {
-                let review = review::plan_offline(&ctx, &cached).expect("plan");
+                let review = plan_offline(&cached).expect("plan");
                 let comments = render_comments(&review.plan, &review.comment_context());
                 black_box((review, comments))
             });

@@ -769,7 +769,7 @@ impl Config {
                 Cascade::Client => pbsync_core::plan::Cascade::Client,
                 Cascade::Server => pbsync_core::plan::Cascade::Server,
             },
-            guard: pbsync_core::plan::Guard {
+            guard: pbsync_core::guard::MassDeletion {
                 max_fraction: f64::from(s.guard_percent.unwrap_or(50)) / 100.0,
                 min_objects: s.guard_min.unwrap_or(10),
             },

@@ -9,7 +9,7 @@
 //!   -> graph (petgraph: references, closure, order)      pure
 //!   -> plan  (desired x observed -> Plan, with reasons)  pure, cannot fail
 //!   -> apply (Target: local dir | kubernetes | palette)  I/O -> ChangeSet
-//! reconcile: the one function that runs the stages in order
+//! engine: the one function that runs the stages in order
 //! ```
 //!
 //! Glossary: a *Snapshot* is one commit's YAML files; the *DesiredState* the typed objects in
@@ -19,10 +19,10 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod import;
-pub mod reconcile;
 pub mod review;
 pub mod source;
 
-pub use pbsync_core::{error_chain, graph, live, model, ownership, plan};
+pub use pbsync_core::{error_chain, graph, guard, live, model, ownership, plan};
 pub use pbsync_target as target;

@@ -1,18 +1,13 @@
 //! Pull-request plans: the merge of head into base (computed in memory, as Atlantis's merge
-//! checkout does), planned against the live state of a target or, offline, against the state
-//! base would produce; with the impact section and secrets masked. Runs the same pure stages
-//! as `reconcile`; only where the commit and the live state come from differ.
+//! checkout does), planned by the engine against the live state of a target or, offline,
+//! against the state base would produce; with the impact section and secrets masked. Only
+//! where the commit comes from is this module's: the stages are the engine's.
 
-use git2::{Oid, Repository};
+use git2::Oid;
 
-use crate::daemon::cache::ParseCache;
-use crate::reconcile::{self, Context};
+use crate::engine::{self, Context, Goal, Input, NoTarget, ParseCache, history};
 use crate::source::{self, merge};
-use pbsync_core::graph::ResourceGraph;
-use pbsync_core::live::{LiveObject, Observed};
-use pbsync_core::model::{self, Catalog, Violations};
-use pbsync_core::ownership::{self, Ownership, Stamp};
-use pbsync_core::plan::{self, History, Plan, comment, impact, mask};
+use pbsync_core::plan::{self, Plan, comment};
 use pbsync_target::Target;
 
 /// Errors of planning a pull request.
@@ -30,17 +25,10 @@ pub enum Error {
     /// Head does not merge cleanly into base.
     #[error("cannot plan the merge")]
     Merge(#[source] merge::Error),
-    /// Offline plans need the state base would produce, and base does not build.
-    #[error("base {revision} is invalid, so the state it would produce is unknown: {violations}")]
-    BaseInvalid {
-        /// Base commit.
-        revision: String,
-        /// Its violations.
-        violations: Violations,
-    },
-    /// The live state could not be read.
-    #[error("cannot read the live state")]
-    Observe(#[source] pbsync_target::Error),
+    /// The plan could not be made (an offline base that does not build, live state that
+    /// could not be read).
+    #[error(transparent)]
+    Plan(engine::Error),
 }
 
 /// Result alias of this module.
@@ -109,21 +97,10 @@ impl Review {
     }
 }
 
-/// Base, head, the merged tree, base's graph when base is valid, and the merge loaded.
-struct Prepared {
-    repo: Repository,
-    merged: merge::Merged,
-    base_graph: Option<ResourceGraph>,
-    base_violations: Violations,
-}
-
-/// Reads base and the merge, and loads both (parsed, validated without live state, graphed).
-/// The merge shares what it can with base: its files' contents where the blobs are the same
-/// (read once), their parsed documents (parsed once), and the two checks run side by side.
-fn prepare(
-    ctx: &Context,
-    req: &Request,
-) -> Result<(Prepared, reconcile::Result<reconcile::Loaded>)> {
+/// Plans the merge of `req.head` into `req.base`: against the live state of `live`, or,
+/// without one, against the state base would produce (no target is read, for CI jobs that
+/// cannot reach the hub).
+pub async fn plan<T: Target>(ctx: &Context, req: &Request, live: Option<&T>) -> Result<Review> {
     let read = |what| move |source| Error::ReadFailed { what, source };
     let repo = source::open(&ctx.git.repo).map_err(read("base"))?;
     let base = source::resolve(&repo, &req.base).map_err(read("base"))?;
@@ -144,12 +121,26 @@ fn prepare(
     if let Some(store) = &store {
         cache.load_store(store, &ctx.limits);
     }
-    let (base_desired, base_parse_violations) =
-        reconcile::parse_with(&base_snapshot, &ctx.limits, &cache);
-    let (base_loaded, head_loaded) = rayon::join(
-        || reconcile::check(base_desired, base_parse_violations, &Catalog::default()),
-        || load(&merged.snapshot, ctx, &cache),
-    );
+    // The pull request may have set `orphan` before removing a bundle: its own history
+    // first, then base's.
+    let tips = [merged.head, merged.base];
+    let input = Input {
+        snapshot: &merged.snapshot,
+        history: Some(history::Lookup {
+            repo: &ctx.git.repo,
+            tips: &tips,
+            max_commits: ctx.history_depth,
+            deepen: None,
+        }),
+        base: Some(&base_snapshot),
+        parser: &cache,
+        timings: None,
+    };
+    let offline = live.is_none();
+    let result = match live {
+        Some(t) => engine::run(ctx, input, Goal::Plan(t)).await,
+        None => engine::run::<NoTarget>(ctx, input, Goal::PlanOffline).await,
+    };
     // Rewrite the store when this run parsed more than 1% of the files afresh: a pull
     // request's own few files are cheap to parse again, and a store is not rewritten on
     // every run for them.
@@ -161,200 +152,19 @@ fn prepare(
             let _ = cache.save_store(store, &ctx.limits, &[&base_snapshot, &merged.snapshot]);
         }
     }
-    drop(base_snapshot);
-    let (base_graph, base_violations) = match base_loaded {
-        Ok(loaded) => (Some(loaded.graph), Violations::default()),
-        Err(reconcile::Error::Invalid { violations, .. }) => (None, violations),
-        Err(_) => (None, Violations::default()),
-    };
-    let prepared = Prepared {
-        repo,
-        merged,
-        base_graph,
-        base_violations,
-    };
-    Ok((prepared, head_loaded))
-}
-
-/// Parses (through `cache`), validates without live state, and graphs `snapshot`.
-fn load(
-    snapshot: &source::Snapshot,
-    ctx: &Context,
-    cache: &ParseCache,
-) -> reconcile::Result<reconcile::Loaded> {
-    let (desired, violations) = reconcile::parse_with(snapshot, &ctx.limits, cache);
-    reconcile::check(desired, violations, &Catalog::default())
-}
-
-/// The state `graph` would leave on an empty target: every desired object, rendered and
-/// managed by `instance`. Pure.
-pub fn state_of(graph: &ResourceGraph, instance: &str) -> Observed {
-    let stamp = Stamp {
-        instance,
-        revision: graph.revision(),
-        adopted: false,
-    };
-    let mut observed = Observed::default();
-    for node in graph.creation_order() {
-        if let Some(obj) = graph.object(node) {
-            observed.objects.insert(
-                node.key.clone(),
-                LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
-            );
-        }
-    }
-    observed
-}
-
-/// [`state_of`] `base`, as seen by a plan of `head`: an object whose parsed document head
-/// shares (the same document, by identity, from the same file: a file both commits hold
-/// unchanged is parsed once) is marked as holding head's desired object instead of being
-/// rendered, so a one-file change in a large repository renders one file's objects. Pure.
-pub fn state_for(base: &ResourceGraph, head: &ResourceGraph, instance: &str) -> Observed {
-    let stamp = Stamp {
-        instance,
-        revision: base.revision(),
-        adopted: false,
-    };
-    let mut observed = Observed::default();
-    for node in base.creation_order() {
-        let Some(obj) = base.object(node) else {
-            continue;
-        };
-        let shared = head
-            .node(&node.key)
-            .filter(|n| n.desired)
-            .and_then(|n| head.object(n))
-            .is_some_and(|h| {
-                model::Manifest::same_document(&h.manifest, &obj.manifest)
-                    && h.location.path == obj.location.path
-            });
-        let live = if shared {
-            LiveObject::matching_desired(Ownership::Managed)
-        } else {
-            LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed)
-        };
-        observed.objects.insert(node.key.clone(), live);
-    }
-    observed
-}
-
-/// Plans the merge of `req.head` into `req.base` against the state base would produce: no
-/// target is read, for CI jobs that cannot reach the hub.
-pub fn plan_offline(ctx: &Context, req: &Request) -> Result<Review> {
-    let (prepared, loaded) = prepare(ctx, req)?;
-    let Some(base_graph) = &prepared.base_graph else {
-        return Err(Error::BaseInvalid {
-            revision: prepared.merged.base.to_string(),
-            violations: prepared.base_violations,
-        });
-    };
-    let loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => return invalid(&prepared, e, true),
-    };
-    let observed = state_for(base_graph, &loaded.graph, &ctx.plan.instance);
-    Ok(finish(ctx, &prepared, &loaded, &observed, true))
-}
-
-/// Plans the merge of `req.head` into `req.base` against the live state of `target`.
-pub async fn plan_live<T: Target>(ctx: &Context, req: &Request, target: &T) -> Result<Review> {
-    let (prepared, loaded) = prepare(ctx, req)?;
-    let snapshot = &prepared.merged.snapshot;
-    let loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => return invalid(&prepared, e, false),
-    };
-    let stamp = Stamp {
-        instance: &ctx.plan.instance,
-        revision: &snapshot.revision,
-        adopted: false,
-    };
-    let observed = target
-        .observe(&loaded.graph, &stamp)
-        .await
-        .map_err(Error::Observe)?;
-    let loaded = match reconcile::recheck(loaded, &observed) {
-        Ok(l) => l,
-        Err(e) => return invalid(&prepared, e, false),
-    };
-    Ok(finish(ctx, &prepared, &loaded, &observed, false))
-}
-
-/// The plan of an invalid merge: its violations, no changes.
-fn invalid(prepared: &Prepared, err: reconcile::Error, offline: bool) -> Result<Review> {
-    let (violations, warnings) = match err {
-        reconcile::Error::Invalid {
+    let plan = match result {
+        Ok(outcome) => outcome.plan.expect("invariant: plan goals produce a plan"),
+        Err(engine::Error::Invalid {
             violations,
             warnings,
             ..
-        } => (violations, warnings),
-        // `load` fails only with violations; anything else is reported as one.
-        other => (
-            Violations(vec![model::Violation {
-                path: "".into(),
-                line: 0,
-                rule: model::Rule::Shape,
-                message: pbsync_core::error_chain(&other),
-            }]),
-            Vec::new(),
-        ),
+        }) => Plan::invalid(merged.snapshot.revision.clone(), violations.0, warnings),
+        Err(e) => return Err(Error::Plan(e)),
     };
     Ok(Review {
-        plan: Plan::invalid(
-            prepared.merged.snapshot.revision.clone(),
-            violations.0,
-            warnings,
-        ),
-        base: prepared.merged.base,
-        head: prepared.merged.head,
+        plan,
+        base: merged.base,
+        head: merged.head,
         offline,
     })
-}
-
-fn finish(
-    ctx: &Context,
-    prepared: &Prepared,
-    loaded: &reconcile::Loaded,
-    observed: &Observed,
-    offline: bool,
-) -> Review {
-    let history = history(ctx, prepared, &loaded.graph, observed);
-    let mut plan = plan::plan(&loaded.graph, observed, &history, &ctx.plan);
-    for w in &loaded.warnings {
-        if !plan.warnings.contains(w) {
-            plan.warnings.push(w.clone());
-        }
-    }
-    plan.impact = impact::compute(&plan, &loaded.graph, prepared.base_graph.as_ref());
-    mask::mask_plan(&mut plan);
-    Review {
-        plan,
-        base: prepared.merged.base,
-        head: prepared.merged.head,
-        offline,
-    }
-}
-
-/// The last committed deletionPolicy of every leaving bundle: looked up first in head's
-/// history (the pull request may have set `orphan` before removing the bundle), then in base's.
-fn history(
-    ctx: &Context,
-    prepared: &Prepared,
-    graph: &ResourceGraph,
-    observed: &Observed,
-) -> History {
-    let mut history = History::default();
-    for (key, path) in plan::leaving_bundles(graph, observed) {
-        let Some(path) = path else { continue };
-        for from in [prepared.merged.head, prepared.merged.base] {
-            if let Some(policy) =
-                reconcile::last_committed_policy(&prepared.repo, from, key, path, ctx)
-            {
-                history.policies.insert(key.clone(), policy);
-                break;
-            }
-        }
-    }
-    history
 }

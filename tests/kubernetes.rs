@@ -16,10 +16,11 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
+use pbsync::engine::{self, Context, Error, Goal, Input, Report};
+use pbsync::guard::Refusal;
 use pbsync::model::Kind;
 use pbsync::ownership::Stamp;
 use pbsync::plan::{Action, Cascade, Change, Plan};
-use pbsync::reconcile::{self, Context, Error, Planned, Report};
 use pbsync::target::kubernetes::{KubeOptions, KubeTarget, RequestCounts, Verb};
 use pbsync::target::{self, Outcome, RunError, RunOptions, Target};
 
@@ -138,20 +139,20 @@ impl Env {
         ctx: &Context,
         target: &T,
         opts: RunOptions,
-    ) -> reconcile::Result<Report> {
-        let snapshot = reconcile::fetch(ctx).expect("fetch");
-        reconcile::run_once(ctx, &snapshot, target, opts).await
+    ) -> engine::Result<Report> {
+        let snapshot = ctx.fetch().expect("fetch");
+        engine::run(ctx, Input::of(&snapshot), Goal::Apply(target, opts)).await
     }
 
-    async fn apply<T: Target>(&self, repo: &Repo, target: &T) -> reconcile::Result<Report> {
+    async fn apply<T: Target>(&self, repo: &Repo, target: &T) -> engine::Result<Report> {
         self.apply_with(&self.ctx(repo), target, RunOptions::default())
             .await
     }
 
-    async fn plan<T: Target>(&self, repo: &Repo, target: &T) -> Planned {
+    async fn plan<T: Target>(&self, repo: &Repo, target: &T) -> Report {
         let ctx = self.ctx(repo);
-        let snapshot = reconcile::fetch(&ctx).expect("fetch");
-        reconcile::plan_commit(&ctx, &snapshot, target)
+        let snapshot = ctx.fetch().expect("fetch");
+        engine::run(&ctx, Input::of(&snapshot), Goal::Plan(target))
             .await
             .expect("plan")
     }
@@ -430,7 +431,7 @@ fn render(plan: &Plan) -> String {
 
 fn outcomes(report: &Report) -> BTreeMap<String, Outcome> {
     report
-        .changes
+        .changes()
         .entries
         .iter()
         .map(|e| (format!("{} {}", e.key.kind, e.key.name), e.outcome))
@@ -442,7 +443,7 @@ fn writes_between(before: &RequestCounts, after: &RequestCounts) -> RequestCount
 }
 
 /// Expects a successful pass.
-fn ok(r: reconcile::Result<Report>) -> Report {
+fn ok(r: engine::Result<Report>) -> Report {
     match r {
         Ok(report) => report,
         Err(e) => panic!("pass failed: {}", pbsync::error_chain(&e)),
@@ -467,7 +468,7 @@ async fn creates_objects_with_ownership_marks_then_updates_only_what_changed() {
 
     let report = ok(env.apply(&repo, &target).await);
     assert_eq!(
-        report.changes.counts().get("created"),
+        report.changes().counts().get("created"),
         Some(&4),
         "{:?}",
         outcomes(&report)
@@ -514,22 +515,22 @@ async fn creates_objects_with_ownership_marks_then_updates_only_what_changed() {
     );
     let second = repo.commit("two");
     let planned = env.plan(&repo, &target).await;
-    let wp_change = change(&planned.plan, Kind::WorkloadProfile, "chat-wp");
+    let wp_change = change(planned.plan(), Kind::WorkloadProfile, "chat-wp");
     assert_eq!(
         wp_change.action,
         Action::Update,
         "{}",
-        render(&planned.plan)
+        render(planned.plan())
     );
     assert_eq!(
         wp_change.diff[0].path,
         "spec.workload.components[0].properties.chart"
     );
     assert_eq!(
-        planned.plan.summary().unchanged,
+        planned.plan().summary().unchanged,
         3,
         "{}",
-        render(&planned.plan)
+        render(planned.plan())
     );
     let before = target.requests();
     let report = ok(env.apply(&repo, &target).await);
@@ -576,7 +577,7 @@ async fn a_pass_with_nothing_to_do_issues_no_writes_and_a_repeated_plan_no_dry_r
     let before = target.requests();
     let report = ok(env.apply(&repo, &target).await);
     let delta = writes_between(&before, &target.requests());
-    assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
+    assert_eq!(report.changes().counts().get("unchanged"), Some(&6));
     assert_eq!(delta.writes(), 0, "a no-op pass writes nothing: {delta}");
     assert_eq!(delta.verb(Verb::DryRun), 0, "cached comparisons: {delta}");
     assert_eq!(
@@ -590,7 +591,7 @@ async fn a_pass_with_nothing_to_do_issues_no_writes_and_a_repeated_plan_no_dry_r
     let fresh = env.target();
     let report = ok(env.apply(&repo, &fresh).await);
     let counts = fresh.requests();
-    assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
+    assert_eq!(report.changes().counts().get("unchanged"), Some(&6));
     assert_eq!(counts.writes(), 0, "{counts}");
     assert_eq!(counts.verb(Verb::DryRun), 0, "{counts}");
 
@@ -603,7 +604,7 @@ async fn a_pass_with_nothing_to_do_issues_no_writes_and_a_repeated_plan_no_dry_r
     let again = env.target();
     let report = ok(env.apply(&repo, &again).await);
     let counts = again.requests();
-    assert_eq!(report.changes.counts().get("unchanged"), Some(&6));
+    assert_eq!(report.changes().counts().get("unchanged"), Some(&6));
     assert_eq!(counts.verb(Verb::DryRun), 1, "{counts}");
     assert_eq!(counts.writes(), 0, "{counts}");
 
@@ -635,8 +636,8 @@ async fn drift_made_by_hand_is_planned_and_restored() {
     )
     .await;
     let planned = env.plan(&repo, &target).await;
-    let c = change(&planned.plan, Kind::HelmRepository, "charts");
-    assert_eq!(c.action, Action::Update, "{}", render(&planned.plan));
+    let c = change(planned.plan(), Kind::HelmRepository, "charts");
+    assert_eq!(c.action, Action::Update, "{}", render(planned.plan()));
     assert_eq!(c.diff.len(), 1, "{:?}", c.diff);
     assert_eq!(c.diff[0].path, "spec.url");
     assert_eq!(c.diff[0].before, Some(json!("https://evil.example.com")));
@@ -648,7 +649,7 @@ async fn drift_made_by_hand_is_planned_and_restored() {
     let h = env.must_get("HelmRepository", "charts").await;
     assert_eq!(h["spec"]["url"], "https://charts.example.com");
     let again = env.plan(&repo, &target).await;
-    assert!(!again.plan.has_changes(), "{}", render(&again.plan));
+    assert!(!again.plan().has_changes(), "{}", render(again.plan()));
     env.cleanup().await;
 }
 
@@ -669,7 +670,7 @@ async fn a_change_between_plan_and_apply_is_retried_after_rereading() {
     repo.commit("two");
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
-        change(&planned.plan, Kind::HelmRepository, "charts").action,
+        change(planned.plan(), Kind::HelmRepository, "charts").action,
         Action::Update
     );
     // Someone changes the object after the plan read it.
@@ -681,14 +682,14 @@ async fn a_change_between_plan_and_apply_is_retried_after_rereading() {
     .await;
     let stamp = Stamp {
         instance: &env.instance,
-        revision: &planned.plan.revision,
+        revision: &planned.plan().revision,
         adopted: false,
     };
     let before = target.requests();
     let (set, result) = target::run(
         &target,
         &planned.graph,
-        &planned.plan,
+        planned.plan(),
         &stamp,
         RunOptions::default(),
     )
@@ -735,12 +736,12 @@ async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_refe
     repo.write("shared.yaml", &shared(ns, &["common"]));
     repo.commit("a leaves");
     let planned = env.plan(&repo, &target).await;
-    let common = change(&planned.plan, Kind::HelmRepository, "common");
+    let common = change(planned.plan(), Kind::HelmRepository, "common");
     assert_eq!(
         common.action,
         Action::Unchanged,
         "{}",
-        render(&planned.plan)
+        render(planned.plan())
     );
     assert!(
         common
@@ -771,8 +772,8 @@ async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_refe
     repo.write("shared.yaml", &shared(ns, &[]));
     repo.commit("b leaves");
     let planned = env.plan(&repo, &target).await;
-    let common = change(&planned.plan, Kind::HelmRepository, "common");
-    assert_eq!(common.action, Action::Delete, "{}", render(&planned.plan));
+    let common = change(planned.plan(), Kind::HelmRepository, "common");
+    assert_eq!(common.action, Action::Delete, "{}", render(planned.plan()));
     assert!(
         common.reasons[0].starts_with("last referrer"),
         "{:?}",
@@ -807,7 +808,7 @@ async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() 
     repo.commit("a leaves");
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
-        change(&planned.plan, Kind::HelmRepository, "charts").action,
+        change(planned.plan(), Kind::HelmRepository, "charts").action,
         Action::Orphan
     );
     let report = ok(env.apply(&repo, &target).await);
@@ -831,15 +832,15 @@ async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() 
     }
     // No later pass touches released objects.
     let again = env.plan(&repo, &target).await;
-    assert!(!again.plan.has_changes(), "{}", render(&again.plan));
+    assert!(!again.plan().has_changes(), "{}", render(again.plan()));
 
     // A new bundle needs `charts` again: taken back, not a conflict.
     repo.write("bundles/c.yaml", &app(ns, "c", "delete", &["charts"]));
     repo.write("shared.yaml", &shared(ns, &["charts"]));
     repo.commit("c needs charts");
     let planned = env.plan(&repo, &target).await;
-    let charts = change(&planned.plan, Kind::HelmRepository, "charts");
-    assert_eq!(charts.action, Action::Update, "{}", render(&planned.plan));
+    let charts = change(planned.plan(), Kind::HelmRepository, "charts");
+    assert_eq!(charts.action, Action::Update, "{}", render(planned.plan()));
     assert!(
         charts.reasons[0].starts_with("taken back"),
         "{:?}",
@@ -873,12 +874,12 @@ async fn a_dependent_whose_bundle_was_removed_out_of_band_is_orphaned_with_a_war
     let report = ok(env.apply(&repo, &target).await);
     assert!(
         report
-            .plan
+            .plan()
             .warnings
             .iter()
             .any(|w| w.contains("HelmRepository") && w.contains("no live bundle references it")),
         "{:?}",
-        report.plan.warnings
+        report.plan().warnings
     );
     let o = outcomes(&report);
     assert_eq!(o["HelmRepository charts"], Outcome::Orphaned);
@@ -920,8 +921,8 @@ async fn a_compute_pool_blocks_the_deletion_of_its_bundle_and_its_dependents() {
     repo.write("shared.yaml", &shared(ns, &[]));
     repo.commit("a leaves");
     let report = ok(env.apply(&repo, &target).await);
-    let a = change(&report.plan, Kind::ProfileBundle, "a");
-    assert_eq!(a.action, Action::Blocked, "{}", render(&report.plan));
+    let a = change(report.plan(), Kind::ProfileBundle, "a");
+    assert_eq!(a.action, Action::Blocked, "{}", render(report.plan()));
     assert!(a.reasons[0].contains("ComputePool"), "{:?}", a.reasons);
     assert!(a.reasons[0].contains("edge-pool"), "{:?}", a.reasons);
     assert!(env.get("ProfileBundle", "a").await.is_some());
@@ -962,7 +963,13 @@ async fn the_mass_deletion_guard_refuses_until_allowed() {
             pbsync::error_chain(&err)
         );
     };
-    assert!(matches!(**source, RunError::GuardRefused(_)), "{source}");
+    assert!(
+        matches!(
+            **source,
+            RunError::Refused(pbsync::guard::Refusal::MassDeletion(_))
+        ),
+        "{source}"
+    );
     let delta = writes_between(&before, &target.requests());
     assert_eq!(delta.verb(Verb::Delete), 0, "{delta}");
     assert_eq!(delta.verb(Verb::Patch), 0, "{delta}");
@@ -977,7 +984,7 @@ async fn the_mass_deletion_guard_refuses_until_allowed() {
             },
         )
         .await);
-    assert_eq!(report.changes.counts().get("deleted"), Some(&6));
+    assert_eq!(report.changes().counts().get("deleted"), Some(&6));
     assert!(env.get("ProfileBundle", "a").await.is_none());
     assert!(env.get("ComponentDefinition", "web").await.is_none());
     env.cleanup().await;
@@ -1020,8 +1027,8 @@ async fn a_foreign_object_is_left_alone_and_another_instance_leaves_ours_alone()
     repo.commit("one");
     let target = env.target();
     let report = ok(env.apply(&repo, &target).await);
-    let c = change(&report.plan, Kind::HelmRepository, "charts");
-    assert_eq!(c.action, Action::Blocked, "{}", render(&report.plan));
+    let c = change(report.plan(), Kind::HelmRepository, "charts");
+    assert_eq!(c.action, Action::Blocked, "{}", render(report.plan()));
     assert!(
         c.reasons[0].contains("not created by pbsync"),
         "{:?}",
@@ -1042,7 +1049,11 @@ async fn a_foreign_object_is_left_alone_and_another_instance_leaves_ours_alone()
     let mut ctx = env.ctx(&empty);
     ctx.plan.instance = format!("{}-other", env.instance);
     let report = ok(env.apply_with(&ctx, &other, RunOptions::default()).await);
-    assert!(report.plan.changes.is_empty(), "{}", render(&report.plan));
+    assert!(
+        report.plan().changes.is_empty(),
+        "{}",
+        render(report.plan())
+    );
     assert_eq!(
         other.requests().writes(),
         1,
@@ -1082,8 +1093,8 @@ async fn adoption_takes_over_a_foreign_object_and_only_ever_releases_it() {
     let mut ctx = env.ctx(&repo);
     ctx.plan.adopt = true;
     let report = ok(env.apply_with(&ctx, &target, RunOptions::default()).await);
-    let c = change(&report.plan, Kind::HelmRepository, "charts");
-    assert_eq!(c.action, Action::Update, "{}", render(&report.plan));
+    let c = change(report.plan(), Kind::HelmRepository, "charts");
+    assert_eq!(c.action, Action::Update, "{}", render(report.plan()));
     assert!(c.reasons[0].starts_with("adopted"), "{:?}", c.reasons);
     let h = env.must_get("HelmRepository", "charts").await;
     assert_eq!(labels(&h)["pbsync.dev/adopted"], "true");
@@ -1111,6 +1122,158 @@ async fn adoption_takes_over_a_foreign_object_and_only_ever_releases_it() {
 // ---------------------------------------------------------------------------------------
 // Configuration errors and rejected objects
 // ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_never_takes_an_object_another_instance_manages() {
+    let Some(env) = env("adopt-other").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = one_bundle_repo(ns);
+    // Another pbsync instance applies the same repository first.
+    let green = format!("{}-green", env.instance);
+    let theirs = KubeTarget::new(KubeOptions {
+        instance: green.clone(),
+        ..env.options()
+    });
+    let mut green_ctx = env.ctx(&repo);
+    green_ctx.plan.instance.clone_from(&green);
+    ok(env
+        .apply_with(&green_ctx, &theirs, RunOptions::default())
+        .await);
+    let before = env.must_get("HelmRepository", "charts").await;
+
+    // This instance, with adoption on, leaves every one of them alone and names the owner.
+    let target = env.target();
+    let mut ctx = env.ctx(&repo);
+    ctx.plan.adopt = true;
+    let report = ok(env.apply_with(&ctx, &target, RunOptions::default()).await);
+    for c in &report.plan().changes {
+        assert_eq!(c.action, Action::Blocked, "{}", render(report.plan()));
+        assert!(
+            c.reasons[0].contains(&format!("managed by pbsync instance {green:?}")),
+            "{:?}",
+            c.reasons
+        );
+    }
+    let after = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(rv(&after), rv(&before), "never written");
+    assert_eq!(labels(&after)["pbsync.dev/instance"], green);
+    assert_eq!(
+        target.requests().writes(),
+        1,
+        "only its own status ConfigMap"
+    );
+
+    // A plan that says adopt anyway (forged here) is refused before any request: the apply
+    // checks every write with the guard's adoption rule against the object planned for.
+    let mut forged = report.plan().clone();
+    for c in &mut forged.changes {
+        c.action = Action::Update;
+        c.adopt = true;
+    }
+    forged
+        .changes
+        .retain(|c| c.key.kind == Kind::HelmRepository);
+    let stamp = pbsync::ownership::Stamp {
+        instance: &env.instance,
+        revision: &report.revision,
+        adopted: false,
+    };
+    let planned = env.plan(&repo, &target).await;
+    let (_, result) = target::run(
+        &target,
+        &planned.graph,
+        &forged,
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    let Err(RunError::Write(e)) = &result else {
+        panic!("expected a refused write, got {result:?}");
+    };
+    assert!(
+        matches!(e.refusal(), Some(Refusal::OtherInstance { owner, .. }) if *owner == green),
+        "{}",
+        pbsync::error_chain(e)
+    );
+    let after = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(rv(&after), rv(&before), "never written");
+    assert_eq!(labels(&after)["pbsync.dev/instance"], green);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_whose_object_changed_hands_after_the_plan_is_refused() {
+    let Some(env) = env("recheck-delete").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = Repo::new();
+    repo.write("shared.yaml", &shared(ns, &["charts-a", "charts-b"]))
+        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts-a"]))
+        .write("bundles/b.yaml", &app(ns, "b", "delete", &["charts-b"]));
+    repo.commit("two bundles");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", &shared(ns, &["charts-b"]));
+    repo.commit("a leaves");
+    let planned = env.plan(&repo, &target).await;
+    assert_eq!(
+        change(planned.plan(), Kind::HelmRepository, "charts-a").action,
+        Action::Delete
+    );
+
+    // Between the plan and its apply, the object is handed to another instance.
+    env.edit(
+        "HelmRepository",
+        "charts-a",
+        json!({"metadata": {"labels": {"pbsync.dev/instance": "green"}}}),
+    )
+    .await;
+    let stamp = pbsync::ownership::Stamp {
+        instance: &env.instance,
+        revision: &planned.revision,
+        adopted: false,
+    };
+    let before = target.requests();
+    let (set, result) = target::run(
+        &target,
+        &planned.graph,
+        planned.plan(),
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    let Err(RunError::Prune { first, .. }) = &result else {
+        panic!("expected a refused deletion, got {result:?}");
+    };
+    assert!(
+        matches!(first.refusal(), Some(Refusal::NotOurs { .. })),
+        "{}",
+        pbsync::error_chain(first)
+    );
+    assert!(
+        env.get("HelmRepository", "charts-a").await.is_some(),
+        "kept"
+    );
+    assert!(
+        env.get("ProfileBundle", "a").await.is_some(),
+        "its bundle is kept"
+    );
+    let charts = set
+        .entries
+        .iter()
+        .find(|e| &*e.key.name == "charts-a")
+        .expect("entry");
+    assert_eq!(charts.outcome, Outcome::Failed);
+    // The bundle's own workload profile, which nobody took, went; nothing else did.
+    assert!(env.get("WorkloadProfile", "a-wp").await.is_none());
+    let delta = writes_between(&before, &target.requests());
+    assert_eq!(delta.verb(Verb::Delete), 1, "{delta}");
+    env.cleanup().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_crd_is_a_configuration_error_before_anything_is_written() {
@@ -1172,8 +1335,8 @@ async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing()
     repo.commit("invalid intervals");
     let planned = env.plan(&repo, &target).await;
     for name in ["charts", "fresh"] {
-        let c = change(&planned.plan, Kind::HelmRepository, name);
-        assert_eq!(c.action, Action::Unknown, "{}", render(&planned.plan));
+        let c = change(planned.plan(), Kind::HelmRepository, name);
+        assert_eq!(c.action, Action::Unknown, "{}", render(planned.plan()));
         let why = c.reasons.last().expect("reason");
         assert!(why.contains("spec.interval"), "the server's message: {why}");
     }
@@ -1225,11 +1388,11 @@ async fn without_preflight_a_rejected_create_fails_the_pass_before_any_deletion(
     repo.commit("an invalid new repository");
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
-        change(&planned.plan, Kind::HelmRepository, "fresh").action,
+        change(planned.plan(), Kind::HelmRepository, "fresh").action,
         Action::Create
     );
     assert_eq!(
-        change(&planned.plan, Kind::HelmRepository, "old").action,
+        change(planned.plan(), Kind::HelmRepository, "old").action,
         Action::Delete
     );
     let before = target.requests();
@@ -1510,7 +1673,7 @@ async fn a_pass_killed_between_dependents_and_bundle_is_completed_by_the_next() 
         );
     }
     let again = env.plan(&repo, &next).await;
-    assert!(!again.plan.has_changes(), "{}", render(&again.plan));
+    assert!(!again.plan().has_changes(), "{}", render(again.plan()));
     env.cleanup().await;
 }
 
@@ -1548,7 +1711,7 @@ async fn cascade_server_sets_the_live_policy_to_orphan_before_deleting_only_the_
     let mut ctx = env.ctx(&repo);
     ctx.plan.cascade = Cascade::Server;
     let report = ok(env.apply_with(&ctx, &target, RunOptions::default()).await);
-    let a = change(&report.plan, Kind::ProfileBundle, "a");
+    let a = change(report.plan(), Kind::ProfileBundle, "a");
     assert_eq!(
         a.effective_policy,
         Some(pbsync::model::DeletionPolicy::Orphan)
@@ -1557,12 +1720,12 @@ async fn cascade_server_sets_the_live_policy_to_orphan_before_deleting_only_the_
     assert_eq!(o["ProfileBundle a"], Outcome::Deleted);
     assert_eq!(o["ProfileBundle b"], Outcome::Deleted);
     // b's dependent is the server's to delete: reported, not performed.
-    let bwp = change(&report.plan, Kind::WorkloadProfile, "b-wp");
+    let bwp = change(report.plan(), Kind::WorkloadProfile, "b-wp");
     assert_eq!(
         bwp.executor,
         pbsync::plan::Executor::Server,
         "{}",
-        render(&report.plan)
+        render(report.plan())
     );
     assert_eq!(o["WorkloadProfile b-wp"], Outcome::Skipped);
     assert!(env.get("WorkloadProfile", "b-wp").await.is_some());
@@ -1650,10 +1813,10 @@ async fn a_rejected_write_names_the_file_line_and_the_servers_message() {
     let target = env.target();
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
-        planned.plan.summary().create,
+        planned.plan().summary().create,
         4,
         "{}",
-        render(&planned.plan)
+        render(planned.plan())
     );
     // Between plan and apply the namespace starts terminating: the server now refuses
     // every create in it (403), which no retry can fix.
@@ -1664,13 +1827,13 @@ async fn a_rejected_write_names_the_file_line_and_the_servers_message() {
         .expect("delete namespace");
     let stamp = Stamp {
         instance: &env.instance,
-        revision: &planned.plan.revision,
+        revision: &planned.plan().revision,
         adopted: false,
     };
     let (set, result) = target::run(
         &target,
         &planned.graph,
-        &planned.plan,
+        planned.plan(),
         &stamp,
         RunOptions::default(),
     )

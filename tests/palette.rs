@@ -6,13 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use git2::{Repository, Signature, Time};
+use pbsync::engine::{self, Context, Error, Goal, Input, Report};
+use pbsync::guard::Refusal;
 use pbsync::live::Observed;
 use pbsync::model::{ObjectKey, Rule};
 use pbsync::plan::{Action, Plan};
-use pbsync::reconcile::{self, Context, Error, Report};
 use pbsync::target::local_dir::LocalDir;
 use pbsync::target::palette::{ApiKey, PaletteConfig, PaletteTarget};
-use pbsync::target::{RunOptions, Split, Target as _};
+use pbsync::target::{Outcome, RunError, RunOptions, Split, Target as _};
 use pbsync_devkit::palette_sim::{self, Fault, RateLimit, Scope, SeedProfile, Simulator};
 use serde_json::{Value, json};
 
@@ -187,17 +188,23 @@ impl World {
 
     async fn pass_with(&self, target: &Split<LocalDir, PaletteTarget>) -> Result<Report, Error> {
         let ctx = self.context();
-        let snapshot = reconcile::fetch(&ctx).expect("fetch");
-        reconcile::run_once(&ctx, &snapshot, target, RunOptions::default()).await
+        let snapshot = ctx.fetch().expect("fetch");
+        engine::run(
+            &ctx,
+            Input::of(&snapshot),
+            Goal::Apply(target, RunOptions::default()),
+        )
+        .await
     }
 
     async fn plan(&self) -> Plan {
         let ctx = self.context();
-        let snapshot = reconcile::fetch(&ctx).expect("fetch");
-        reconcile::plan_commit(&ctx, &snapshot, &self.target())
+        let snapshot = ctx.fetch().expect("fetch");
+        engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&self.target()))
             .await
             .expect("plan")
             .plan
+            .expect("a plan")
     }
 
     fn only(&self, name: &str, version: &str) -> palette_sim::Profile {
@@ -228,7 +235,7 @@ fn action_of(plan: &Plan, key: &ObjectKey) -> Action {
 
 fn outcome_of(report: &Report, key: &ObjectKey) -> String {
     report
-        .changes
+        .changes()
         .entries
         .iter()
         .find(|e| &e.key == key)
@@ -280,7 +287,7 @@ async fn declared_profile_is_created_published_and_a_second_pass_writes_nothing(
     w.sim.reset_stats();
     let report = w.pass().await.expect("second pass");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "unchanged");
-    assert_eq!(report.plan.summary().unchanged, 2);
+    assert_eq!(report.plan().summary().unchanged, 2);
     let stats = w.sim.stats();
     assert_eq!(stats.writes(), 0, "{stats:#?}");
     assert!(stats.count("GET /v1/clusterprofiles/{uid}") >= 1);
@@ -360,16 +367,18 @@ async fn removed_bundle_deletes_its_profile_across_both_targets() {
     w.repo.write("README.md", "empty\n");
     w.repo.commit();
     let ctx = w.context();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let snapshot = ctx.fetch().expect("fetch");
     let target = w.target();
     // Deleting every managed bundle trips the mass-deletion guard: allow it explicitly.
-    let report = reconcile::run_once(
+    let report = engine::run(
         &ctx,
-        &snapshot,
-        &target,
-        RunOptions {
-            allow_mass_deletion: true,
-        },
+        Input::of(&snapshot),
+        Goal::Apply(
+            &target,
+            RunOptions {
+                allow_mass_deletion: true,
+            },
+        ),
     )
     .await
     .expect("delete pass");
@@ -381,7 +390,7 @@ async fn removed_bundle_deletes_its_profile_across_both_targets() {
     ));
     // The profile goes before the bundle that referenced it.
     let order: Vec<String> = report
-        .changes
+        .changes()
         .entries
         .iter()
         .map(|e| e.key.kind.to_string())
@@ -405,7 +414,7 @@ async fn shared_profile_is_kept_until_its_last_referrer_goes() {
     w.repo.commit();
     let report = w.pass().await.expect("remove a");
     let change = report
-        .plan
+        .plan()
         .changes
         .iter()
         .find(|c| c.key == key("edge", "1.0.0"))
@@ -427,14 +436,16 @@ async fn shared_profile_is_kept_until_its_last_referrer_goes() {
     w.repo.write("README.md", "empty\n");
     w.repo.commit();
     let ctx = w.context();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let report = reconcile::run_once(
+    let snapshot = ctx.fetch().expect("fetch");
+    let report = engine::run(
         &ctx,
-        &snapshot,
-        &w.target(),
-        RunOptions {
-            allow_mass_deletion: true,
-        },
+        Input::of(&snapshot),
+        Goal::Apply(
+            &w.target(),
+            RunOptions {
+                allow_mass_deletion: true,
+            },
+        ),
     )
     .await
     .expect("remove b");
@@ -515,7 +526,7 @@ async fn profile_in_use_is_blocked_naming_its_clusters() {
     w.sim.reset_stats();
     let report = w.pass().await.expect("pass");
     let change = report
-        .plan
+        .plan()
         .changes
         .iter()
         .find(|c| c.key == key("edge", "1.0.0"))
@@ -547,12 +558,12 @@ async fn undeclared_profile_that_exists_is_validated_and_never_changed() {
     let report = w.pass().await.expect("pass");
     assert!(
         report
-            .plan
+            .plan()
             .changes
             .iter()
             .all(|c| c.key.kind != pbsync::model::Kind::ClusterProfile),
         "an external profile is not planned: {:?}",
-        report.plan.changes
+        report.plan().changes
     );
     assert_eq!(w.sim.stats().writes(), 0);
     let p = w.only("base-infra", "2.0.0");
@@ -617,7 +628,7 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
     w.sim.reset_stats();
     let report = w.pass().await.expect("pass");
     assert_eq!(
-        action_of(&report.plan, &key("edge", "1.0.0")),
+        action_of(report.plan(), &key("edge", "1.0.0")),
         Action::Blocked
     );
     assert_eq!(w.sim.stats().writes(), 0);
@@ -625,12 +636,12 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
     // The target checks ownership itself, whatever a plan says.
     let target = w.target();
     let ctx = w.context();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let planned = reconcile::plan_commit(&ctx, &snapshot, &target)
+    let snapshot = ctx.fetch().expect("fetch");
+    let planned = engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))
         .await
         .expect("plan");
     let mut change = planned
-        .plan
+        .plan()
         .changes
         .iter()
         .find(|c| c.key == key("edge", "1.0.0"))
@@ -641,18 +652,44 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
         .write(&change, &json!({"metadata": {"name": "edge"}}))
         .await
         .expect_err("refused");
-    let text = pbsync::error_chain(&err);
-    assert!(text.contains("ownership labels"), "{text}");
+    assert!(
+        matches!(err, pbsync::target::Error::Refused(Refusal::NotOurs { .. })),
+        "{}",
+        pbsync::error_chain(&err)
+    );
+    // A plan that says delete (here forged) gets no permit: the guard reads the profile's
+    // labels again at the moment of deletion.
     change.action = Action::Delete;
     change.phase = pbsync::plan::Phase::Prune;
     let plan = Plan {
         changes: vec![change],
-        ..planned.plan.clone()
+        ..planned.plan().clone()
     };
-    let err = pbsync::target::guarded_delete(&target, &plan, &plan.changes[0], false)
-        .await
-        .expect_err("refused");
-    assert!(pbsync::error_chain(&err).contains("ownership labels"));
+    let stamp = pbsync::ownership::Stamp {
+        instance: "default",
+        revision: &plan.revision,
+        adopted: false,
+    };
+    let (set, result) = pbsync::target::run(
+        &target,
+        &planned.graph,
+        &plan,
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    let Err(RunError::Prune { first, .. }) = result else {
+        panic!("expected a refused deletion, got {result:?}");
+    };
+    assert!(
+        matches!(
+            first,
+            pbsync::target::Error::Refused(Refusal::NotOurs { .. })
+        ),
+        "{}",
+        pbsync::error_chain(&first)
+    );
+    assert_eq!(set.entries[0].outcome, Outcome::Failed);
     assert_eq!(w.only("edge", "1.0.0").uid, uid);
     assert_eq!(w.sim.stats().writes(), 0);
 }
@@ -856,11 +893,11 @@ async fn observe_pages_through_every_profile() {
     w.repo.commit();
     let target = w.target();
     let ctx = w.context();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let planned = reconcile::plan_commit(&ctx, &snapshot, &target)
+    let snapshot = ctx.fetch().expect("fetch");
+    let planned = engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))
         .await
         .expect("plan");
-    let observed: &Observed = &planned.observed;
+    let observed: &Observed = planned.observed();
     assert!(observed.get(&key("zz-infra", "1.0.0")).is_some());
     assert!(observed.read_at.is_some());
     assert!(
@@ -1049,10 +1086,14 @@ async fn adoption_takes_over_a_foreign_profile_and_only_ever_releases_it() {
     let mut ctx = w.context();
     ctx.plan.adopt = true;
     let target = w.target();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let report = reconcile::run_once(&ctx, &snapshot, &target, RunOptions::default())
-        .await
-        .expect("adopt");
+    let snapshot = ctx.fetch().expect("fetch");
+    let report = engine::run(
+        &ctx,
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
+    )
+    .await
+    .expect("adopt");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "configured");
     let p = w.only("edge", "1.0.0");
     assert_eq!(p.uid, uid, "adopted in place, not recreated");
@@ -1066,13 +1107,176 @@ async fn adoption_takes_over_a_foreign_profile_and_only_ever_releases_it() {
     w.repo.remove("a.yaml");
     w.repo.remove("cp.yaml");
     w.repo.commit();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let report = reconcile::run_once(&ctx, &snapshot, &w.target(), RunOptions::default())
-        .await
-        .expect("release");
+    let snapshot = ctx.fetch().expect("fetch");
+    let report = engine::run(
+        &ctx,
+        Input::of(&snapshot),
+        Goal::Apply(&w.target(), RunOptions::default()),
+    )
+    .await
+    .expect("release");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "orphaned");
     let p = w.only("edge", "1.0.0");
     assert!(!p.labels.contains_key("pbsync.dev/adopted"));
     assert!(!p.labels.contains_key("pbsync.dev/instance"));
     assert_eq!(w.sim.stats().count("DELETE /v1/clusterprofiles/{uid}"), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The one guard: adoption, and the ownership and use of a profile read at deletion
+// ---------------------------------------------------------------------------------------
+
+/// A commit that removes bundle `a` and its profile `edge@1.0.0` (applied before), planned
+/// but not yet applied: the stale plan to run after the world changed.
+async fn a_planned_deletion_of_edge(w: &mut World) -> (Report, Split<LocalDir, PaletteTarget>) {
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
+    w.repo
+        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo
+        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
+    w.repo.commit();
+    w.pass().await.expect("create");
+    w.repo.remove("a.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.commit();
+    let target = w.target();
+    let ctx = w.context();
+    let snapshot = ctx.fetch().expect("fetch");
+    let planned = engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))
+        .await
+        .expect("plan");
+    assert_eq!(
+        action_of(planned.plan(), &key("edge", "1.0.0")),
+        Action::Delete
+    );
+    (planned, target)
+}
+
+async fn run_stale(
+    planned: &Report,
+    target: &Split<LocalDir, PaletteTarget>,
+) -> Result<(), RunError> {
+    let stamp = pbsync::ownership::Stamp {
+        instance: INSTANCE,
+        revision: &planned.revision,
+        adopted: false,
+    };
+    let (_, result) = pbsync::target::run(
+        target,
+        &planned.graph,
+        planned.plan(),
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_that_came_into_use_after_the_plan_is_not_deleted() {
+    let mut w = World::new().await;
+    let (planned, target) = a_planned_deletion_of_edge(&mut w).await;
+    let uid = w.only("edge", "1.0.0").uid;
+    w.sim
+        .set_in_use(&uid, vec![json!({"name": "edge-1", "uid": "c1"})])
+        .expect("in use");
+    w.sim.reset_stats();
+    let result = run_stale(&planned, &target).await;
+    let Err(RunError::Prune { first, .. }) = &result else {
+        panic!("expected a refused deletion, got {result:?}");
+    };
+    assert!(
+        matches!(first.refusal(), Some(Refusal::InUse { users, .. }) if users == &["edge-1"]),
+        "{}",
+        pbsync::error_chain(first)
+    );
+    w.only("edge", "1.0.0");
+    assert_eq!(w.sim.stats().count("DELETE /v1/clusterprofiles/{uid}"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_whose_profile_changed_hands_after_the_plan_is_refused() {
+    let mut w = World::new().await;
+    let (planned, target) = a_planned_deletion_of_edge(&mut w).await;
+    let p = w.only("edge", "1.0.0");
+    // Another instance takes the profile over between the plan and its apply.
+    let resp = http()
+        .patch(format!(
+            "{}/v1/clusterprofiles/{}/metadata",
+            w.sim.url(),
+            p.uid
+        ))
+        .header("ApiKey", KEY)
+        .header("ProjectUid", PROJECT)
+        .json(&json!({
+            "metadata": {"name": "edge", "labels": {
+                "app.kubernetes.io/managed-by": "pbsync", "pbsync.dev/instance": "green"},
+                "annotations": {}},
+            "spec": {"version": "1.0.0"}
+        }))
+        .send()
+        .await
+        .expect("relabel");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    w.sim.reset_stats();
+    let result = run_stale(&planned, &target).await;
+    let Err(RunError::Prune { first, .. }) = &result else {
+        panic!("expected a refused deletion, got {result:?}");
+    };
+    assert!(
+        matches!(first.refusal(), Some(Refusal::NotOurs { .. })),
+        "{}",
+        pbsync::error_chain(first)
+    );
+    assert!(pbsync::error_chain(first).contains("\"green\""));
+    assert_eq!(w.only("edge", "1.0.0").uid, p.uid);
+    assert_eq!(w.sim.stats().count("DELETE /v1/clusterprofiles/{uid}"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_never_takes_a_profile_another_instance_manages() {
+    let mut w = World::new().await;
+    let mut theirs = seed("edge", "1.0.0", "infra");
+    theirs
+        .labels
+        .insert("app.kubernetes.io/managed-by".into(), json!("pbsync"));
+    theirs
+        .labels
+        .insert("pbsync.dev/instance".into(), json!("green"));
+    let uid = w.sim.seed(theirs).expect("seed");
+    w.repo
+        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
+    w.repo
+        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
+    w.repo.commit();
+    w.sim.reset_stats();
+    let mut ctx = w.context();
+    ctx.plan.adopt = true;
+    let snapshot = ctx.fetch().expect("fetch");
+    let report = engine::run(
+        &ctx,
+        Input::of(&snapshot),
+        Goal::Apply(&w.target(), RunOptions::default()),
+    )
+    .await
+    .expect("pass");
+    let change = report
+        .plan()
+        .changes
+        .iter()
+        .find(|c| c.key == key("edge", "1.0.0"))
+        .expect("profile");
+    assert_eq!(change.action, Action::Blocked, "{:?}", change.reasons);
+    assert!(
+        change.reasons[0].contains("managed by pbsync instance \"green\""),
+        "{:?}",
+        change.reasons
+    );
+    assert_eq!(w.sim.stats().writes(), 0, "nothing written in Palette");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(p.uid, uid);
+    assert_eq!(p.labels["pbsync.dev/instance"], json!("green"));
 }

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 
 use super::target::{RequestStats as _, with_target};
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
-use crate::reconcile::{self, Error};
+use crate::engine::{self, Error, Goal, Input};
 use pbsync_target::{ChangeSet, Outcome, RunOptions};
 
 /// Arguments of `pbsync apply`.
@@ -67,24 +67,30 @@ fn print_changes(set: &ChangeSet, json: bool) {
 
 pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(Some(&args.target));
-    let snapshot = reconcile::fetch(&ctx)?;
+    let snapshot = ctx.fetch()?;
     let json = args.format == Format::Json;
     let opts = RunOptions {
         allow_mass_deletion: args.allow_mass_deletion,
     };
     let outcome = with_target!(args.target.build()?, t => {
-        let outcome = reconcile::run_once(&ctx, &snapshot, &t, opts).await;
+        let outcome = engine::run(&ctx, Input::of(&snapshot), Goal::Apply(&t, opts)).await;
         if let Some(stats) = args.stats.then(|| t.request_stats()).flatten() {
             eprintln!("requests: {stats}");
         }
         outcome
     });
     match outcome {
-        Ok(report) => {
-            for w in &report.plan.warnings {
+        Ok(outcome) => {
+            for w in &outcome.plan().warnings {
                 eprintln!("warning: {w}");
             }
-            print_changes(&report.changes, json);
+            print_changes(
+                outcome
+                    .changes
+                    .as_ref()
+                    .expect("invariant: apply reports changes"),
+                json,
+            );
             Ok(Status::Success)
         }
         Err(Error::Invalid {
@@ -105,7 +111,11 @@ pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::
                 eprintln!("warning: {w}");
             }
             print_changes(&changes, json);
-            Err(source)
+            if source.refusal().is_some() {
+                Err(super::Refused(source).into())
+            } else {
+                Err(source)
+            }
         }
         Err(e) => Err(e.into()),
     }

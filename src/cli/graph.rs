@@ -3,8 +3,7 @@
 use clap::{Args, ValueEnum};
 
 use super::{SourceArgs, Status, print_invalid};
-use crate::reconcile::{self, Error};
-use pbsync_core::model::Catalog;
+use crate::engine::{self, Error, Goal, Input, NoTarget};
 
 /// Arguments of `pbsync graph`.
 #[derive(Debug, Args)]
@@ -23,26 +22,27 @@ enum Format {
     Json,
 }
 
-pub(super) fn run(args: &GraphArgs) -> Result<Status, Box<dyn std::error::Error>> {
+pub(super) async fn run(args: &GraphArgs) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(None);
-    let snapshot = reconcile::fetch(&ctx)?;
-    let loaded = match reconcile::load(&snapshot, &ctx.limits, &Catalog::default()) {
-        Ok(l) => l,
-        Err(Error::Invalid {
-            revision,
-            violations,
-            warnings,
-        }) => {
-            print_invalid(
-                &revision,
-                &violations,
-                &warnings,
-                args.format == Format::Json,
-            );
-            return Ok(Status::Failure);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let snapshot = ctx.fetch()?;
+    let loaded =
+        match engine::run::<NoTarget>(&ctx, Input::of(&snapshot), Goal::Validate(None)).await {
+            Ok(l) => l,
+            Err(Error::Invalid {
+                revision,
+                violations,
+                warnings,
+            }) => {
+                print_invalid(
+                    &revision,
+                    &violations,
+                    &warnings,
+                    args.format == Format::Json,
+                );
+                return Ok(Status::Failure);
+            }
+            Err(e) => return Err(e.into()),
+        };
     match args.format {
         Format::Text => {
             print!("{}", loaded.graph.to_text());

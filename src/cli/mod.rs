@@ -1,5 +1,6 @@
 //! The command line: clap types, one file per subcommand, and the one place errors become
-//! exit codes (0 success, 1 failure, 2 usage or configuration error).
+//! exit codes (0 success, 1 failure, 2 usage or configuration error, 3 refused by a safety
+//! rule).
 
 mod apply;
 mod graph;
@@ -18,8 +19,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::reconcile::Context;
-use pbsync_core::plan::{Cascade, Guard};
+use crate::engine::Context;
+use pbsync_core::guard::MassDeletion;
+use pbsync_core::plan::Cascade;
 
 /// GitOps reconciliation for PaletteAI Profile Bundles and everything they reference
 #[derive(Debug, Parser)]
@@ -76,6 +78,12 @@ pub(crate) enum CascadeArg {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// A safety rule refused (the mass-deletion guard, a rollback, a deletion the guard did not
+/// permit): exit code 3. An explicit flag overrides each where one exists.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Refused(pub Box<dyn std::error::Error>);
+
 /// Exit status of a command that ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -97,7 +105,7 @@ impl SourceArgs {
                 CascadeArg::Client => Cascade::Client,
                 CascadeArg::Server => Cascade::Server,
             };
-            ctx.plan.guard = Guard {
+            ctx.plan.guard = MassDeletion {
                 max_fraction: f64::from(t.guard_percent) / 100.0,
                 min_objects: t.guard_min,
             };
@@ -150,7 +158,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Validate(args) => validate::run(&args).await,
-            Command::Graph(args) => graph::run(&args),
+            Command::Graph(args) => graph::run(&args).await,
             Command::Plan(args) => plan::run(&args).await,
             Command::Apply(args) => apply::run(&args).await,
             Command::Import(args) => import::run(&args),
@@ -172,6 +180,8 @@ fn exit_code(result: Result<Status, Box<dyn std::error::Error>>) -> ExitCode {
             eprintln!("error: {}", pbsync_core::error_chain(err.as_ref()));
             if err.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(2)
+            } else if err.downcast_ref::<Refused>().is_some() {
+                ExitCode::from(3)
             } else {
                 ExitCode::from(1)
             }

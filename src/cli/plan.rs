@@ -7,10 +7,10 @@ use clap::{Args, ValueEnum};
 
 use super::target::with_target;
 use super::{ConfigError, SourceArgs, Status, TargetArgs, color, print_invalid};
-use crate::reconcile::{self, Error};
+use crate::engine::{self, Error, Goal, Input, NoTarget};
 use crate::review::{self, Request};
 use pbsync_core::plan::comment::{self, render_comments};
-use pbsync_core::plan::{Plan, mask, render_json, render_text};
+use pbsync_core::plan::{Plan, render_json, render_text};
 
 /// Arguments of `pbsync plan`.
 #[derive(Debug, Args)]
@@ -61,13 +61,13 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
         return run_review(args, base, head).await;
     }
     let ctx = args.source.context(Some(&args.target));
-    let snapshot = reconcile::fetch(&ctx)?;
+    let snapshot = ctx.fetch()?;
     let planned = with_target!(
         args.target.for_plan().build()?,
-        t => reconcile::plan_commit(&ctx, &snapshot, &t).await
+        t => engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&t)).await
     );
-    let mut plan = match planned {
-        Ok(p) => p.plan,
+    let plan = match planned {
+        Ok(mut p) => p.plan.take().expect("invariant: plan goals produce a plan"),
         Err(Error::Invalid {
             revision,
             violations,
@@ -88,7 +88,6 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
         }
         Err(e) => return Err(e.into()),
     };
-    mask::mask_plan(&mut plan);
     let json = render_json(&plan);
     output(args, &plan, &comment::Context::default(), json)?;
     Ok(status(args, &plan))
@@ -106,9 +105,9 @@ async fn run_review(
         head: head.to_string(),
     };
     let mut review = if args.offline {
-        review::plan_offline(&ctx, &req)?
+        review::plan::<NoTarget>(&ctx, &req, None).await?
     } else {
-        with_target!(args.target.for_plan().build()?, t => review::plan_live(&ctx, &req, &t).await)?
+        with_target!(args.target.for_plan().build()?, t => review::plan(&ctx, &req, Some(&t)).await)?
     };
     if !review.offline && review.plan.read_at.is_none() && review.plan.violations.is_empty() {
         review.plan.read_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());

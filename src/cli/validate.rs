@@ -4,10 +4,7 @@ use clap::{Args, ValueEnum};
 
 use super::target::with_target;
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
-use crate::reconcile::{self, Error};
-use pbsync_core::model::Catalog;
-use pbsync_core::ownership::Stamp;
-use pbsync_target::Target as _;
+use crate::engine::{self, Error, Goal, Input, NoTarget};
 
 /// Arguments of `pbsync validate`.
 #[derive(Debug, Args)]
@@ -31,40 +28,37 @@ enum Format {
 
 pub(super) async fn run(args: &ValidateArgs) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(None);
-    let snapshot = reconcile::fetch(&ctx)?;
+    let snapshot = ctx.fetch()?;
     let json = args.format == Format::Json;
-    let mut loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default());
-    if let (Ok(l), Some(target)) = (&loaded, &args.target) {
-        let targets = TargetArgs {
-            target: target.clone(),
-            ..TargetArgs::for_validate(&ctx.plan.instance)
-        };
-        let stamp = Stamp {
-            instance: &ctx.plan.instance,
-            revision: &snapshot.revision,
-            adopted: false,
-        };
-        let observed = with_target!(targets.build()?, t => t.observe(&l.graph, &stamp).await)?;
-        loaded = reconcile::load(&snapshot, &ctx.limits, &observed.catalog());
-    }
-    match loaded {
-        Ok(l) => {
+    let input = Input::of(&snapshot);
+    let outcome = match &args.target {
+        None => engine::run::<NoTarget>(&ctx, input, Goal::Validate(None)).await,
+        Some(target) => {
+            let targets = TargetArgs {
+                target: target.clone(),
+                ..TargetArgs::for_validate(&ctx.plan.instance)
+            };
+            with_target!(targets.build()?, t => engine::run(&ctx, input, Goal::Validate(Some(&t))).await)
+        }
+    };
+    match outcome {
+        Ok(o) => {
             if json {
                 let doc = serde_json::json!({
                     "revision": snapshot.revision,
                     "violations": [],
-                    "warnings": l.warnings,
+                    "warnings": o.warnings,
                 });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                for w in &l.warnings {
+                for w in &o.warnings {
                     println!("warning: {w}");
                 }
                 println!(
                     "revision {} is valid: {} objects, {} in the desired set",
                     &snapshot.revision[..12],
-                    l.graph.desired_state().objects.len(),
-                    l.graph
+                    o.graph.desired_state().objects.len(),
+                    o.graph
                         .nodes()
                         .iter()
                         .filter(|n| n.desired && n.object.is_some())

@@ -61,7 +61,7 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register(
             "reconcile_duration_seconds",
-            "Duration of each stage of a reconcile (fetch, parse, apply) and of the whole pass (total)",
+            "Duration of each stage of a reconcile (fetch, parse, observe, plan, apply) and of the whole pass (total)",
             stage_seconds.clone(),
         );
         registry.register(

@@ -5,7 +5,6 @@
 //!
 //! The loop itself is [`scheduler`]; one pass is [`pass`]; the endpoints are [`http`].
 
-pub mod cache;
 pub mod health;
 pub mod http;
 pub mod leader;
@@ -22,9 +21,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch as channel};
 
 use crate::config::{Config, Settings};
-use crate::reconcile::Context;
+use crate::engine::{Context, ParseCache};
 use crate::source::remote::{Location, Remote};
-use cache::ParseCache;
 use http::{Shared, WebhookSettings};
 use metrics::{Metrics, RequestSource};
 use pass::{Origin, Parts, Reconciler};

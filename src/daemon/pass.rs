@@ -12,15 +12,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::cache::ParseCache;
 use super::health::{LastOutcome, now_rfc3339};
 use super::http::Shared;
 use super::metrics::RequestSource;
 use super::scheduler::{Pass, Request, Verdict};
 use super::systemd::Notifier;
-use crate::reconcile::{self, Context, Error};
+use crate::engine::{self, Context, Error, Goal, Input, ParseCache, Timings, history};
 use crate::source::{self, Snapshot, remote::Remote};
-use pbsync_core::model::Rule;
 use pbsync_target::{ChangeSet, RunOptions, Target};
 
 /// Where commits come from.
@@ -247,49 +245,60 @@ impl<T: Target + RequestSource> Reconciler<T> {
             return Verdict::Final;
         }
 
-        // Parse (through the cache), for readiness: a fetched commit whose files all parse.
-        let parse_started = Instant::now();
-        let (desired, violations) =
-            reconcile::parse_with(&snapshot, &self.ctx.limits, self.cache.as_ref());
-        metrics.observe_stage("parse", parse_started.elapsed().as_secs_f64());
-        let parse_failed = violations.iter().any(|v| {
-            matches!(
-                v.rule,
-                Rule::Yaml | Rule::Encoding | Rule::FileSize | Rule::Shape | Rule::UnknownKind
-            )
-        });
-        if !parse_failed {
+        // Parse (through the cache), validate, observe, plan, apply: the engine's pass. History
+        // of leaving bundles is read in the repository the commit came from; a shallow clone
+        // of a remote is deepened when a bundle's last version lies beyond its boundary.
+        let tips = git2::Oid::from_str(&revision)
+            .ok()
+            .into_iter()
+            .collect::<Vec<_>>();
+        let repo_dir = self.origin.repo_dir();
+        let deepen = match &self.origin {
+            Origin::Remote(remote) => Some(remote as &dyn history::Deepen),
+            Origin::Local { .. } => None,
+        };
+        let timings = Timings::default();
+        let input = Input {
+            snapshot: &snapshot,
+            history: Some(history::Lookup {
+                repo: &repo_dir,
+                tips: &tips,
+                max_commits: self.ctx.history_depth,
+                deepen,
+            }),
+            base: None,
+            parser: self.cache.as_ref(),
+            timings: Some(&timings),
+        };
+        let result = engine::run(&self.ctx, input, Goal::Apply(&self.target, self.opts)).await;
+        for (stage, took) in timings.take() {
+            metrics.observe_stage(stage, took.as_secs_f64());
+        }
+        // Ready: a fetched commit whose files all parse.
+        if !result.as_ref().is_err_and(Error::is_parse_failure) {
             self.shared.health.set_ready();
         }
-
-        let apply_started = Instant::now();
-        let result = reconcile::run_parsed(
-            &self.ctx,
-            &snapshot,
-            desired,
-            violations,
-            &self.target,
-            self.opts,
-        )
-        .await;
-        metrics.observe_stage("apply", apply_started.elapsed().as_secs_f64());
         metrics.observe_stage("total", started.elapsed().as_secs_f64());
         metrics.count_requests(&self.target);
         self.cache.retain(&snapshot);
 
         match result {
-            Ok(report) => {
-                metrics.count_changes(&report.changes);
-                let acted = acted(&report.changes);
+            Ok(outcome) => {
+                let changes = outcome
+                    .changes
+                    .as_ref()
+                    .expect("invariant: apply reports changes");
+                metrics.count_changes(changes);
+                let acted = acted(changes);
                 let now = k8s_openapi::jiff::Timestamp::now();
                 metrics.applied(&revision, now.as_second());
                 metrics.set_lag(0);
                 self.last_applied = Some(revision.clone());
                 self.applied_at = Some(now_rfc3339());
                 self.final_failure = None;
-                let counts = summary(&report.changes);
+                let counts = summary(changes);
                 metrics.count_reconcile(if acted { "applied" } else { "unchanged" }, None);
-                for w in &report.plan.warnings {
+                for w in &outcome.plan().warnings {
                     tracing::warn!(warning = %w, "plan warning");
                 }
                 tracing::info!(changes = %counts, elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");

@@ -306,16 +306,35 @@ fn load_ignore(repo: &Repository, tree: &git2::Tree<'_>) -> Result<Gitignore> {
         .map_err(|source| Error::InvalidIgnoreFile { source })
 }
 
+/// How a walk back through history ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Walk<T> {
+    /// The probe found it.
+    Found(T),
+    /// The whole history (back to the root commit) was read; the probe found nothing.
+    Complete,
+    /// History ended at a shallow clone's boundary: commits before `at` are not here.
+    Shallow {
+        /// The oldest commit present.
+        at: Oid,
+        /// Commits read.
+        read: usize,
+    },
+    /// `max_commits` were read without reaching the root.
+    DepthLimit(usize),
+}
+
 /// Walks first-parent history from `from` (inclusive), newest first, at most `max_commits`
-/// commits, and returns the first value `probe` finds in the blob at `path`. This is how a
-/// bundle that left the repository is looked up at its last committed version.
+/// commits, and returns the first value `probe` finds in the blob at `path`, or why the walk
+/// ended without one: the root was reached, a shallow clone's boundary, or the limit. This is
+/// how a bundle that left the repository is looked up at its last committed version.
 pub fn find_in_history<T>(
     repo: &Repository,
     from: Oid,
     path: &str,
     max_commits: usize,
     mut probe: impl FnMut(&[u8]) -> Option<T>,
-) -> Result<Option<T>> {
+) -> Result<Walk<T>> {
     let read_failed = |what: &str| {
         let what = what.to_string();
         move |source| Error::ReadFailed { what, source }
@@ -325,8 +344,15 @@ pub fn find_in_history<T>(
         .map_err(read_failed("history"))?;
     walk.push(from).map_err(read_failed("history"))?;
     let mut last_blob = None;
-    for oid in walk.take(max_commits) {
+    let mut read = 0;
+    let mut oldest = from;
+    for oid in walk {
+        if read == max_commits {
+            return Ok(Walk::DepthLimit(read));
+        }
         let oid = oid.map_err(read_failed("history"))?;
+        read += 1;
+        oldest = oid;
         let commit = repo.find_commit(oid).map_err(read_failed("history"))?;
         let tree = commit.tree().map_err(read_failed("history"))?;
         let Ok(entry) = tree.get_path(Path::new(path)) else {
@@ -337,14 +363,26 @@ pub fn find_in_history<T>(
             continue;
         }
         last_blob = Some(entry.id());
-        let Ok(blob) = repo.find_blob(entry.id()) else {
-            continue;
-        };
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(read_failed(&format!("{path} at {oid}")))?;
         if let Some(v) = probe(blob.content()) {
-            return Ok(Some(v));
+            return Ok(Walk::Found(v));
         }
     }
-    Ok(None)
+    // The walk ended. It reached the root only if the oldest commit really has no parent:
+    // its object is read, not the repository's view of it, which hides the parents beyond a
+    // shallow clone's boundary (and may be stale if the clone was deepened since it was
+    // opened). A history that merely stopped is never taken for a complete one.
+    let commit = repo.find_commit(oldest).map_err(read_failed("history"))?;
+    let has_parent = commit
+        .raw_header_bytes()
+        .split(|&b| b == b'\n')
+        .any(|line| line.starts_with(b"parent "));
+    if has_parent {
+        return Ok(Walk::Shallow { at: oldest, read });
+    }
+    Ok(Walk::Complete)
 }
 
 #[cfg(test)]

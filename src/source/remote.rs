@@ -103,6 +103,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// What a fetch mirrors: HEAD, every branch and every tag, under `refs/pbsync/`.
+const REFSPECS: [&str; 3] = [
+    "+HEAD:refs/pbsync/HEAD",
+    "+refs/heads/*:refs/pbsync/heads/*",
+    "+refs/tags/*:refs/pbsync/tags/*",
+];
+
+/// Where a deepened shallow clone remembers its depth (inside the bare repository).
+const DEPTH_FILE: &str = "pbsync-depth";
+
 /// A remote repository and its persistent clone.
 #[derive(Debug, Clone)]
 pub struct Remote {
@@ -167,17 +177,13 @@ impl Remote {
         opts.remote_callbacks(callbacks(&self.auth))
             .download_tags(AutotagOption::None)
             .prune(FetchPrune::On);
-        // libgit2 cannot make shallow clones over the local transport.
-        if self.shallow && !self.url.starts_with("file://") && self.pinned().is_none() {
-            opts.depth(1);
+        // libgit2 cannot make shallow clones over the local transport. A clone deepened to
+        // find a leaving bundle's last version keeps that depth.
+        if self.is_shallow_fetch() {
+            opts.depth(self.depth());
         }
-        let refspecs = [
-            "+HEAD:refs/pbsync/HEAD",
-            "+refs/heads/*:refs/pbsync/heads/*",
-            "+refs/tags/*:refs/pbsync/tags/*",
-        ];
         remote
-            .fetch(&refspecs, Some(&mut opts), None)
+            .fetch(&REFSPECS, Some(&mut opts), None)
             .map_err(|source| Error::FetchFailed {
                 url: safe_url.clone(),
                 source,
@@ -186,6 +192,46 @@ impl Remote {
             url: safe_url,
             reference: self.reference.clone().unwrap_or_else(|| "HEAD".into()),
         })
+    }
+
+    fn is_shallow_fetch(&self) -> bool {
+        self.shallow && !self.url.starts_with("file://") && self.pinned().is_none()
+    }
+
+    /// The depth shallow fetches ask for: 1, or what the clone was deepened to.
+    fn depth(&self) -> i32 {
+        std::fs::read_to_string(self.dir.join(DEPTH_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Fetches the history of the clone `depth` commits deep (a shallow clone whose walk
+    /// back to a leaving bundle's last version reached its boundary), and keeps that depth
+    /// for later fetches.
+    pub fn deepen(&self, depth: u32) -> Result<()> {
+        let safe_url = redact(&self.url);
+        let repo = self.open()?;
+        let mut remote = repo
+            .remote_anonymous(&self.url)
+            .map_err(|source| Error::FetchFailed {
+                url: safe_url.clone(),
+                source,
+            })?;
+        let depth = i32::try_from(depth).unwrap_or(i32::MAX);
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks(&self.auth))
+            .download_tags(AutotagOption::None)
+            .depth(depth);
+        remote
+            .fetch(&REFSPECS, Some(&mut opts), None)
+            .map_err(|source| Error::FetchFailed {
+                url: safe_url,
+                source,
+            })?;
+        // Best effort: a depth that is not remembered only costs the next deepening again.
+        let _ = std::fs::write(self.dir.join(DEPTH_FILE), depth.to_string());
+        Ok(())
     }
 
     fn open(&self) -> Result<Repository> {

@@ -579,7 +579,7 @@ fn apply_refuses_a_mass_deletion_unless_allowed() {
     let before = file_states(state.path());
 
     let refused = pbsync(&["apply", "--repo", &r, "--target", &target]);
-    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.code, 3, "a refusal exits 3: {refused:?}");
     let errors: Vec<&str> = refused
         .stderr
         .lines()

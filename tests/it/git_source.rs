@@ -2,6 +2,7 @@
 //! never the working directory; `.pbsyncignore`, subdirectories and refs are honoured; the
 //! history look-up finds a removed bundle's last committed version.
 
+use pbsync::source::Walk;
 use pbsync::source::{self, Content, GitConfig};
 
 use crate::support::TestRepo;
@@ -118,9 +119,11 @@ fn history_finds_the_last_committed_version_of_a_removed_file() {
         Some(String::from_utf8_lossy(bytes).trim().to_string())
     })
     .unwrap();
-    assert_eq!(found.as_deref(), Some("policy: orphan"));
+    assert_eq!(found, Walk::Found("policy: orphan".to_string()));
     let none = source::find_in_history(&repo.repo, head, "never.yaml", 100, |_| Some(())).unwrap();
-    assert_eq!(none, None);
+    assert_eq!(none, Walk::Complete);
+    let cut = source::find_in_history(&repo.repo, head, "never.yaml", 2, |_| Some(())).unwrap();
+    assert_eq!(cut, Walk::DepthLimit(2));
 }
 
 #[test]
@@ -152,8 +155,8 @@ fn a_read_reusing_an_earlier_snapshot_equals_a_fresh_read() {
 
 #[test]
 fn generated_repositories_are_valid_and_as_large_as_announced() {
-    use pbsync::model::Catalog;
-    use pbsync::reconcile;
+    use crate::support::load_snapshot;
+    use pbsync::engine;
     use pbsync_devkit::synthetic::{Params, commit_all, write_repo};
     let dir = tempfile::tempdir().unwrap();
     let p = Params {
@@ -163,9 +166,9 @@ fn generated_repositories_are_valid_and_as_large_as_announced() {
     };
     write_repo(dir.path(), &p).unwrap();
     commit_all(dir.path(), "gen").unwrap();
-    let ctx = reconcile::Context::new(dir.path(), "HEAD", "");
-    let snapshot = reconcile::fetch(&ctx).unwrap();
-    let loaded = match reconcile::load(&snapshot, &ctx.limits, &Catalog::default()) {
+    let ctx = engine::Context::new(dir.path(), "HEAD", "");
+    let snapshot = ctx.fetch().unwrap();
+    let loaded = match load_snapshot(&snapshot) {
         Ok(l) => l,
         Err(e) => panic!("{}", pbsync::error_chain(&e)),
     };

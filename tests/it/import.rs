@@ -7,10 +7,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use pbsync::import::{self, Error, Outcome, archive};
-use pbsync::model::Catalog;
-use pbsync::reconcile;
 
-use crate::support::{TestRepo, context, copy_dir, list_files};
+use crate::support::{TestRepo, context, copy_dir, list_files, load_snapshot};
 
 fn options(ns: &str) -> import::Options {
     import::Options {
@@ -436,8 +434,8 @@ fn the_example_studio_archive_imports_into_the_example_repository_and_validates(
     // The result is a valid repository.
     repo.commit("import");
     let ctx = context(&repo);
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default());
+    let snapshot = ctx.fetch().expect("fetch");
+    let loaded = load_snapshot(&snapshot);
     assert!(
         loaded.is_ok(),
         "{}",

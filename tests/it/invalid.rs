@@ -7,13 +7,13 @@
 use std::fmt::Write as _;
 
 use git2::{Signature, Time};
-use pbsync::model::{Catalog, Kind, Rule, Violation};
-use pbsync::reconcile::{self, Error};
+use pbsync::engine::{self, Error, Goal, Input};
+use pbsync::model::{Kind, Rule, Violation};
 use pbsync::source::Content;
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 
-use crate::support::{TestRepo, block_on, context, fixture, list_files};
+use crate::support::{TestRepo, block_on, context, fixture, list_files, load_snapshot};
 
 /// How a fixture is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +63,13 @@ fn assert_sorted_by_file_and_line(name: &str, violations: &[Violation]) {
 fn violations_of(name: &str, check: Check) -> String {
     let repo = commit_fixture(name);
     let ctx = context(&repo);
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let snapshot = ctx.fetch().expect("fetch");
     let mut out = String::new();
     let result = match check {
-        Check::Repo => reconcile::load(&snapshot, &ctx.limits, &Catalog::default()).map(|_| ()),
+        Check::Repo => load_snapshot(&snapshot).map(|_| ()),
         Check::Live => {
             // Without a target the commit is valid; what it cannot know yet is a warning.
-            let loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default())
+            let loaded = load_snapshot(&snapshot)
                 .unwrap_or_else(|e| panic!("{name}: {}", pbsync::error_chain(&e)));
             assert!(
                 !loaded.warnings.is_empty(),
@@ -80,7 +80,7 @@ fn violations_of(name: &str, check: Check) -> String {
             out.push_str("# plan against an empty dir: target\n");
             let state = tempfile::tempdir().expect("state dir");
             let target = LocalDir::new(state.path().join("state"), "default");
-            block_on(reconcile::plan_commit(&ctx, &snapshot, &target)).map(|_| ())
+            block_on(engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))).map(|_| ())
         }
     };
     match result {
@@ -110,14 +110,13 @@ fn violations_of(name: &str, check: Check) -> String {
 fn apply_writes_nothing(name: &str) {
     let repo = commit_fixture(name);
     let ctx = context(&repo);
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let snapshot = ctx.fetch().expect("fetch");
     let state = tempfile::tempdir().expect("state dir");
     let target = LocalDir::new(state.path(), "default");
-    let result = block_on(reconcile::run_once(
+    let result = block_on(engine::run(
         &ctx,
-        &snapshot,
-        &target,
-        RunOptions::default(),
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
     ));
     assert!(
         matches!(result, Err(Error::Invalid { .. })),
@@ -273,9 +272,8 @@ fn identical_duplicates_are_merged_with_a_warning_not_an_error() {
     );
     repo.commit("identical duplicate");
     let ctx = context(&repo);
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    let loaded = reconcile::load(&snapshot, &ctx.limits, &Catalog::default())
-        .unwrap_or_else(|e| panic!("{}", pbsync::error_chain(&e)));
+    let snapshot = ctx.fetch().expect("fetch");
+    let loaded = load_snapshot(&snapshot).unwrap_or_else(|e| panic!("{}", pbsync::error_chain(&e)));
     let repos: Vec<_> = loaded
         .graph
         .desired_state()
@@ -294,11 +292,10 @@ fn identical_duplicates_are_merged_with_a_warning_not_an_error() {
 
     let state = tempfile::tempdir().expect("state dir");
     let target = LocalDir::new(state.path(), "default");
-    block_on(reconcile::run_once(
+    block_on(engine::run(
         &ctx,
-        &snapshot,
-        &target,
-        RunOptions::default(),
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
     ))
     .unwrap_or_else(|e| panic!("{}", pbsync::error_chain(&e)));
     assert!(
@@ -335,8 +332,8 @@ fn violations_of_files(files: &[(&str, &[u8])]) -> Vec<Violation> {
     let repo = TestRepo::new();
     commit_blobs(&repo, files);
     let ctx = context(&repo);
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
-    match reconcile::load(&snapshot, &ctx.limits, &Catalog::default()) {
+    let snapshot = ctx.fetch().expect("fetch");
+    match load_snapshot(&snapshot) {
         Err(Error::Invalid { violations, .. }) => violations.0,
         Err(e) => panic!("failed, but not as invalid: {}", pbsync::error_chain(&e)),
         Ok(_) => panic!("the repository is valid"),
@@ -377,7 +374,7 @@ fn a_50_mb_file_is_refused_by_size_without_being_read() {
     );
     drop(big);
     let ctx = context(&repo);
-    let snapshot = reconcile::fetch(&ctx).expect("fetch");
+    let snapshot = ctx.fetch().expect("fetch");
     let file = snapshot
         .files
         .iter()
@@ -385,7 +382,7 @@ fn a_50_mb_file_is_refused_by_size_without_being_read() {
         .expect("big.yaml is listed");
     // Only its size was read (from the object header), never its content.
     assert_eq!(file.content, Content::TooLarge(SIZE as u64));
-    let violations = match reconcile::load(&snapshot, &ctx.limits, &Catalog::default()) {
+    let violations = match load_snapshot(&snapshot) {
         Err(Error::Invalid { violations, .. }) => violations.0,
         other => panic!(
             "expected invalid, got {:?}",

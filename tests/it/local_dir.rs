@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
-use pbsync::reconcile;
+use pbsync::engine::{self, Goal, Input};
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 
-use crate::support::{TestRepo, block_on, copy_dir, list_files};
+use crate::support::{TestRepo, block_on, copy_dir, list_files, load_snapshot};
 
 fn example_repo() -> TestRepo {
     let mut repo = TestRepo::new();
@@ -37,13 +37,12 @@ fn apply_example() -> (TestRepo, tempfile::TempDir, pbsync::source::Snapshot) {
     let repo = example_repo();
     let state = tempfile::tempdir().unwrap();
     let target = LocalDir::new(state.path(), "default");
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
-    let snapshot = reconcile::fetch(&ctx).unwrap();
-    block_on(reconcile::run_once(
+    let ctx = engine::Context::new(repo.path(), "HEAD", "");
+    let snapshot = ctx.fetch().unwrap();
+    block_on(engine::run(
         &ctx,
-        &snapshot,
-        &target,
-        RunOptions::default(),
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
     ))
     .expect("apply");
     (repo, state, snapshot)
@@ -117,21 +116,20 @@ fn a_second_run_with_no_change_writes_nothing() {
     let mut repo = example_repo();
     let state = tempfile::tempdir().unwrap();
     let target = LocalDir::new(state.path(), "default");
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
-    let run = |ctx: &reconcile::Context| {
-        let snapshot = reconcile::fetch(ctx).unwrap();
-        block_on(reconcile::run_once(
+    let ctx = engine::Context::new(repo.path(), "HEAD", "");
+    let run = |ctx: &engine::Context| {
+        let snapshot = ctx.fetch().unwrap();
+        block_on(engine::run(
             ctx,
-            &snapshot,
-            &target,
-            RunOptions::default(),
+            Input::of(&snapshot),
+            Goal::Apply(&target, RunOptions::default()),
         ))
         .expect("apply")
     };
     run(&ctx);
     let before = mtimes(state.path());
     let report = run(&ctx);
-    assert!(!report.plan.has_changes());
+    assert!(!report.plan().has_changes());
     assert_eq!(
         mtimes(state.path()),
         before,
@@ -150,7 +148,7 @@ fn a_second_run_with_no_change_writes_nothing() {
     repo.commit("change one repository");
     let report = run(&ctx);
     let changed: Vec<String> = report
-        .changes
+        .changes()
         .entries
         .iter()
         .filter(|e| e.outcome != pbsync::target::Outcome::Unchanged)
@@ -176,7 +174,7 @@ fn a_second_run_with_no_change_writes_nothing() {
 fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_diffed() {
     let (mut repo, state, _) = apply_example();
     let target = LocalDir::new(state.path(), "default");
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let ctx = engine::Context::new(repo.path(), "HEAD", "");
 
     // A later commit: every file still records the first revision, yet holds exactly what
     // pbsync would write, so none is parsed or kept (cluster profiles, JSON, always are).
@@ -195,11 +193,11 @@ fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_d
     let text = std::fs::read_to_string(&reformatted).unwrap();
     std::fs::write(&reformatted, format!("# reformatted by hand\n{text}")).unwrap();
 
-    let snapshot = reconcile::fetch(&ctx).unwrap();
-    let planned = block_on(reconcile::plan_commit(&ctx, &snapshot, &target)).unwrap();
+    let snapshot = ctx.fetch().unwrap();
+    let planned = block_on(engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))).unwrap();
     let live = |name: &str| {
         planned
-            .observed
+            .observed()
             .objects
             .iter()
             .find(|(k, _)| k.to_string() == name)
@@ -216,7 +214,7 @@ fn unchanged_files_are_recognised_by_their_bytes_and_hand_edits_are_parsed_and_d
         assert!(!o.matches_desired && o.manifest.is_some(), "{name}");
     }
     let changed: Vec<(String, pbsync::plan::Action, Vec<String>)> = planned
-        .plan
+        .plan()
         .changes
         .iter()
         .filter(|c| c.action != pbsync::plan::Action::Unchanged)
@@ -250,9 +248,9 @@ fn a_repeated_observe_reads_only_files_that_changed() {
         file.set_modified(a_minute_ago).unwrap();
     }
     let target = LocalDir::new(state.path(), "default");
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let _ctx = engine::Context::new(repo.path(), "HEAD", "");
     // One parse, as a daemon's cache gives every pass the same documents.
-    let loaded = reconcile::load(&snapshot, &ctx.limits, &Default::default()).unwrap();
+    let loaded = load_snapshot(&snapshot).unwrap();
     let stamp = pbsync::ownership::Stamp {
         instance: "default",
         revision: &snapshot.revision,
@@ -316,7 +314,7 @@ fn a_repeated_observe_reads_only_files_that_changed() {
 
     // Another parse of the same commit: new documents, so every file is read again (and
     // still recognised by its bytes).
-    let reparsed = reconcile::load(&snapshot, &ctx.limits, &Default::default()).unwrap();
+    let reparsed = load_snapshot(&snapshot).unwrap();
     let fourth = block_on(target.observe(&reparsed.graph, &stamp)).unwrap();
     assert_eq!(target.files_read(), objects);
     assert_eq!(
@@ -346,31 +344,34 @@ fn two_instances_share_a_directory_without_touching_each_others_objects() {
     let repo = example_repo();
     let state = tempfile::tempdir().unwrap();
     let blue = LocalDir::new(state.path(), "blue");
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
-    let snapshot = reconcile::fetch(&ctx).unwrap();
+    let ctx = engine::Context::new(repo.path(), "HEAD", "");
+    let snapshot = ctx.fetch().unwrap();
     let mut blue_ctx = ctx.clone();
     blue_ctx.plan.instance = "blue".into();
-    block_on(reconcile::run_once(
+    block_on(engine::run(
         &blue_ctx,
-        &snapshot,
-        &blue,
-        RunOptions::default(),
+        Input::of(&snapshot),
+        Goal::Apply(&blue, RunOptions::default()),
     ))
     .expect("blue applies");
     let green = LocalDir::new(state.path(), "green");
     let mut green_ctx = ctx.clone();
     green_ctx.plan.instance = "green".into();
-    let planned =
-        block_on(reconcile::plan_commit(&green_ctx, &snapshot, &green)).expect("green plans");
-    let summary = planned.plan.summary();
+    let planned = block_on(engine::run(
+        &green_ctx,
+        Input::of(&snapshot),
+        Goal::Plan(&green),
+    ))
+    .expect("green plans");
+    let summary = planned.plan().summary();
     assert_eq!(
         summary.blocked,
-        planned.plan.changes.len(),
+        planned.plan().changes.len(),
         "every object is blue's: {summary:?}"
     );
     assert!(
         planned
-            .plan
+            .plan()
             .changes
             .iter()
             .all(|c| c.reasons[0].contains("managed by pbsync instance \"blue\""))

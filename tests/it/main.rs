@@ -8,6 +8,8 @@ mod support;
 mod plans;
 // Orchestration: partial failures, no prune after a failed apply, retried deletions.
 mod orchestration;
+// The one guard on the local-directory target: ownership read at the moment of a change.
+mod guard;
 // The git source: atomic commits, .pbsyncignore, subdirectories, history look-ups.
 mod git_source;
 // The local-directory target: layout, atomic writes, idempotence.
@@ -24,3 +26,5 @@ mod import;
 mod remote_http;
 // The remote source over SSH (key file, strict known_hosts) against a real sshd on loopback.
 mod remote_ssh;
+// History of leaving bundles: full, shallow and deepened clones.
+mod history;

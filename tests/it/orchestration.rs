@@ -5,13 +5,14 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use pbsync::engine::{self, Error, Goal, Input};
 use pbsync::graph::ResourceGraph;
+use pbsync::guard::{DeletePermit, Now, ReleasePermit};
 use pbsync::live::Observed;
 use pbsync::ownership::Stamp;
 use pbsync::plan::Change;
-use pbsync::reconcile::{self, Error};
 use pbsync::target::local_dir::LocalDir;
-use pbsync::target::{DeletePermit, Outcome, RunError, RunOptions, Status, Target};
+use pbsync::target::{Outcome, RunError, RunOptions, Status, Target};
 use serde_json::Value;
 
 use crate::support::{TestRepo, block_on, list_files};
@@ -55,8 +56,11 @@ impl Target for Flaky {
         }
         self.inner.write(change, desired).await
     }
-    async fn release(&self, change: &Change) -> pbsync::target::Result<()> {
-        self.inner.release(change).await
+    async fn recheck(&self, change: &Change) -> pbsync::target::Result<Option<Now>> {
+        self.inner.recheck(change).await
+    }
+    async fn release(&self, change: &Change, permit: ReleasePermit) -> pbsync::target::Result<()> {
+        self.inner.release(change, permit).await
     }
     async fn delete(&self, change: &Change, permit: DeletePermit) -> pbsync::target::Result<()> {
         if self
@@ -99,7 +103,7 @@ fn bundle(name: &str, wps: &[&str]) -> String {
     )
 }
 
-fn setup() -> (TestRepo, tempfile::TempDir, Flaky, reconcile::Context) {
+fn setup() -> (TestRepo, tempfile::TempDir, Flaky, engine::Context) {
     let mut repo = TestRepo::new();
     repo.write("shared.yaml", SHARED);
     repo.write("shop.yaml", bundle("shop", &["site"]));
@@ -111,17 +115,16 @@ fn setup() -> (TestRepo, tempfile::TempDir, Flaky, reconcile::Context) {
         fail_writes: Mutex::default(),
         fail_deletes: Mutex::default(),
     };
-    let ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let ctx = engine::Context::new(repo.path(), "HEAD", "");
     (repo, state, target, ctx)
 }
 
-fn apply(ctx: &reconcile::Context, target: &Flaky) -> Result<reconcile::Report, Error> {
-    let snapshot = reconcile::fetch(ctx).unwrap();
-    block_on(reconcile::run_once(
+fn apply(ctx: &engine::Context, target: &Flaky) -> Result<engine::Report, Error> {
+    let snapshot = ctx.fetch().unwrap();
+    block_on(engine::run(
         ctx,
-        &snapshot,
-        target,
-        RunOptions::default(),
+        Input::of(&snapshot),
+        Goal::Apply(target, RunOptions::default()),
     ))
 }
 
@@ -232,7 +235,7 @@ fn failed_delete_keeps_the_object_managed_and_its_bundle_until_the_next_pass() {
     let report = apply(&ctx, &target).expect("second apply");
     let outcome = |k: &str| {
         report
-            .changes
+            .changes()
             .entries
             .iter()
             .find(|e| e.key.to_string() == k)

@@ -14,8 +14,8 @@
 
 use std::path::Path;
 
+use pbsync::engine::{self, Error, Goal, Input};
 use pbsync::plan::{Cascade, render_text};
-use pbsync::reconcile::{self, Error};
 use pbsync::target::local_dir::LocalDir;
 use pbsync::target::{RunError, RunOptions};
 use serde_json::Value;
@@ -46,7 +46,7 @@ fn run_case(name: &str) -> String {
         .unwrap_or("default")
         .to_string();
     let target = LocalDir::new(state.path(), instance.clone());
-    let mut ctx = reconcile::Context::new(repo.path(), "HEAD", "");
+    let mut ctx = engine::Context::new(repo.path(), "HEAD", "");
     ctx.plan.instance = instance;
     ctx.plan.adopt = opts.get("adopt").and_then(Value::as_bool).unwrap_or(false);
     if opts.get("cascade").and_then(Value::as_str) == Some("server") {
@@ -85,19 +85,24 @@ fn run_case(name: &str) -> String {
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 let expect = arg.get("expect").and_then(Value::as_str).unwrap_or("ok");
-                let snapshot = reconcile::fetch(&ctx).expect("fetch");
-                let result = block_on(reconcile::run_once(
+                let snapshot = ctx.fetch().expect("fetch");
+                let result = block_on(engine::run(
                     &ctx,
-                    &snapshot,
-                    &target,
-                    RunOptions {
-                        allow_mass_deletion: allow,
-                    },
+                    Input::of(&snapshot),
+                    Goal::Apply(
+                        &target,
+                        RunOptions {
+                            allow_mass_deletion: allow,
+                        },
+                    ),
                 ));
                 let got = match &result {
                     Ok(_) => "ok",
                     Err(Error::Apply { source, .. })
-                        if matches!(**source, RunError::GuardRefused(_)) =>
+                        if matches!(
+                            **source,
+                            RunError::Refused(pbsync::guard::Refusal::MassDeletion(_))
+                        ) =>
                     {
                         "guard-refused"
                     }
@@ -112,7 +117,7 @@ fn run_case(name: &str) -> String {
                 let show = arg.get("show").and_then(Value::as_bool).unwrap_or(false);
                 if let (Ok(report), true) = (&result, show) {
                     out.push_str(&format!("\n## step {i}: apply\n"));
-                    for e in &report.changes.entries {
+                    for e in &report.changes().entries {
                         out.push_str(&format!("{} {}\n", e.key, e.outcome));
                     }
                 }
@@ -149,10 +154,10 @@ fn run_case(name: &str) -> String {
                 std::fs::write(path, pbsync::model::yaml::to_string(&v)).expect("write");
             }
             "plan" => {
-                let snapshot = reconcile::fetch(&ctx).expect("fetch");
+                let snapshot = ctx.fetch().expect("fetch");
                 out.push_str(&format!("\n## step {i}: plan\n"));
-                match block_on(reconcile::plan_commit(&ctx, &snapshot, &target)) {
-                    Ok(planned) => out.push_str(&render_text(&planned.plan, false, true)),
+                match block_on(engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))) {
+                    Ok(planned) => out.push_str(&render_text(planned.plan(), false, true)),
                     Err(Error::Invalid { violations, .. }) => {
                         for v in &violations.0 {
                             out.push_str(&format!("{v}\n"));

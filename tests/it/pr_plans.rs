@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 
 use git2::{Oid, Signature, Time};
+use pbsync::engine::{self, Context, Goal, Input, NoTarget};
 use pbsync::plan::comment::{GITHUB_LIMIT, MARKER, render_comments};
-use pbsync::reconcile::{self, Context};
 use pbsync::review::{self, Request, Review};
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 
-use crate::support::{TestRepo, block_on};
+use crate::support::{TestRepo, block_on, load_snapshot};
 
 /// A repository with named branches; each commit applies file changes to a branch's tip.
 struct Branches {
@@ -94,7 +94,12 @@ impl Branches {
     }
 
     fn offline(&self, base: &str, head: &str) -> Review {
-        review::plan_offline(&self.context(), &request(base, head)).expect("offline plan")
+        block_on(review::plan::<NoTarget>(
+            &self.context(),
+            &request(base, head),
+            None,
+        ))
+        .expect("offline plan")
     }
 }
 
@@ -223,7 +228,7 @@ fn a_parse_store_from_an_earlier_run_gives_the_same_plan() {
             cache_dir: Some(cache.path().to_path_buf()),
             ..request(base, head)
         };
-        render(&review::plan_offline(&b.context(), &req).expect("plan"))
+        render(&block_on(review::plan::<NoTarget>(&b.context(), &req, None)).expect("plan"))
     };
     assert_eq!(
         cached(&b, "main", "pr"),
@@ -312,12 +317,11 @@ fn a_blocked_deletion() {
     let target = LocalDir::new(state.path(), "default");
     let mut ctx = b.context();
     ctx.git.reference = "refs/heads/main".into();
-    let snapshot = reconcile::fetch(&ctx).expect("fetch base");
-    block_on(reconcile::run_once(
+    let snapshot = ctx.fetch().expect("fetch base");
+    block_on(engine::run(
         &ctx,
-        &snapshot,
-        &target,
-        RunOptions::default(),
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
     ))
     .expect("apply base");
     // A Compute Pool pbsync did not create uses bundle b.
@@ -329,7 +333,7 @@ fn a_blocked_deletion() {
     )
     .expect("write pool");
     let mut review =
-        block_on(review::plan_live(&ctx, &request("main", "pr"), &target)).expect("live plan");
+        block_on(review::plan(&ctx, &request("main", "pr"), Some(&target))).expect("live plan");
     review.plan.read_at = Some("2025-06-01T12:00:00Z".into());
     assert_eq!(
         review.plan.summary().blocked,
@@ -439,16 +443,12 @@ fn a_base_that_moved_since_the_branch_was_made() {
     let head_id = repo.revparse_single("refs/heads/pr").expect("pr").id();
     let base = pbsync::source::read_commit(repo, base_id, "", 1 << 20).expect("base");
     let head = pbsync::source::read_commit(repo, head_id, "", 1 << 20).expect("head");
-    let catalog = pbsync::model::Catalog::default();
-    let base_graph = reconcile::load(&base, &ctx.limits, &catalog)
-        .expect("base")
-        .graph;
-    let head_graph = reconcile::load(&head, &ctx.limits, &catalog)
-        .expect("head")
-        .graph;
+    let _catalog = pbsync::model::Catalog::default();
+    let base_graph = load_snapshot(&base).expect("base").graph;
+    let head_graph = load_snapshot(&head).expect("head").graph;
     let stale = pbsync::plan::plan(
         &head_graph,
-        &review::state_of(&base_graph, "default"),
+        &pbsync::live::Observed::as_applied(&base_graph, "default"),
         &pbsync::plan::History::default(),
         &ctx.plan,
     );
@@ -467,7 +467,12 @@ fn a_conflicting_merge_is_an_error_naming_the_paths() {
     let two = profile("web", "nginx:3");
     b.commit("pr", Some("main"), &[("shared/web.yaml", Some(&one))]);
     b.commit("main", None, &[("shared/web.yaml", Some(&two))]);
-    let err = review::plan_offline(&b.context(), &request("main", "pr")).expect_err("conflict");
+    let err = block_on(review::plan::<NoTarget>(
+        &b.context(),
+        &request("main", "pr"),
+        None,
+    ))
+    .expect_err("conflict");
     let text = pbsync::error_chain(&err);
     assert!(text.contains("conflicts in shared/web.yaml"), "{text}");
 }

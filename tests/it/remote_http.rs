@@ -33,7 +33,7 @@ fn bare_repo(root: &Path) -> git2::Oid {
 }
 
 /// Serves `root` with `git http-backend`, to clients presenting `user:password` only.
-fn serve(root: PathBuf, user: &'static str, password: &'static str) -> String {
+pub(crate) fn serve(root: PathBuf, user: &'static str, password: &'static str) -> String {
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))

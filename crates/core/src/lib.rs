@@ -15,6 +15,7 @@
 //! to change and why.
 
 pub mod graph;
+pub mod guard;
 pub mod live;
 pub mod model;
 pub mod ownership;

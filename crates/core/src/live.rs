@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::model::{Catalog, Kind, ObjectKey, ProfileType};
-use crate::ownership::Ownership;
+use crate::graph::ResourceGraph;
+use crate::model::{Catalog, Kind, Manifest, ObjectKey, ProfileType};
+use crate::ownership::{self, Ownership, Stamp};
 
 /// One live object.
 #[derive(Debug, Clone)]
@@ -108,6 +109,60 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The state `graph` would leave on an empty target: every desired object, rendered and
+    /// managed by `instance` (offline pull-request plans, benchmarks).
+    pub fn as_applied(graph: &ResourceGraph, instance: &str) -> Self {
+        let stamp = Stamp {
+            instance,
+            revision: graph.revision(),
+            adopted: false,
+        };
+        let mut observed = Self::default();
+        for node in graph.creation_order() {
+            if let Some(obj) = graph.object(node) {
+                observed.objects.insert(
+                    node.key.clone(),
+                    LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed),
+                );
+            }
+        }
+        observed
+    }
+
+    /// [`Self::as_applied`] `base`, as seen by a plan of `head`: an object whose parsed
+    /// document head shares (the same document, by identity, from the same file: a file both
+    /// commits hold unchanged is parsed once) is marked as holding head's desired object
+    /// instead of being rendered, so a one-file change in a large repository renders one
+    /// file's objects.
+    pub fn as_applied_for(base: &ResourceGraph, head: &ResourceGraph, instance: &str) -> Self {
+        let stamp = Stamp {
+            instance,
+            revision: base.revision(),
+            adopted: false,
+        };
+        let mut observed = Self::default();
+        for node in base.creation_order() {
+            let Some(obj) = base.object(node) else {
+                continue;
+            };
+            let shared = head
+                .node(&node.key)
+                .filter(|n| n.desired)
+                .and_then(|n| head.object(n))
+                .is_some_and(|h| {
+                    Manifest::same_document(&h.manifest, &obj.manifest)
+                        && h.location.path == obj.location.path
+                });
+            let live = if shared {
+                LiveObject::matching_desired(Ownership::Managed)
+            } else {
+                LiveObject::new(ownership::render(obj, &stamp), Ownership::Managed)
+            };
+            observed.objects.insert(node.key.clone(), live);
+        }
+        observed
+    }
+
     /// The object with this key.
     pub fn get(&self, key: &ObjectKey) -> Option<&LiveObject> {
         self.objects.get(key)

@@ -1,8 +1,11 @@
 //! Applying a plan: the `Target` trait the rest of the code sees, the ChangeSet that reports
-//! what happened (even when something failed), and the one guarded delete path.
+//! what happened (even when something failed), and the one guarded path to a deletion or a
+//! release.
 //!
-//! Client types stay private to each target's file. `run` is the only caller of
-//! `Target::write`, `Target::release` and (through [`guarded_delete`]) `Target::delete`.
+//! Client types stay private to each target's file. [`run`] is the only caller of
+//! `Target::write`; `Target::delete` and `Target::release` take a permit that only the guard
+//! (`pbsync_core::guard`) makes, from the object's ownership read again at that moment
+//! (`Target::recheck`).
 
 pub mod kubernetes;
 pub mod local_dir;
@@ -21,6 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use pbsync_core::graph::ResourceGraph;
+use pbsync_core::guard::{self, DeletePermit, Now, Refusal, ReleasePermit};
 use pbsync_core::live::Observed;
 use pbsync_core::model::{Kind, ObjectKey};
 use pbsync_core::ownership::Stamp;
@@ -63,28 +67,33 @@ pub enum Error {
     /// The target is misconfigured (missing CRD, unusable directory, ...).
     #[error("{0}")]
     Config(String),
+    /// The guard refused the change (ownership changed since the plan, a kind never
+    /// deleted, another instance's object, ...): final for this commit, never retried blindly.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl Error {
+    /// The guard's refusal, when that is what this is.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// True when trying the same commit again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::ObserveFailed { .. } | Self::StatusFailed { .. } => true,
             Self::WriteFailed { retryable, .. } => *retryable,
-            Self::Config(_) => false,
+            Self::Config(_) | Self::Refused(_) => false,
         }
     }
 }
 
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Proof that the guarded delete function checked a deletion. Only [`guarded_delete`] can
-/// make one, so `Target::delete` cannot be reached any other way.
-#[derive(Debug)]
-pub struct DeletePermit {
-    _private: (),
-}
 
 /// What one pass recorded about itself.
 #[derive(Debug, Clone, Serialize)]
@@ -116,9 +125,18 @@ pub trait Target: Send + Sync {
     fn prepare(&self, changes: &[&Change]) -> impl Future<Output = Result<()>> + Send;
     /// Creates or updates one object to `desired`.
     fn write(&self, change: &Change, desired: &Value) -> impl Future<Output = Result<()>> + Send;
+    /// Reads one object's ownership (and, for cluster profiles, the clusters using it) as
+    /// it is now, not as observed for the plan: what the guard decides a deletion or a
+    /// release on. `None` when the object no longer exists. A target may keep what it read
+    /// (a Kubernetes object's uid and resourceVersion) as the precondition of the change.
+    fn recheck(&self, change: &Change) -> impl Future<Output = Result<Option<Now>>> + Send;
     /// Removes the ownership marks of one object, leaving it in place.
-    fn release(&self, change: &Change) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes one object. Reached only through [`guarded_delete`].
+    fn release(
+        &self,
+        change: &Change,
+        permit: ReleasePermit,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes one object.
     fn delete(
         &self,
         change: &Change,
@@ -206,11 +224,14 @@ impl ChangeSet {
 /// Why an apply stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The plan exceeds the mass-deletion guard.
-    #[error("refusing to apply: {0}")]
-    GuardRefused(String),
-    /// Some objects could not be compared with their live state; nothing was deleted.
-    #[error("{0} object(s) could not be compared with live state; nothing was deleted")]
+    /// The guard refused the plan before anything was written (the mass-deletion guard).
+    #[error(transparent)]
+    Refused(Refusal),
+    /// Some changes are `unknown` (an object that could not be compared with its live state,
+    /// a deletionPolicy Git history could not tell); nothing was deleted.
+    #[error(
+        "{0} object(s) could not be compared with live state or decided from Git history; nothing was deleted"
+    )]
     Unknown(usize),
     /// A write failed; later writes and all deletions were skipped.
     #[error("apply stopped")]
@@ -230,10 +251,19 @@ pub enum RunError {
 }
 
 impl RunError {
+    /// The guard's refusal that stopped the apply, if one did.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Refused(r) => Some(r),
+            Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.refusal(),
+            Self::Unknown(_) => None,
+        }
+    }
+
     /// True when the same commit may succeed on a later try.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::GuardRefused(_) => false,
+            Self::Refused(_) => false,
             Self::Unknown(_) => true,
             Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.is_retryable(),
         }
@@ -258,8 +288,8 @@ pub async fn run<T: Target>(
     opts: RunOptions,
 ) -> (ChangeSet, Result<(), RunError>) {
     let mut set = ChangeSet::default();
-    if let Some(trip) = plan.guard.as_ref().filter(|_| !opts.allow_mass_deletion) {
-        return (set, Err(RunError::GuardRefused(trip.message.clone())));
+    if let Err(refusal) = guard::within_mass_deletion_guard(plan, opts.allow_mass_deletion) {
+        return (set, Err(RunError::Refused(refusal)));
     }
     let result = run_steps(
         target,
@@ -309,7 +339,13 @@ async fn run_steps<T: Target>(
     if !writes.is_empty() {
         target.prepare(&writes).await.map_err(RunError::Write)?;
     }
-    let mut unknown = 0;
+    // An object that could not be compared, or a deletion whose policy could not be read,
+    // stops every deletion of the pass: a failure to read never reads as "delete".
+    let unknown = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Unknown)
+        .count();
     // Waves in dependency order; the writes of one wave run concurrently, bounded by the
     // target. A failure lets the wave finish, then stops before the next one.
     let mut waves: BTreeMap<usize, Vec<&Change>> = BTreeMap::new();
@@ -339,6 +375,12 @@ async fn run_steps<T: Target>(
                 .map(|(i, change)| async move {
                     if !matches!(change.action, Action::Create | Action::Update) {
                         return (i, change, None);
+                    }
+                    // The one adoption rule, against the object the plan was made for.
+                    if let Some(own) = &change.observed
+                        && let Err(refusal) = guard::may_write(change, own)
+                    {
+                        return (i, change, Some(Err(Error::Refused(refusal))));
                     }
                     let node = graph
                         .node(&change.key)
@@ -373,14 +415,6 @@ async fn run_steps<T: Target>(
                 (Action::Create, Some(Ok(()))) => set.push(&change.key, Outcome::Created, None),
                 (_, Some(Ok(()))) => set.push(&change.key, Outcome::Configured, None),
                 (Action::Unchanged, None) => set.push(&change.key, Outcome::Unchanged, None),
-                (Action::Unknown, None) => {
-                    unknown += 1;
-                    set.push(
-                        &change.key,
-                        Outcome::Skipped,
-                        change.reasons.last().cloned(),
-                    );
-                }
                 (_, None) => set.push(
                     &change.key,
                     Outcome::Skipped,
@@ -404,7 +438,7 @@ async fn run_steps<T: Target>(
             set.push(
                 &c.key,
                 Outcome::Skipped,
-                Some("not deleted: some objects could not be compared".into()),
+                Some("not deleted: some objects could not be compared or decided".into()),
             );
         }
         return Err(RunError::Unknown(unknown));
@@ -427,7 +461,9 @@ async fn run_steps<T: Target>(
                     .await
                     .map(|()| Outcome::Deleted)
             }
-            (Action::Orphan, _) => target.release(change).await.map(|()| Outcome::Orphaned),
+            (Action::Orphan, _) => guarded_release(target, plan, change, allow_mass_deletion)
+                .await
+                .map(|()| Outcome::Orphaned),
             _ => {
                 set.push(
                     &change.key,
@@ -464,29 +500,34 @@ fn is_removal_phase(c: &Change) -> bool {
     c.phase == Phase::Prune
 }
 
-/// The one delete path: checks that the plan allows this deletion, then deletes.
-///
-/// A deletion is allowed only for a `delete` change that pbsync itself performs, of an
-/// object that is not a Namespace, CRD or pbsync state object, in a plan that passed (or was
-/// explicitly allowed past) the mass-deletion guard. Ownership was checked when the plan was
-/// made: `plan` proposes deletions only for objects this instance created.
-pub async fn guarded_delete<T: Target>(
+/// The one delete path: reads the object's ownership now, lets the guard decide, and
+/// deletes with the permit it gives. An object already gone counts as deleted.
+async fn guarded_delete<T: Target>(
     target: &T,
     plan: &Plan,
     change: &Change,
     allow_mass_deletion: bool,
 ) -> Result<()> {
-    let refuse =
-        |why: &str| Error::Config(format!("guarded delete refused for {}: {why}", change.key));
-    if plan.guard.is_some() && !allow_mass_deletion {
-        return Err(refuse("the plan exceeds the mass-deletion guard"));
-    }
+    // The plan-level rules first, so a refused change costs no request.
+    guard::check_delete(plan, change, allow_mass_deletion)?;
+    let Some(now) = target.recheck(change).await? else {
+        return Ok(());
+    };
+    let permit = guard::permit_delete(plan, change, &now, allow_mass_deletion)?;
+    target.delete(change, permit).await
+}
 
-    if change.action != Action::Delete || change.executor != Executor::Pbsync {
-        return Err(refuse("the plan does not say pbsync deletes it"));
-    }
-    if !plan.changes.iter().any(|c| std::ptr::eq(c, change)) {
-        return Err(refuse("the change is not part of the plan being applied"));
-    }
-    target.delete(change, DeletePermit { _private: () }).await
+/// The one release path: as [`guarded_delete`], for orphaning. An object already gone has
+/// nothing left to release.
+async fn guarded_release<T: Target>(
+    target: &T,
+    plan: &Plan,
+    change: &Change,
+    allow_mass_deletion: bool,
+) -> Result<()> {
+    let Some(now) = target.recheck(change).await? else {
+        return Ok(());
+    };
+    let permit = guard::permit_release(plan, change, &now.ownership, allow_mass_deletion)?;
+    target.release(change, permit).await
 }

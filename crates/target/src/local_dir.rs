@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{DeletePermit, Error, Result, Status, Target};
+use super::{Error, Result, Status, Target};
 use pbsync_core::graph::ResourceGraph;
+use pbsync_core::guard::{self, DeletePermit, Now, ReleasePermit};
 use pbsync_core::live::{LiveObject, Observed};
 use pbsync_core::model::{Kind, Manifest, Object, ObjectKey, ProfileType, yaml};
 use pbsync_core::ownership::{self, Ownership, Stamp};
@@ -385,6 +386,19 @@ impl LocalDir {
         Ok(out)
     }
 
+    /// The raw delete: removes the file of the object the permit names (a missing file
+    /// counts as removed) and returns its path. The only file removal of this target.
+    fn remove_object(&self, permit: &DeletePermit) -> std::io::Result<PathBuf> {
+        let path = self.path_of(permit.key());
+        #[allow(clippy::disallowed_methods)] // the one raw delete, behind the guard's permit
+        let removed = std::fs::remove_file(&path);
+        match removed {
+            Ok(()) => Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path),
+            Err(e) => Err(e),
+        }
+    }
+
     fn serialize(key: &ObjectKey, value: &Value) -> Vec<u8> {
         if key.kind == Kind::ClusterProfile {
             let mut s =
@@ -497,8 +511,20 @@ impl Target for LocalDir {
         Ok(observed)
     }
 
+    /// Records ownership of what is about to be written, after the guard checked, against
+    /// the inventory on disk, that none of it is another instance's (or, unadopted,
+    /// nobody's) object.
     async fn prepare(&self, changes: &[&Change]) -> Result<()> {
+        let on_disk = self.read_inventory()?;
+        for c in changes {
+            let exists = self.path_of(&c.key).exists();
+            let now = self.ownership(&on_disk, &key_string(&c.key));
+            if exists || matches!(now, Ownership::Foreign { owner: Some(_) }) {
+                guard::may_write(c, &now).map_err(Error::Refused)?;
+            }
+        }
         let mut inv = self.inventory();
+        *inv = on_disk;
         let before = inv.clone();
         let rec = inv.instances.entry(self.instance.clone()).or_default();
         for c in changes {
@@ -521,8 +547,22 @@ impl Target for LocalDir {
             .map_err(|e| write_error("write", change, e))
     }
 
-    async fn release(&self, change: &Change) -> Result<()> {
-        let path = self.path_of(&change.key);
+    /// The inventory on disk says who owns the object now (and becomes the one in memory).
+    async fn recheck(&self, change: &Change) -> Result<Option<Now>> {
+        let inv = self.read_inventory()?;
+        let ks = key_string(&change.key);
+        let now = self.ownership(&inv, &ks);
+        let listed = inv.instances.values().any(|r| r.objects.contains_key(&ks))
+            || inv.released.contains_key(&ks);
+        *self.inventory() = inv;
+        if !listed && !self.path_of(&change.key).exists() {
+            return Ok(None);
+        }
+        Ok(Some(Now::owned(now)))
+    }
+
+    async fn release(&self, change: &Change, permit: ReleasePermit) -> Result<()> {
+        let path = self.path_of(permit.key());
         let mut manifest = read_object(&path, change.key.kind)
             .map_err(|e| write_error("release", change, std::io::Error::other(e)))?;
         ownership::release(&mut manifest, &self.instance);
@@ -540,13 +580,10 @@ impl Target for LocalDir {
             .map_err(|e| write_error("release", change, e))
     }
 
-    async fn delete(&self, change: &Change, _permit: DeletePermit) -> Result<()> {
-        let path = self.path_of(&change.key);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(write_error("delete", change, e)),
-        }
+    async fn delete(&self, change: &Change, permit: DeletePermit) -> Result<()> {
+        let path = self
+            .remove_object(&permit)
+            .map_err(|e| write_error("delete", change, e))?;
         // Empty directories left behind are removed so the tree mirrors what exists.
         for dir in path.ancestors().skip(1).take(2) {
             if dir == self.root || std::fs::remove_dir(dir).is_err() {

@@ -4,8 +4,9 @@
 
 use serde_json::Value;
 
-use super::{DeletePermit, Result, Status, Target};
+use super::{Result, Status, Target};
 use pbsync_core::graph::ResourceGraph;
+use pbsync_core::guard::{DeletePermit, Now, ReleasePermit};
 use pbsync_core::live::Observed;
 use pbsync_core::model::Kind;
 use pbsync_core::ownership::Stamp;
@@ -73,11 +74,19 @@ impl<H: Target, P: Target> Target for Split<H, P> {
         }
     }
 
-    async fn release(&self, change: &Change) -> Result<()> {
+    async fn recheck(&self, change: &Change) -> Result<Option<Now>> {
         if is_palette(change) {
-            self.palette.release(change).await
+            self.palette.recheck(change).await
         } else {
-            self.hub.release(change).await
+            self.hub.recheck(change).await
+        }
+    }
+
+    async fn release(&self, change: &Change, permit: ReleasePermit) -> Result<()> {
+        if is_palette(change) {
+            self.palette.release(change, permit).await
+        } else {
+            self.hub.release(change, permit).await
         }
     }
 

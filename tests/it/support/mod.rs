@@ -122,8 +122,8 @@ pub fn list_files(dir: &Path) -> Vec<String> {
 }
 
 /// A pipeline context reading HEAD of `repo`.
-pub fn context(repo: &TestRepo) -> pbsync::reconcile::Context {
-    pbsync::reconcile::Context::new(repo.path(), "HEAD", "")
+pub fn context(repo: &TestRepo) -> pbsync::engine::Context {
+    pbsync::engine::Context::new(repo.path(), "HEAD", "")
 }
 
 /// Builds a single-threaded runtime for tests that drive async targets.
@@ -133,4 +133,16 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("runtime")
         .block_on(f)
+}
+
+/// Parses, validates and graphs a commit without live state: the engine's validate goal.
+pub fn load_snapshot(
+    snapshot: &pbsync::source::Snapshot,
+) -> pbsync::engine::Result<pbsync::engine::Report> {
+    let ctx = pbsync::engine::Context::new(".", "HEAD", "");
+    block_on(pbsync::engine::run::<pbsync::engine::NoTarget>(
+        &ctx,
+        pbsync::engine::Input::of(snapshot),
+        pbsync::engine::Goal::Validate(None),
+    ))
 }

@@ -99,6 +99,15 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// True for rules about reading a file (encoding, size, YAML, shapes, kinds) rather than
+    /// about what it declares.
+    pub fn is_parse(self) -> bool {
+        matches!(
+            self,
+            Self::Yaml | Self::Encoding | Self::FileSize | Self::Shape | Self::UnknownKind
+        )
+    }
+
     /// The stable id printed in reports.
     pub fn id(self) -> &'static str {
         match self {

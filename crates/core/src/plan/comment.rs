@@ -472,8 +472,9 @@ fn fence_for(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::GuardTrip;
     use crate::model::ObjectKey;
-    use crate::plan::{Executor, GuardTrip, Phase};
+    use crate::plan::{Executor, Phase};
     use serde_json::json;
 
     fn change(action: Action, name: &str) -> Change {
@@ -488,6 +489,7 @@ mod tests {
             adopt: false,
             executor: Executor::Pbsync,
             effective_policy: None,
+            observed: None,
         }
     }
 

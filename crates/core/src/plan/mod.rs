@@ -20,6 +20,7 @@ pub use impact::Impact;
 pub use render::{render_json, render_text};
 
 use crate::graph::ResourceGraph;
+use crate::guard::{Adoption, GuardTrip, MassDeletion};
 use crate::live::{LiveObject, Observed};
 use crate::model::{
     DeletionPolicy, DeploymentParts, Kind, Location, ObjectKey, Spec, Violation, parse_live,
@@ -115,21 +116,10 @@ pub struct Change {
     /// version says orphan => orphan). A server-side cascade needs it set on the live object
     /// before the bundle is deleted.
     pub effective_policy: Option<DeletionPolicy>,
-}
-
-/// The mass-deletion guard's verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GuardTrip {
-    /// Deletions and orphanings planned.
-    pub deletions: usize,
-    /// Objects this instance manages.
-    pub managed: usize,
-    /// Managed bundles the plan deletes.
-    pub bundles_deleted: usize,
-    /// Managed bundles.
-    pub bundles_managed: usize,
-    /// Why it tripped.
-    pub message: String,
+    /// The ownership of the live object the plan was made against (`None`: it did not
+    /// exist). The apply checks every write against it with the guard's adoption rule.
+    #[serde(skip)]
+    pub observed: Option<Ownership>,
 }
 
 /// The plan of one commit against one live state.
@@ -156,24 +146,6 @@ pub struct Plan {
     pub deployments: Vec<DeploymentParts>,
 }
 
-/// The mass-deletion guard's thresholds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Guard {
-    /// Trip when more than this fraction of managed objects would go ...
-    pub max_fraction: f64,
-    /// ... and that is more than this many objects.
-    pub min_objects: usize,
-}
-
-impl Default for Guard {
-    fn default() -> Self {
-        Self {
-            max_fraction: 0.5,
-            min_objects: 10,
-        }
-    }
-}
-
 /// Who performs the reference-counted cascade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Cascade {
@@ -194,7 +166,7 @@ pub struct Options {
     /// Who deletes dependents.
     pub cascade: Cascade,
     /// Mass-deletion guard.
-    pub guard: Guard,
+    pub guard: MassDeletion,
 }
 
 impl Default for Options {
@@ -203,17 +175,33 @@ impl Default for Options {
             instance: "default".into(),
             adopt: false,
             cascade: Cascade::Client,
-            guard: Guard::default(),
+            guard: MassDeletion::default(),
         }
     }
 }
 
-/// Deletion policies of leaving bundles at their last version in Git history.
+/// What Git history says about one leaving bundle: its last committed version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastVersion {
+    /// Its deletionPolicy in the newest commit that declared it.
+    Policy(DeletionPolicy),
+    /// Its whole history was read and no commit declared it: Git has no say.
+    Absent,
+    /// History could not be read far enough (a shallow clone, the history-depth limit, a
+    /// git error): the reason names the cause and the fix. Never read as `delete`.
+    Unreadable(String),
+}
+
+/// The last committed versions of the bundles that are leaving (see [`leaving_bundles`]).
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    /// Policy of each leaving bundle's last committed version.
-    pub policies: HashMap<ObjectKey, DeletionPolicy>,
+    /// By bundle. A bundle not listed was not looked up: Git has no say.
+    pub versions: HashMap<ObjectKey, LastVersion>,
 }
+
+/// A leaving bundle's effective deletionPolicy, with where it comes from; or why it is not
+/// known.
+type Effective = Result<(DeletionPolicy, String), String>;
 
 /// Managed live bundles that are not in the desired set, with the path they were applied
 /// from: the bundles whose last Git version the caller should look up for [`History`].
@@ -347,32 +335,32 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             (!blockers.is_empty()).then_some((*k, blockers))
         })
         .collect();
-    let effective_policy = |bundle: &ObjectKey| -> (DeletionPolicy, String) {
+    let effective_policy = |bundle: &ObjectKey| -> Effective {
         let live = live_refs.policies.get(bundle).copied();
         let git = if desired_keys(bundle) {
             graph
                 .object(graph.node(bundle).expect("desired"))
                 .and_then(|o| o.as_bundle())
-                .map(|b| b.deletion_policy)
+                .map(|b| LastVersion::Policy(b.deletion_policy))
         } else {
-            history.policies.get(bundle).copied()
+            history.versions.get(bundle).cloned()
         };
-        let orphan = live == Some(DeletionPolicy::Orphan) || git == Some(DeletionPolicy::Orphan);
-        let policy = if orphan {
-            DeletionPolicy::Orphan
-        } else {
-            DeletionPolicy::Delete
-        };
-        let from = match (live, git) {
-            _ if !orphan => String::new(),
-            (Some(DeletionPolicy::Orphan), Some(DeletionPolicy::Orphan)) => {
-                " (live object and Git)".into()
+        let from = match (live, &git) {
+            (Some(DeletionPolicy::Orphan), Some(LastVersion::Policy(DeletionPolicy::Orphan))) => {
+                " (live object and Git)"
             }
-            (Some(DeletionPolicy::Orphan), _) => " (set on the live object)".into(),
-            _ if desired_keys(bundle) => " (set in this commit)".into(),
-            _ => " (set in its last version in Git)".into(),
+            (Some(DeletionPolicy::Orphan), _) => " (set on the live object)",
+            (_, Some(LastVersion::Policy(DeletionPolicy::Orphan))) if desired_keys(bundle) => {
+                " (set in this commit)"
+            }
+            (_, Some(LastVersion::Policy(DeletionPolicy::Orphan))) => {
+                " (set in its last version in Git)"
+            }
+            // The live object does not say orphan and Git cannot tell: unknown, never delete.
+            (_, Some(LastVersion::Unreadable(why))) => return Err(why.clone()),
+            _ => return Ok((DeletionPolicy::Delete, String::new())),
         };
-        (policy, from)
+        Ok((DeletionPolicy::Orphan, from.to_string()))
     };
 
     // 1. Creates and updates, in dependency order.
@@ -393,6 +381,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             adopt: false,
             executor: Executor::Pbsync,
             effective_policy: None,
+            observed: observed.get(key).map(|l| l.ownership.clone()),
         };
         let needed_by = if shared {
             if node.referrers.is_empty() {
@@ -414,19 +403,14 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                     }
                 }
             }
-            Some(live) => match &live.ownership {
-                Ownership::Foreign { owner } if !opts.adopt => {
+            Some(live) => match crate::guard::adoption(&live.ownership, opts.adopt) {
+                Adoption::Blocked(why) => {
                     change.action = Action::Blocked;
-                    let who = owner.as_ref().map_or_else(
-                        || "it was not created by pbsync".to_string(),
-                        |o| format!("it is managed by pbsync instance {o:?}"),
-                    );
-                    change.reasons.push(format!(
-                        "conflict: exists but {who}; left alone (enable adoption to manage it)"
-                    ));
+                    change.reasons.push(why);
                 }
-                own => {
-                    let adopted = matches!(own, Ownership::Adopted | Ownership::Foreign { .. });
+                decision => {
+                    let adopted =
+                        matches!(decision, Adoption::Adopt) || live.ownership == Ownership::Adopted;
                     change.adopt = adopted;
                     let stamp = Stamp {
                         instance: &opts.instance,
@@ -434,12 +418,12 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                         adopted,
                     };
                     compare(&mut change, live, obj, &stamp);
-                    match own {
-                        Ownership::Foreign { .. } => {
+                    match decision {
+                        Adoption::Adopt => {
                             change.action = Action::Update;
                             change.reasons.insert(0, "adopted: exists but was not created by pbsync; adoption is enabled, so it is managed from now on and only ever released, never deleted".into());
                         }
-                        Ownership::Released => {
+                        Adoption::TakeBack => {
                             if change.action != Action::Unknown {
                                 change.action = Action::Update;
                             }
@@ -490,6 +474,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             adopt: false,
             executor: Executor::Pbsync,
             effective_policy: None,
+            observed: Some(live.ownership.clone()),
         };
         let declared_unused = graph.node(key).is_some_and(|n| n.object.is_some());
         let gone = if declared_unused {
@@ -510,11 +495,20 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                     join_keys(pools.iter().copied())
                 ));
             } else if key.kind == Kind::ProfileBundle {
-                let (policy, from) = effective_policy(key);
-                change.effective_policy = Some(policy);
-                change
-                    .reasons
-                    .push(format!("{gone}; its deletionPolicy is {policy}{from}"));
+                match effective_policy(key) {
+                    Ok((policy, from)) => {
+                        change.effective_policy = Some(policy);
+                        change
+                            .reasons
+                            .push(format!("{gone}; its deletionPolicy is {policy}{from}"));
+                    }
+                    Err(why) => {
+                        change.action = Action::Unknown;
+                        change.reasons.push(format!(
+                            "{gone}; its deletionPolicy is unknown: {why}; nothing is deleted in this pass"
+                        ));
+                    }
+                }
             } else {
                 change.reasons.push(gone.to_string());
             }
@@ -554,7 +548,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
     });
     changes.extend(deletions);
 
-    let guard = check_guard(&changes, observed, opts.guard);
+    let guard = crate::guard::mass_deletion(&changes, observed, opts.guard);
     if let Some(trip) = &guard {
         warnings.push(trip.message.clone());
     }
@@ -578,7 +572,7 @@ fn decide_shared(
     leaving: &BTreeMap<&ObjectKey, &LiveObject>,
     blocked: &BTreeMap<&ObjectKey, Vec<&ObjectKey>>,
     desired: &dyn Fn(&ObjectKey) -> bool,
-    effective_policy: &dyn Fn(&ObjectKey) -> (DeletionPolicy, String),
+    effective_policy: &dyn Fn(&ObjectKey) -> Effective,
     gone: &str,
     warnings: &mut Vec<String>,
 ) {
@@ -625,18 +619,28 @@ fn decide_shared(
         return;
     }
     // Every referrer is leaving (or, staying, no longer references it): their policies decide.
+    // One that says orphan decides alone; otherwise a policy that cannot be read leaves the
+    // decision unknown, never delete.
     let mut orphaners = Vec::new();
+    let mut unknown = Vec::new();
     let mut explained = Vec::new();
     for b in &referrers {
-        let (policy, from) = effective_policy(b);
         let role = if desired(b) {
             "no longer references it"
         } else {
             "removed"
         };
-        explained.push(format!("{b} ({role}; deletionPolicy {policy}{from})"));
-        if policy == DeletionPolicy::Orphan {
-            orphaners.push(*b);
+        match effective_policy(b) {
+            Ok((policy, from)) => {
+                explained.push(format!("{b} ({role}; deletionPolicy {policy}{from})"));
+                if policy == DeletionPolicy::Orphan {
+                    orphaners.push(*b);
+                }
+            }
+            Err(why) => {
+                explained.push(format!("{b} ({role}; deletionPolicy unknown)"));
+                unknown.push((*b, why));
+            }
         }
     }
     let last = if referrers.len() == 1 {
@@ -647,14 +651,19 @@ fn decide_shared(
     change
         .reasons
         .push(format!("{last}: {}", explained.join(", ")));
-    if orphaners.is_empty() {
-        change.action = Action::Delete;
-    } else {
+    if !orphaners.is_empty() {
         change.action = Action::Orphan;
         change.reasons.push(format!(
             "orphaned: {} says orphan, so it is left in place and released",
             join_keys(orphaners)
         ));
+    } else if let Some((bundle, why)) = unknown.first() {
+        change.action = Action::Unknown;
+        change.reasons.push(format!(
+            "unknown: the deletionPolicy of {bundle} cannot be read ({why}), so it is neither deleted nor orphaned in this pass"
+        ));
+    } else {
+        change.action = Action::Delete;
     }
 }
 
@@ -737,49 +746,6 @@ fn compare(change: &mut Change, live: &LiveObject, obj: &crate::model::Object, s
         ));
         change.diff = diff;
     }
-}
-
-fn check_guard(changes: &[Change], observed: &Observed, guard: Guard) -> Option<GuardTrip> {
-    let managed = observed
-        .objects
-        .values()
-        .filter(|o| o.ownership.is_managed())
-        .count();
-    let bundles_managed = observed
-        .objects
-        .iter()
-        .filter(|(k, o)| k.kind == Kind::ProfileBundle && o.ownership.is_managed())
-        .count();
-    let removing = |c: &&Change| matches!(c.action, Action::Delete | Action::Orphan);
-    let deletions = changes.iter().filter(removing).count();
-    let bundles_deleted = changes
-        .iter()
-        .filter(removing)
-        .filter(|c| c.key.kind == Kind::ProfileBundle)
-        .count();
-    #[allow(clippy::cast_precision_loss)]
-    let too_many =
-        deletions > guard.min_objects && deletions as f64 > guard.max_fraction * managed as f64;
-    let all_bundles = bundles_managed > 0 && bundles_deleted == bundles_managed;
-    if !(too_many || all_bundles) {
-        return None;
-    }
-    let why = if all_bundles {
-        format!("it deletes every managed ProfileBundle ({bundles_deleted} of {bundles_managed})")
-    } else {
-        format!(
-            "it deletes or orphans {deletions} of {managed} managed objects (more than {:.0}% and more than {})",
-            guard.max_fraction * 100.0,
-            guard.min_objects
-        )
-    };
-    Some(GuardTrip {
-        deletions,
-        managed,
-        bundles_deleted,
-        bundles_managed,
-        message: format!("mass-deletion guard: {why}; apply refuses without --allow-mass-deletion"),
-    })
 }
 
 fn join_keys<'a>(keys: impl IntoIterator<Item = &'a ObjectKey>) -> String {

@@ -6,10 +6,11 @@ use serde_json::{Value, json};
 
 use super::client::ApiClient;
 use super::{
-    Answer, CONFLICT_RETRIES, Compared, Error, KubeTarget, Seen, describe, lock, observe, status,
-    version_of, with_api_version,
+    Answer, CONFLICT_RETRIES, Compared, Error, KubeTarget, Seen, lock, observe, version_of,
+    with_api_version,
 };
-use crate::{DeletePermit, Result};
+use crate::Result;
+use pbsync_core::guard::{self, DeletePermit, Now, ReleasePermit};
 use pbsync_core::model::{DeletionPolicy, Kind, ObjectKey};
 use pbsync_core::ownership::{self, Ownership};
 use pbsync_core::plan::{Action, Change};
@@ -24,6 +25,9 @@ fn at(change: &Change) -> String {
 }
 
 fn write_failed(verb: &'static str, change: &Change, e: Error) -> crate::Error {
+    if let Error::Refused(refusal) = e {
+        return crate::Error::Refused(refusal);
+    }
     crate::Error::WriteFailed {
         verb,
         key: change.key.clone(),
@@ -31,16 +35,6 @@ fn write_failed(verb: &'static str, change: &Change, e: Error) -> crate::Error {
         retryable: e.is_retryable(),
         source: Box::new(e),
     }
-}
-
-/// The kinds and objects pbsync must never delete: Namespaces, CRDs and its own status
-/// objects. pbsync's kinds cannot name the first two, but the check stays next to the delete
-/// so that adding pass-through kinds cannot open a hole.
-fn protected(kind: &str, namespace: &str, name: &str, status_namespace: &str) -> bool {
-    matches!(kind, "Namespace" | "CustomResourceDefinition")
-        || (kind == "ConfigMap"
-            && namespace == status_namespace
-            && name.starts_with(status::CONFIGMAP_PREFIX))
 }
 
 impl KubeTarget {
@@ -66,10 +60,7 @@ impl KubeTarget {
         } else {
             self.seen(&change.key).and_then(|s| s.resource_version)
         };
-        let allowed = |own: &Ownership| match own {
-            Ownership::Managed | Ownership::Adopted | Ownership::Released => true,
-            Ownership::Foreign { owner } => change.adopt && owner.is_none(),
-        };
+        let allowed = |own: &Ownership| guard::may_write(change, own);
         for attempt in 0..=CONFLICT_RETRIES {
             let mut body = desired.clone();
             if let (Some(rv), Some(meta)) = (
@@ -126,8 +117,41 @@ impl KubeTarget {
         unreachable!("invariant: the loop returns on its last attempt")
     }
 
+    /// Reads the object as it is now; its uid and resourceVersion become the preconditions
+    /// of the delete or release that follows, so nothing that changed after this read is
+    /// deleted (the server answers 409, and the object is read and checked again).
+    pub(super) async fn recheck_change(&self, change: &Change) -> Result<Option<Now>> {
+        let resource = self.resource(change)?;
+        let api = self.api().await?;
+        let api_version = self.seen(&change.key).map(|s| s.api_version);
+        let collection = resource.collection(
+            api_version
+                .as_deref()
+                .and_then(|v| v.rsplit_once('/'))
+                .map(|(_, v)| v),
+            Some(&change.key.namespace),
+        );
+        let live = api
+            .get(&collection, &change.key.name)
+            .await
+            .map_err(|e| write_failed("read", change, Error::Request(e)))?;
+        let Some(live) = live else {
+            self.forget(&change.key);
+            return Ok(None);
+        };
+        self.remember(&change.key, &live);
+        Ok(Some(Now::owned(ownership::read_manifest(
+            &live,
+            &self.options.instance,
+        ))))
+    }
+
     /// Removes the ownership marks of one object (`ownership::release` as a merge patch).
-    pub(super) async fn release_change(&self, change: &Change) -> Result<()> {
+    pub(super) async fn release_change(
+        &self,
+        change: &Change,
+        _permit: ReleasePermit,
+    ) -> Result<()> {
         let resource = self.resource(change)?;
         let api = self.api().await?;
         let seen = self.seen(&change.key);
@@ -169,7 +193,7 @@ impl KubeTarget {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     let live = self
                         .reread(api, &collection, &change.key, |own| {
-                            own.is_managed() || *own == Ownership::Released
+                            guard::may_release(&change.key, own)
                         })
                         .await
                         .map_err(|e| write_failed("release", change, e))?;
@@ -203,18 +227,8 @@ impl KubeTarget {
     /// Deletes one object (background propagation) with the observed uid and
     /// resourceVersion as preconditions; bundles leaving with policy orphan are first patched
     /// to say so.
-    pub(super) async fn delete_change(&self, change: &Change, _permit: DeletePermit) -> Result<()> {
-        let key = &change.key;
-        if protected(
-            key.kind.as_str(),
-            &key.namespace,
-            &key.name,
-            &self.options.status_namespace,
-        ) {
-            return Err(crate::Error::Config(format!(
-                "refusing to delete {key}: Namespaces, CRDs and pbsync's status objects are never deleted"
-            )));
-        }
+    pub(super) async fn delete_change(&self, change: &Change, permit: DeletePermit) -> Result<()> {
+        let key = permit.key();
         let resource = self.resource(change)?;
         let api = self.api().await?;
         let mut seen = self.seen(key).unwrap_or_default();
@@ -222,7 +236,7 @@ impl KubeTarget {
             seen.api_version.rsplit_once('/').map(|(_, v)| v),
             Some(&key.namespace),
         );
-        let only_managed = |own: &Ownership| *own == Ownership::Managed;
+        let only_managed = |own: &Ownership| guard::may_delete(key, own);
         for attempt in 0..=CONFLICT_RETRIES {
             // A server-side cascade (PaletteAI's controller) reads the live policy: make it
             // say what pbsync decided before the bundle goes.
@@ -259,8 +273,8 @@ impl KubeTarget {
             }
             match api
                 .delete(
+                    &permit,
                     &collection,
-                    &key.name,
                     seen.uid.as_deref(),
                     seen.resource_version.as_deref(),
                 )
@@ -318,53 +332,16 @@ impl KubeTarget {
         api: &ApiClient,
         collection: &str,
         key: &ObjectKey,
-        allowed: impl Fn(&Ownership) -> bool,
+        allowed: impl Fn(&Ownership) -> Result<(), guard::Refusal>,
     ) -> std::result::Result<Option<Value>, Error> {
         let live = api
             .get(collection, &key.name)
             .await
             .map_err(Error::Request)?;
         if let Some(live) = &live {
-            let own = ownership::read_manifest(live, &self.options.instance);
-            if !allowed(&own) {
-                return Err(Error::NotOurs {
-                    key: key.clone(),
-                    ownership: describe(&own),
-                });
-            }
+            allowed(&ownership::read_manifest(live, &self.options.instance))?;
             self.remember(key, live);
         }
         Ok(live)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespaces_crds_and_status_objects_are_protected() {
-        assert!(protected("Namespace", "", "team-a", "pbsync-system"));
-        assert!(protected(
-            "CustomResourceDefinition",
-            "",
-            "profilebundles.spectrocloud.com",
-            "pbsync-system"
-        ));
-        assert!(protected(
-            "ConfigMap",
-            "pbsync-system",
-            "pbsync-status-default",
-            "pbsync-system"
-        ));
-        assert!(!protected(
-            "ConfigMap",
-            "team-a",
-            "pbsync-status-default",
-            "pbsync-system"
-        ));
-        for kind in Kind::ALL {
-            assert!(!protected(kind.as_str(), "team-a", "x", "pbsync-system"));
-        }
     }
 }

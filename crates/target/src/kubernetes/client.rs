@@ -10,6 +10,7 @@ use kube::core::Request;
 use serde_json::Value;
 
 use super::budget::{Attempt, Bucket, RequestCounts, RetryPolicy, Verb};
+use pbsync_core::guard::DeletePermit;
 
 /// The field manager of every write: server-side apply tracks field ownership by it.
 pub(super) const FIELD_MANAGER: &str = "pbsync";
@@ -337,14 +338,16 @@ impl ApiClient {
         self.json(Verb::Patch, req).await
     }
 
-    /// Deletes one object with background propagation; a missing object counts as deleted.
+    /// Deletes the object the guard's permit names, in `collection`, with background
+    /// propagation; a missing object counts as deleted. The only DELETE this client sends.
     pub(super) async fn delete(
         &self,
+        permit: &DeletePermit,
         collection: &str,
-        name: &str,
         uid: Option<&str>,
         resource_version: Option<&str>,
     ) -> Result<()> {
+        let name = &*permit.key().name;
         let mut dp = DeleteParams::background();
         if uid.is_some() || resource_version.is_some() {
             dp = dp.preconditions(kube::api::Preconditions {
@@ -352,6 +355,7 @@ impl ApiClient {
                 resource_version: resource_version.map(str::to_string),
             });
         }
+        #[allow(clippy::disallowed_methods)] // the one raw delete, behind the guard's permit
         let req = Request::new(collection)
             .delete(name, &dp)
             .map_err(Error::BuildRequest)?;

@@ -29,13 +29,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{DeletePermit, Result, Status, Target};
+use super::{Result, Status, Target};
 use client::ApiClient;
 use discovery::Resources;
 use pbsync_core::graph::ResourceGraph;
+use pbsync_core::guard::{DeletePermit, Now, Refusal, ReleasePermit};
 use pbsync_core::live::Observed;
 use pbsync_core::model::{DeletionPolicy, Kind, ObjectKey};
-use pbsync_core::ownership::{Ownership, Stamp};
+use pbsync_core::ownership::Stamp;
 use pbsync_core::plan::Change;
 
 /// Default namespace of the status ConfigMap.
@@ -49,14 +50,9 @@ pub enum Error {
     /// A request failed.
     #[error("request failed")]
     Request(#[source] client::Error),
-    /// The object changed hands since it was observed; pbsync leaves it alone.
-    #[error("{key} is no longer managed by this instance ({ownership}); left alone")]
-    NotOurs {
-        /// Object.
-        key: ObjectKey,
-        /// Who owns it now.
-        ownership: String,
-    },
+    /// The object changed hands since it was observed; the guard leaves it alone.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The object kept changing under pbsync.
     #[error("{key} kept changing during the write ({attempts} conflicts)")]
     Conflicts {
@@ -92,7 +88,7 @@ impl Error {
         match self {
             Self::Request(e) => e.is_retryable(),
             Self::Conflicts { .. } | Self::Replaced { .. } => true,
-            Self::NotOurs { .. } | Self::StatusNamespaceMissing { .. } => false,
+            Self::Refused(_) | Self::StatusNamespaceMissing { .. } => false,
         }
     }
 }
@@ -323,16 +319,6 @@ impl KubeTarget {
     }
 }
 
-fn describe(own: &Ownership) -> String {
-    match own {
-        Ownership::Managed => "managed".into(),
-        Ownership::Adopted => "adopted".into(),
-        Ownership::Released => "released by this instance".into(),
-        Ownership::Foreign { owner: Some(o) } => format!("managed by pbsync instance {o:?}"),
-        Ownership::Foreign { owner: None } => "not created by pbsync".into(),
-    }
-}
-
 async fn load_config(o: &KubeOptions) -> Result<kube::Config> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let fail = |what: &str, e: &(dyn std::error::Error + 'static)| {
@@ -399,8 +385,12 @@ impl Target for KubeTarget {
         self.write_change(change, desired).await
     }
 
-    async fn release(&self, change: &Change) -> Result<()> {
-        self.release_change(change).await
+    async fn recheck(&self, change: &Change) -> Result<Option<Now>> {
+        self.recheck_change(change).await
+    }
+
+    async fn release(&self, change: &Change, permit: ReleasePermit) -> Result<()> {
+        self.release_change(change, permit).await
     }
 
     async fn delete(&self, change: &Change, permit: DeletePermit) -> Result<()> {

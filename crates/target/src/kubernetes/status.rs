@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use super::client::ApiClient;
 use super::{Error, KubeTarget, lock};
 use crate::{Result, Status};
+// Name prefix of the status ConfigMaps (the guard never deletes them); the instance follows.
+use pbsync_core::guard::STATUS_CONFIGMAP_PREFIX as CONFIGMAP_PREFIX;
 use pbsync_core::model::{Kind, ObjectKey};
 use pbsync_core::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
-/// Name prefix of the status ConfigMaps; the instance follows.
-pub(super) const CONFIGMAP_PREFIX: &str = "pbsync-status-";
 /// Outcome words of a pass that changed (or tried to change) something.
 const ACTED: [&str; 5] = ["created", "configured", "deleted", "orphaned", "failed"];
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::throttle::{Backoff, Buckets};
 use super::{ApiKey, Error, PaletteConfig};
+use pbsync_core::guard::DeletePermit;
 
 /// Whether a request may be sent again after a failure that may have been carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,20 +25,50 @@ pub(super) enum Retry {
     NotIdempotent,
 }
 
-/// One request.
+/// The methods of a [`Call`] made with [`Call::new`]. There is no delete: the only
+/// `DELETE` is [`Call::delete`], which needs the guard's permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verb {
+    Get,
+    Post,
+    Put,
+    Patch,
+}
+
+/// One request. Its fields are private to this file, so no other code can make a `DELETE`.
 #[derive(Debug)]
 pub(super) struct Call<'a> {
-    pub(super) method: Method,
-    pub(super) path: String,
-    pub(super) query: Vec<(&'static str, String)>,
-    pub(super) body: Option<&'a Value>,
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<&'a Value>,
     /// Send `ProjectUid` (project scope) or not (tenant scope).
-    pub(super) project: bool,
-    pub(super) retry: Retry,
+    project: bool,
+    retry: Retry,
 }
 
 impl<'a> Call<'a> {
-    pub(super) fn new(method: Method, path: impl Into<String>, project: bool) -> Self {
+    pub(super) fn new(verb: Verb, path: impl Into<String>, project: bool) -> Self {
+        let method = match verb {
+            Verb::Get => Method::GET,
+            Verb::Post => Method::POST,
+            Verb::Put => Method::PUT,
+            Verb::Patch => Method::PATCH,
+        };
+        Self::with_method(method, path, project)
+    }
+
+    /// `DELETE /v1/clusterprofiles/{uid}` of the profile the guard's permit names: the only
+    /// delete this client can send.
+    pub(super) fn delete(_permit: &DeletePermit, uid: &str, project: bool) -> Self {
+        Self::with_method(
+            Method::DELETE,
+            format!("{}/{}", super::profiles::PROFILES_PATH, encode_segment(uid)),
+            project,
+        )
+    }
+
+    fn with_method(method: Method, path: impl Into<String>, project: bool) -> Self {
         Self {
             method,
             path: path.into(),

@@ -25,17 +25,17 @@ pub use client::RequestCounts;
 pub use config::{ApiKey, PaletteConfig, parse_timeout};
 
 use futures::StreamExt as _;
-use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{DeletePermit, Result as ApplyResult, Status, Target};
+use super::{Result as ApplyResult, Status, Target};
 use pbsync_core::graph::ResourceGraph;
+use pbsync_core::guard::{self, DeletePermit, Now, ReleasePermit};
 use pbsync_core::live::{LiveObject, Observed};
 use pbsync_core::model::{Kind, ObjectKey, ProfileType};
 use pbsync_core::ownership::{self, Ownership, Stamp};
 use pbsync_core::plan::Change;
 
-use client::{Call, Client, encode_segment};
+use client::{Call, Client, Verb, encode_segment};
 use profiles::{Listed, PROFILES_PATH};
 
 /// Errors of the Palette target.
@@ -161,7 +161,6 @@ impl Error {
 struct Known {
     uid: String,
     ownership: Ownership,
-    in_use: Vec<String>,
 }
 
 /// The Palette target.
@@ -246,35 +245,18 @@ impl PaletteTarget {
         }
     }
 
-    /// The observed facts about `change`'s profile, if `allowed` accepts its ownership.
-    fn owned(
-        &self,
-        change: &Change,
-        verb: &'static str,
-        allowed: impl Fn(&Ownership) -> bool,
-    ) -> ApplyResult<Known> {
-        let known = self.known().get(&change.key).cloned();
-        let Some(known) = known else {
-            return Err(write_error(
+    /// The observed facts about `change`'s profile.
+    fn known_profile(&self, change: &Change, verb: &'static str) -> ApplyResult<Known> {
+        self.known().get(&change.key).cloned().ok_or_else(|| {
+            write_error(
                 verb,
                 change,
                 Error::Refused(format!(
                     "{} was not observed in Palette (or is not unique there)",
                     change.key
                 )),
-            ));
-        };
-        if !allowed(&known.ownership) {
-            return Err(write_error(
-                verb,
-                change,
-                Error::Refused(format!(
-                    "{} does not carry this pbsync instance's ownership labels ({:?}); left alone",
-                    change.key, known.ownership
-                )),
-            ));
-        }
-        Ok(known)
+            )
+        })
     }
 }
 
@@ -352,7 +334,7 @@ impl Target for PaletteTarget {
                 .find_map(|p| profile.pointer(p).and_then(Value::as_str))
                 .and_then(ProfileType::from_api);
             let mut live = LiveObject::new(entity, own.clone());
-            live.in_use_by.clone_from(&in_use);
+            live.in_use_by = in_use;
             live.profile_type = profile_type;
             observed.objects.insert(key.clone(), live);
             known.insert(
@@ -360,7 +342,6 @@ impl Target for PaletteTarget {
                 Known {
                     uid,
                     ownership: own,
-                    in_use,
                 },
             );
         }
@@ -409,7 +390,6 @@ impl Target for PaletteTarget {
                 Known {
                     uid: uid.clone(),
                     ownership: now_owned,
-                    in_use: Vec::new(),
                 },
             );
             return self
@@ -417,11 +397,10 @@ impl Target for PaletteTarget {
                 .await
                 .map_err(|e| write_error("publish", change, e));
         }
-        // Managed and adopted profiles are ours; released ones are taken back; foreign ones
-        // only when the plan adopts them.
-        let known = self.owned(change, "update", |o| {
-            o.is_managed() || *o == Ownership::Released || adopted
-        })?;
+        // The one adoption rule: managed and adopted profiles are ours, released ones are
+        // taken back, nobody's only when the plan adopts them, another instance's never.
+        let known = self.known_profile(change, "update")?;
+        guard::may_write(change, &known.ownership).map_err(super::Error::Refused)?;
         self.update(change, desired, &known.uid, project)
             .await
             .map_err(|e| write_error("update", change, e))?;
@@ -435,15 +414,54 @@ impl Target for PaletteTarget {
         Ok(())
     }
 
-    async fn release(&self, change: &Change) -> ApplyResult<()> {
-        let known = self.owned(change, "release", Ownership::is_managed)?;
+    /// Reads the profile again (`GET /v1/clusterprofiles/{uid}`): its ownership labels and
+    /// the clusters using it now.
+    async fn recheck(&self, change: &Change) -> ApplyResult<Option<Now>> {
+        let known = self.known_profile(change, "read")?;
         let project = self
             .project_scoped(&change.key)
+            .map_err(|e| write_error("read", change, e))?;
+        let path = format!("{PROFILES_PATH}/{}", encode_segment(&known.uid));
+        let profile = match self
+            .client
+            .send(&Call::new(Verb::Get, &path, project))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => {
+                self.known().remove(&change.key);
+                return Ok(None);
+            }
+            Err(e) => return Err(write_error("read", change, e)),
+        };
+        let meta = |k: &str| {
+            profile
+                .pointer(&format!("/metadata/{k}"))
+                .and_then(Value::as_object)
+        };
+        let now = Now {
+            ownership: ownership::read(meta("labels"), meta("annotations"), &self.instance),
+            in_use_by: convert::in_use_by(&profile),
+        };
+        self.known().insert(
+            change.key.clone(),
+            Known {
+                ownership: now.ownership.clone(),
+                ..known
+            },
+        );
+        Ok(Some(now))
+    }
+
+    async fn release(&self, change: &Change, permit: ReleasePermit) -> ApplyResult<()> {
+        let known = self.known_profile(change, "release")?;
+        let project = self
+            .project_scoped(permit.key())
             .map_err(|e| write_error("release", change, e))?;
         let path = format!("{PROFILES_PATH}/{}", encode_segment(&known.uid));
         let profile = self
             .client
-            .send(&Call::new(Method::GET, &path, project))
+            .send(&Call::new(Verb::Get, &path, project))
             .await
             .map_err(|e| write_error("release", change, e))?;
         let mut entity = json!({
@@ -457,7 +475,7 @@ impl Target for PaletteTarget {
         ownership::release(&mut entity, &self.instance);
         let body = convert::metadata_entity(&entity);
         self.client
-            .send(&Call::new(Method::PATCH, format!("{path}/metadata"), project).body(&body))
+            .send(&Call::new(Verb::Patch, format!("{path}/metadata"), project).body(&body))
             .await
             .map_err(|e| write_error("release", change, e))?;
         self.known().insert(
@@ -470,27 +488,16 @@ impl Target for PaletteTarget {
         Ok(())
     }
 
-    async fn delete(&self, change: &Change, _permit: DeletePermit) -> ApplyResult<()> {
-        // Only what this instance created; adopted profiles are released, never deleted.
-        let known = self.owned(change, "delete", |o| *o == Ownership::Managed)?;
-        if !known.in_use.is_empty() {
-            return Err(write_error(
-                "delete",
-                change,
-                Error::Refused(format!(
-                    "{} is in use by cluster(s) {}",
-                    change.key,
-                    known.in_use.join(", ")
-                )),
-            ));
-        }
+    /// Deletes the profile the permit names (the guard checked it was this instance's and
+    /// in use by no cluster, as read just before).
+    async fn delete(&self, change: &Change, permit: DeletePermit) -> ApplyResult<()> {
+        let known = self.known_profile(change, "delete")?;
         let project = self
-            .project_scoped(&change.key)
+            .project_scoped(permit.key())
             .map_err(|e| write_error("delete", change, e))?;
-        let path = format!("{PROFILES_PATH}/{}", encode_segment(&known.uid));
         match self
             .client
-            .send(&Call::new(Method::DELETE, path, project))
+            .send(&Call::delete(&permit, &known.uid, project))
             .await
         {
             Ok(_) => {}

@@ -4,10 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{Call, encode_segment};
+use super::client::{Call, Verb, encode_segment};
 use super::{Error, PaletteTarget, convert};
 use pbsync_core::model::ObjectKey;
 use pbsync_core::ownership::{self, Ownership};
@@ -32,7 +31,7 @@ impl PaletteTarget {
         let mut token: Option<String> = None;
         let mut seen = BTreeSet::new();
         loop {
-            let mut call = Call::new(Method::POST, LIST_PATH, project)
+            let mut call = Call::new(Verb::Post, LIST_PATH, project)
                 .body(filter)
                 .query("limit", self.page_size.to_string());
             if let Some(t) = &token {
@@ -101,7 +100,7 @@ impl PaletteTarget {
         let path = format!("{PROFILES_PATH}/{}", encode_segment(uid));
         let profile = match self
             .client
-            .send(&Call::new(Method::GET, &path, project))
+            .send(&Call::new(Verb::Get, &path, project))
             .await
         {
             Ok(p) => p,
@@ -110,11 +109,7 @@ impl PaletteTarget {
         };
         let variables = self
             .client
-            .send(&Call::new(
-                Method::GET,
-                format!("{path}/variables"),
-                project,
-            ))
+            .send(&Call::new(Verb::Get, format!("{path}/variables"), project))
             .await?;
         let variables: Vec<Value> = variables
             .get("variables")
@@ -126,7 +121,7 @@ impl PaletteTarget {
             let entities = self
                 .client
                 .send(&Call::new(
-                    Method::GET,
+                    Verb::Get,
                     format!("{path}/packs/{}/manifests", encode_segment(&pack)),
                     project,
                 ))
@@ -164,7 +159,7 @@ impl PaletteTarget {
     ) -> Result<String, Error> {
         let mut attempt = 0;
         loop {
-            let call = Call::new(Method::POST, PROFILES_PATH, project)
+            let call = Call::new(Verb::Post, PROFILES_PATH, project)
                 .body(desired)
                 .not_idempotent();
             let err = match self.client.send(&call).await {
@@ -207,7 +202,7 @@ impl PaletteTarget {
     pub(super) async fn publish(&self, uid: &str, project: bool) -> Result<(), Error> {
         let path = format!("{PROFILES_PATH}/{}/publish", encode_segment(uid));
         self.client
-            .send(&Call::new(Method::PATCH, path, project))
+            .send(&Call::new(Verb::Patch, path, project))
             .await
             .map(drop)
     }
@@ -238,20 +233,20 @@ impl PaletteTarget {
         if touches("spec.variables") {
             let body = convert::variables_entity(desired);
             self.client
-                .send(&Call::new(Method::PUT, format!("{path}/variables"), project).body(&body))
+                .send(&Call::new(Verb::Put, format!("{path}/variables"), project).body(&body))
                 .await?;
         }
         let template = touches("spec.template") || touches("spec.version");
         if template {
             let body = convert::update_entity(desired);
             self.client
-                .send(&Call::new(Method::PUT, &path, project).body(&body))
+                .send(&Call::new(Verb::Put, &path, project).body(&body))
                 .await?;
         }
         if touches("metadata") {
             let body = convert::metadata_entity(desired);
             self.client
-                .send(&Call::new(Method::PATCH, format!("{path}/metadata"), project).body(&body))
+                .send(&Call::new(Verb::Patch, format!("{path}/metadata"), project).body(&body))
                 .await?;
         }
         if template {

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::reconcile::FileParser;
-use crate::source::{Snapshot, SourceFile};
+use super::FileParser;
 use pbsync_core::model::stored::{self, StoredFile};
 use pbsync_core::model::{Limits, Object, ObjectKey, ParsedFile, Violation, parse_file_detailed};
+use pbsync_core::snapshot::{Snapshot, SourceFile};
 
 type Entries = HashMap<(Arc<str>, String), Arc<Parsed>>;
 
@@ -185,7 +185,7 @@ impl FileParser for ParseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Content;
+    use pbsync_core::snapshot::Content;
 
     fn file(path: &str, blob: &str, text: &str) -> SourceFile {
         SourceFile {

@@ -1,0 +1,583 @@
+//! The one pipeline. `validate`, `graph`, `plan`, `apply`, the daemon's pass and the
+//! pull-request plan all run a pass through [`run`]; they differ only in the [`Goal`] and in
+//! where the commit comes from (the caller's fetch: a local repository, the daemon's clone,
+//! a merge computed in memory):
+//!
+//! ```text
+//! parse -> validate -> graph                          (pure, pbsync-core)
+//!   -> observe (the target's live state, or the state a base commit produces)
+//!   -> validate against the live catalogue -> history of leaving bundles (git)
+//!   -> plan -> mask secrets                           (pure)
+//!   -> apply, every deletion through the guard        (pbsync-target)
+//! ```
+//!
+//! It decides nothing about timing or output; errors carry their stage and whether trying
+//! again may help.
+
+mod cache;
+pub mod history;
+
+pub use cache::ParseCache;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::source::{self, GitConfig};
+use pbsync_core::graph::ResourceGraph;
+use pbsync_core::guard::Refusal;
+use pbsync_core::live::Observed;
+use pbsync_core::model::{self, Catalog, DesiredState, Limits, Violation, Violations};
+use pbsync_core::ownership::Stamp;
+use pbsync_core::plan::{self, Plan, impact, mask};
+use pbsync_core::snapshot::Snapshot;
+use pbsync_target::{ChangeSet, RunError, RunOptions, Target};
+
+/// Pipeline stages, for metrics labels, health reasons and systemd `STATUS=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Reading the commit.
+    Fetch,
+    /// YAML and shapes.
+    Parse,
+    /// Bundle rules and references.
+    Validate,
+    /// Cycles.
+    Graph,
+    /// Reading live state.
+    Observe,
+    /// Creates and updates.
+    Apply,
+    /// Deletions and orphanings.
+    Prune,
+}
+
+impl Stage {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fetch => "fetch",
+            Self::Parse => "parse",
+            Self::Validate => "validate",
+            Self::Graph => "graph",
+            Self::Observe => "observe",
+            Self::Apply => "apply",
+            Self::Prune => "prune",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The commit could not be read.
+    #[error("fetch failed")]
+    Fetch(#[source] source::Error),
+    /// The commit breaks rules; nothing is applied from it.
+    #[error("commit {revision} is invalid: {violations}")]
+    Invalid {
+        /// The commit.
+        revision: String,
+        /// Every violation.
+        violations: Violations,
+        /// Warnings found on the way.
+        warnings: Vec<String>,
+    },
+    /// A pull request's base does not build, so the state it would produce is unknown.
+    #[error("base {revision} is invalid, so the state it would produce is unknown: {violations}")]
+    BaseInvalid {
+        /// Base commit.
+        revision: String,
+        /// Its violations.
+        violations: Violations,
+    },
+    /// Live state could not be read.
+    #[error("observe failed")]
+    Observe(#[source] pbsync_target::Error),
+    /// Applying failed part-way; the ChangeSet says how far it got.
+    #[error("apply of {revision} failed")]
+    Apply {
+        /// The commit.
+        revision: String,
+        /// The plan being applied.
+        plan: Box<Plan>,
+        /// What was done.
+        changes: Box<ChangeSet>,
+        /// Why it stopped.
+        #[source]
+        source: Box<RunError>,
+    },
+}
+
+impl Error {
+    /// The stage that failed.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::Fetch(_) => Stage::Fetch,
+            Self::Invalid { violations, .. } | Self::BaseInvalid { violations, .. } => {
+                let rules: Vec<model::Rule> = violations.0.iter().map(|v| v.rule).collect();
+                if rules.iter().all(|r| matches!(r, model::Rule::Cycle)) {
+                    Stage::Graph
+                } else if rules.iter().any(|r| r.is_parse()) {
+                    Stage::Parse
+                } else {
+                    Stage::Validate
+                }
+            }
+            Self::Observe(_) => Stage::Observe,
+            Self::Apply { source, .. } if matches!(**source, RunError::Prune { .. }) => {
+                Stage::Prune
+            }
+            Self::Apply { .. } => Stage::Apply,
+        }
+    }
+
+    /// True when the same commit may succeed later (network, timeouts, 5xx, 429, conflicts);
+    /// false when only a new commit (or an operator) can fix it.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Fetch(_) => true,
+            Self::Invalid { .. } | Self::BaseInvalid { .. } => false,
+            Self::Observe(e) => e.is_retryable(),
+            Self::Apply { source, .. } => source.is_retryable(),
+        }
+    }
+
+    /// The guard's refusal that stopped the pass, if one did.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Apply { source, .. } => source.refusal(),
+            Self::Observe(e) => e.refusal(),
+            _ => None,
+        }
+    }
+
+    /// True when the commit's files did not all parse (YAML, shapes): a daemon is not ready.
+    pub fn is_parse_failure(&self) -> bool {
+        matches!(self, Self::Invalid { violations, .. } if violations.0.iter().any(|v| v.rule.is_parse()))
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parses one file. The daemon's cache implements it so a file whose blob did not change is
+/// not parsed again.
+pub trait FileParser: Sync {
+    /// The objects, violations and rejected identities of `file`.
+    fn parse_file(
+        &self,
+        file: &pbsync_core::snapshot::SourceFile,
+        limits: &Limits,
+    ) -> model::ParsedFile;
+}
+
+/// Parses every file, every time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uncached;
+
+impl FileParser for Uncached {
+    fn parse_file(
+        &self,
+        file: &pbsync_core::snapshot::SourceFile,
+        limits: &Limits,
+    ) -> model::ParsedFile {
+        model::parse_file_detailed(file, limits)
+    }
+}
+
+/// Everything a pass is configured with.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Where the commit comes from.
+    pub git: GitConfig,
+    /// Input limits.
+    pub limits: Limits,
+    /// Plan options (instance, adoption, cascade, guard).
+    pub plan: plan::Options,
+    /// How far back to look for a removed bundle's last version.
+    pub history_depth: usize,
+}
+
+impl Context {
+    /// A context reading `reference` of `repo` under `path`.
+    pub fn new(repo: impl Into<PathBuf>, reference: &str, path: &str) -> Self {
+        let limits = Limits::default();
+        Self {
+            git: GitConfig {
+                repo: repo.into(),
+                reference: reference.to_string(),
+                path: path.to_string(),
+                max_file_bytes: limits.max_file_bytes,
+            },
+            limits,
+            plan: plan::Options::default(),
+            history_depth: 1000,
+        }
+    }
+
+    /// Reads the configured commit (the fetch stage of the one-shot commands).
+    pub fn fetch(&self) -> Result<Snapshot> {
+        source::read(&self.git).map_err(Error::Fetch)
+    }
+}
+
+/// The commit a pass reads, and how.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    /// The commit's files.
+    pub snapshot: &'a Snapshot,
+    /// Where history is read (`None`: the context's repository, from the snapshot's
+    /// revision, never deepened).
+    pub history: Option<history::Lookup<'a>>,
+    /// A pull request's base: loaded beside the commit (the merge), for the impact section
+    /// and, offline, as the state to plan against.
+    pub base: Option<&'a Snapshot>,
+    /// How files are parsed (the daemon's and the PR plan's cache).
+    pub parser: &'a dyn FileParser,
+    /// Where stage durations are recorded, for the daemon's metrics.
+    pub timings: Option<&'a Timings>,
+}
+
+impl<'a> Input<'a> {
+    /// A commit read once, parsed without a cache, its history in the context's repository.
+    pub fn of(snapshot: &'a Snapshot) -> Self {
+        Self {
+            snapshot,
+            history: None,
+            base: None,
+            parser: &Uncached,
+            timings: None,
+        }
+    }
+}
+
+/// How far a pass goes.
+#[derive(Debug)]
+pub enum Goal<'a, T> {
+    /// Parse, validate and graph; with a target, also against its live catalogue
+    /// (cluster profiles, definitions). Nothing is planned.
+    Validate(Option<&'a T>),
+    /// Plan against the live state of a target (its dry-runs write nothing).
+    Plan(&'a T),
+    /// Plan against the state the base commit produces (PR plans of CI jobs that cannot
+    /// reach the hub); needs [`Input::base`].
+    PlanOffline,
+    /// Plan, then apply to the target.
+    Apply(&'a T, RunOptions),
+}
+
+/// What a pass produced: as much as its goal asks for.
+#[derive(Debug)]
+pub struct Report {
+    /// The commit.
+    pub revision: String,
+    /// Its reference graph (holds the desired state).
+    pub graph: ResourceGraph,
+    /// Warnings (validation, graph, plan).
+    pub warnings: Vec<String>,
+    /// The live state the plan was made against.
+    pub observed: Option<Observed>,
+    /// The plan (secrets masked).
+    pub plan: Option<Plan>,
+    /// What applying did.
+    pub changes: Option<ChangeSet>,
+}
+
+impl Report {
+    /// The plan of a goal that makes one (plan, apply).
+    pub fn plan(&self) -> &Plan {
+        self.plan
+            .as_ref()
+            .expect("invariant: plan and apply goals produce a plan")
+    }
+
+    /// What applying did (the apply goal).
+    pub fn changes(&self) -> &ChangeSet {
+        self.changes
+            .as_ref()
+            .expect("invariant: the apply goal reports its changes")
+    }
+
+    /// The live state the plan was made against (plan, apply, validate with a target).
+    pub fn observed(&self) -> &Observed {
+        self.observed
+            .as_ref()
+            .expect("invariant: goals with a target observe it")
+    }
+}
+
+/// Durations of the stages of one pass.
+#[derive(Debug, Default)]
+pub struct Timings(Mutex<Vec<(&'static str, Duration)>>);
+
+impl Timings {
+    fn record(&self, stage: &'static str, since: Instant) {
+        let elapsed = since.elapsed();
+        tracing::debug!(stage, ?elapsed, "stage done");
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((stage, elapsed));
+    }
+
+    /// `(stage, duration)` in the order they ran.
+    pub fn take(&self) -> Vec<(&'static str, Duration)> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Runs one pass: as far as `goal` asks, against `goal`'s target.
+pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) -> Result<Report> {
+    let untimed = Timings::default();
+    let timings = input.timings.unwrap_or(&untimed);
+    let snapshot = input.snapshot;
+
+    // Parse, validate and graph the commit (and the base, side by side).
+    let started = Instant::now();
+    let (loaded, base) = match input.base {
+        None => (load(snapshot, &ctx.limits, input.parser), None),
+        Some(base) => {
+            let (head, base) = rayon::join(
+                || load(snapshot, &ctx.limits, input.parser),
+                || load(base, &ctx.limits, input.parser),
+            );
+            (head, Some(base))
+        }
+    };
+    timings.record("parse", started);
+    let base_graph = match base {
+        Some(Ok(b)) => Some(b.graph),
+        Some(Err(Error::Invalid {
+            revision,
+            violations,
+            ..
+        })) if matches!(goal, Goal::PlanOffline) => {
+            return Err(Error::BaseInvalid {
+                revision,
+                violations,
+            });
+        }
+        _ => None,
+    };
+    let loaded = loaded?;
+
+    let target = match &goal {
+        Goal::Validate(None) => {
+            return Ok(Report {
+                revision: snapshot.revision.clone(),
+                graph: loaded.graph,
+                warnings: loaded.warnings,
+                observed: None,
+                plan: None,
+                changes: None,
+            });
+        }
+        Goal::Validate(Some(t)) | Goal::Plan(t) | Goal::Apply(t, _) => Some(*t),
+        Goal::PlanOffline => None,
+    };
+
+    // Observe: the target's live state, or the state base produces.
+    let started = Instant::now();
+    let stamp = Stamp {
+        instance: &ctx.plan.instance,
+        revision: &snapshot.revision,
+        adopted: false,
+    };
+    let observed = match (target, &base_graph) {
+        (Some(t), _) => t
+            .observe(&loaded.graph, &stamp)
+            .await
+            .map_err(Error::Observe)?,
+        (None, Some(base)) => Observed::as_applied_for(base, &loaded.graph, &ctx.plan.instance),
+        (None, None) => unreachable!("invariant: PlanOffline is refused without a base above"),
+    };
+    timings.record("observe", started);
+    let loaded = recheck(loaded, &observed)?;
+    if matches!(goal, Goal::Validate(_)) {
+        return Ok(Report {
+            revision: snapshot.revision.clone(),
+            graph: loaded.graph,
+            warnings: loaded.warnings,
+            observed: Some(observed),
+            plan: None,
+            changes: None,
+        });
+    }
+
+    // History of leaving bundles, then the plan.
+    let started = Instant::now();
+    let tip = git2::Oid::from_str(&snapshot.revision).ok();
+    let own_tips: Vec<git2::Oid> = tip.into_iter().collect();
+    let lookup = input.history.unwrap_or(history::Lookup {
+        repo: &ctx.git.repo,
+        tips: &own_tips,
+        max_commits: ctx.history_depth,
+        deepen: None,
+    });
+    let leaving = plan::leaving_bundles(&loaded.graph, &observed);
+    let history = history::lookup(&lookup, &leaving, &ctx.limits);
+    let mut plan = plan::plan(&loaded.graph, &observed, &history, &ctx.plan);
+    for w in &loaded.warnings {
+        if !plan.warnings.contains(w) {
+            plan.warnings.push(w.clone());
+        }
+    }
+    if input.base.is_some() {
+        plan.impact = impact::compute(&plan, &loaded.graph, base_graph.as_ref());
+    }
+    mask::mask_plan(&mut plan);
+    timings.record("plan", started);
+
+    let Goal::Apply(target, opts) = goal else {
+        return Ok(Report {
+            revision: snapshot.revision.clone(),
+            graph: loaded.graph,
+            warnings: loaded.warnings,
+            observed: Some(observed),
+            plan: Some(plan),
+            changes: None,
+        });
+    };
+
+    // Apply: every write in dependency order, every deletion through the guard.
+    let started = Instant::now();
+    let (changes, result) = pbsync_target::run(target, &loaded.graph, &plan, &stamp, opts).await;
+    timings.record("apply", started);
+    match result {
+        Ok(()) => Ok(Report {
+            revision: snapshot.revision.clone(),
+            graph: loaded.graph,
+            warnings: loaded.warnings,
+            observed: Some(observed),
+            plan: Some(plan),
+            changes: Some(changes),
+        }),
+        Err(source) => Err(Error::Apply {
+            revision: snapshot.revision.clone(),
+            plan: Box::new(plan),
+            changes: Box::new(changes),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// A commit parsed, validated (without live state) and graphed.
+#[derive(Debug)]
+struct Loaded {
+    graph: ResourceGraph,
+    warnings: Vec<String>,
+}
+
+/// Parses every file of `snapshot` (in parallel, gathered in file order), validates the
+/// result without live state and builds its graph. Fails with every violation.
+fn load(snapshot: &Snapshot, limits: &Limits, parser: &dyn FileParser) -> Result<Loaded> {
+    use rayon::prelude::*;
+    let parsed: Vec<model::ParsedFile> = snapshot
+        .files
+        .par_iter()
+        .map(|file| parser.parse_file(file, limits))
+        .collect();
+    let mut objects = Vec::with_capacity(parsed.iter().map(|p| p.objects.len()).sum());
+    let mut violations = Vec::new();
+    let mut rejected = Vec::new();
+    for mut p in parsed {
+        objects.append(&mut p.objects);
+        violations.append(&mut p.violations);
+        rejected.append(&mut p.rejected);
+    }
+    let mut desired =
+        DesiredState::from_objects(snapshot.revision.clone(), objects, &mut violations);
+    desired.rejected.extend(rejected);
+    check(desired, violations, &Catalog::default())
+}
+
+/// Validates a parsed desired state against `catalog` and builds its graph; `violations`
+/// are those found while parsing.
+fn check(
+    desired: DesiredState,
+    mut violations: Vec<Violation>,
+    catalog: &Catalog,
+) -> Result<Loaded> {
+    let (mut v, mut warnings) = model::validate(&desired, catalog);
+    violations.append(&mut v);
+    let revision = desired.revision.clone();
+    let (graph, mut v) = ResourceGraph::build(desired, catalog);
+    violations.append(&mut v);
+    warnings.extend(graph.warnings());
+    if !violations.is_empty() {
+        return Err(Error::Invalid {
+            revision,
+            violations: Violations(violations).normalized(),
+            warnings,
+        });
+    }
+    Ok(Loaded { graph, warnings })
+}
+
+/// `loaded` checked again against the live catalogue of `observed`: external references
+/// (cluster profiles, definitions) resolve against live state now, reusing the parsed
+/// objects. Without any external reference the catalogue cannot change a thing.
+fn recheck(loaded: Loaded, observed: &Observed) -> Result<Loaded> {
+    if loaded.graph.has_external() {
+        check(
+            loaded.graph.into_desired_state(),
+            Vec::new(),
+            &observed.catalog(),
+        )
+    } else {
+        Ok(loaded)
+    }
+}
+
+/// A target that is never built: the type of `Goal::Validate(None)` and
+/// `Goal::PlanOffline`, which read no live state.
+#[derive(Debug)]
+pub enum NoTarget {}
+
+impl Target for NoTarget {
+    async fn observe(&self, _: &ResourceGraph, _: &Stamp<'_>) -> pbsync_target::Result<Observed> {
+        match *self {}
+    }
+    async fn recheck(
+        &self,
+        _: &plan::Change,
+    ) -> pbsync_target::Result<Option<pbsync_core::guard::Now>> {
+        match *self {}
+    }
+    async fn prepare(&self, _: &[&plan::Change]) -> pbsync_target::Result<()> {
+        match *self {}
+    }
+    async fn write(&self, _: &plan::Change, _: &serde_json::Value) -> pbsync_target::Result<()> {
+        match *self {}
+    }
+    async fn release(
+        &self,
+        _: &plan::Change,
+        _: pbsync_core::guard::ReleasePermit,
+    ) -> pbsync_target::Result<()> {
+        match *self {}
+    }
+    async fn delete(
+        &self,
+        _: &plan::Change,
+        _: pbsync_core::guard::DeletePermit,
+    ) -> pbsync_target::Result<()> {
+        match *self {}
+    }
+    async fn record(&self, _: &pbsync_target::Status) -> pbsync_target::Result<()> {
+        match *self {}
+    }
+}
