@@ -106,6 +106,9 @@ pub struct Observed {
     /// Desired objects that do not exist yet and that a server-side dry-run of their
     /// creation rejected, with the server's message: planned as `unknown`, never as `create`.
     pub rejected: BTreeMap<ObjectKey, String>,
+    /// Namespaces the commit writes into that the hub does not have: their objects are
+    /// planned as `unknown`, and the apply writes nothing at all.
+    pub missing_namespaces: std::collections::BTreeSet<String>,
 }
 
 impl Observed {

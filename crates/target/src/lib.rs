@@ -236,6 +236,9 @@ pub enum RunError {
     /// A write failed; later writes and all deletions were skipped.
     #[error("apply stopped")]
     Write(#[source] Error),
+    /// The hub lacks namespaces the commit writes into: nothing was written.
+    #[error("{0}")]
+    MissingNamespaces(String),
     /// Deletions failed; the objects stay managed and are retried on the next pass.
     #[error("{count} deletion(s) failed; the objects stay managed and are retried next pass")]
     Prune {
@@ -256,7 +259,7 @@ impl RunError {
         match self {
             Self::Refused(r) => Some(r),
             Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.refusal(),
-            Self::Unknown(_) => None,
+            Self::Unknown(_) | Self::MissingNamespaces(_) => None,
         }
     }
 
@@ -264,7 +267,8 @@ impl RunError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Refused(_) => false,
-            Self::Unknown(_) => true,
+            // Someone may create the namespace; the same commit then applies.
+            Self::Unknown(_) | Self::MissingNamespaces(_) => true,
             Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.is_retryable(),
         }
     }
@@ -329,6 +333,24 @@ async fn run_steps<T: Target>(
     allow_mass_deletion: bool,
     set: &mut ChangeSet,
 ) -> Result<(), RunError> {
+    if !plan.missing_namespaces.is_empty() {
+        let names: Vec<String> = plan
+            .missing_namespaces
+            .iter()
+            .map(|m| format!("{} (used by {})", m.namespace, m.files.join(", ")))
+            .collect();
+        for c in &plan.changes {
+            set.push(
+                &c.key,
+                Outcome::Skipped,
+                Some("not written: a namespace the commit needs does not exist".into()),
+            );
+        }
+        return Err(RunError::MissingNamespaces(format!(
+            "refusing to write anything: the hub has no namespace {}; create them, then apply again",
+            names.join("; ")
+        )));
+    }
     let (applies, removals): (Vec<&Change>, Vec<&Change>) =
         plan.changes.iter().partition(|c| !is_removal_phase(c));
     let writes: Vec<&Change> = applies

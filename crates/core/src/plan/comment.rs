@@ -503,6 +503,7 @@ mod tests {
             impact: Vec::new(),
             violations: Vec::new(),
             deployments: Vec::new(),
+            missing_namespaces: Vec::new(),
         }
     }
 

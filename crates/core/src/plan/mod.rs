@@ -144,6 +144,19 @@ pub struct Plan {
     /// For each Fullstack bundle a ComputePool or AIWorkload uses: which of its parts deploy
     /// and which PaletteAI ignores in that workflow (domain §3 rule 8).
     pub deployments: Vec<DeploymentParts>,
+    /// Namespaces the commit writes into that the hub does not have: the apply refuses to
+    /// write anything while one is missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_namespaces: Vec<MissingNamespace>,
+}
+
+/// A namespace the commit needs and the hub lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MissingNamespace {
+    /// The namespace.
+    pub namespace: String,
+    /// `path:line` of every declaration that goes into it.
+    pub files: Vec<String>,
 }
 
 /// Who performs the reference-counted cascade.
@@ -363,6 +376,9 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         Ok((DeletionPolicy::Orphan, from.to_string()))
     };
 
+    // Namespaces the commit writes into that the hub lacks, and the files that use them.
+    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+
     // 1. Creates and updates, in dependency order.
     for node in graph.creation_order() {
         let obj = graph
@@ -393,7 +409,20 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
             format!("declared in {}", obj.location)
         };
 
+        let namespace_missing =
+            !key.kind.is_palette() && observed.missing_namespaces.contains(&*key.namespace);
         match observed.get(key) {
+            None if namespace_missing => {
+                change.action = Action::Unknown;
+                change.reasons.push(format!(
+                    "namespace {} does not exist on the hub: create it first; nothing of this commit is written until it exists",
+                    key.namespace
+                ));
+                missing
+                    .entry(key.namespace.to_string())
+                    .or_default()
+                    .push(obj.location.to_string());
+            }
             None => {
                 match observed.rejected.get(key) {
                     None => change.reasons.push(format!("does not exist; {needed_by}")),
@@ -548,6 +577,18 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
     });
     changes.extend(deletions);
 
+    let missing_namespaces: Vec<MissingNamespace> = missing
+        .into_iter()
+        .map(|(namespace, mut files)| {
+            files.sort();
+            files.dedup();
+            warnings.push(format!(
+                "namespace {namespace} does not exist on the hub (used by {}); the apply writes nothing until it exists",
+                files.join(", ")
+            ));
+            MissingNamespace { namespace, files }
+        })
+        .collect();
     let guard = crate::guard::mass_deletion(&changes, observed, opts.guard);
     if let Some(trip) = &guard {
         warnings.push(trip.message.clone());
@@ -561,6 +602,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         impact: Vec::new(),
         violations: Vec::new(),
         deployments: crate::model::fullstack_parts(graph.desired_state()),
+        missing_namespaces,
     }
 }
 
@@ -791,6 +833,7 @@ impl Plan {
             impact: Vec::new(),
             violations,
             deployments: Vec::new(),
+            missing_namespaces: Vec::new(),
         }
     }
 

@@ -58,6 +58,10 @@ pub fn render_json(plan: &Plan) -> Value {
     if !plan.deployments.is_empty() {
         doc["deployments"] = plan.deployments.iter().map(deployment_json).collect();
     }
+    // Present only when the hub lacks a namespace the commit writes into.
+    if !plan.missing_namespaces.is_empty() {
+        doc["missingNamespaces"] = json!(plan.missing_namespaces);
+    }
     doc
 }
 

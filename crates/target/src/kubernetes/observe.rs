@@ -240,10 +240,25 @@ impl KubeTarget {
         items.extend(self.run_lists(api, jobs).await?);
         tracing::debug!(elapsed = ?started.elapsed(), "listed other objects nearby");
 
-        // 3. Dry-run every desired object (cached).
+        // 3. Every namespace the commit writes into must exist, checked before anything is
+        // written: one that holds a listed object does; the others are read (rare: only a
+        // namespace with nothing of pbsync's in it yet).
+        let holding: BTreeSet<&str> = items.keys().map(|k| &*k.namespace).collect();
+        let unproven: BTreeSet<String> = desired
+            .iter()
+            .map(|(n, _)| &*n.key.namespace)
+            .filter(|ns| !holding.contains(ns))
+            .map(str::to_string)
+            .collect();
+        let missing = self.missing_namespaces(api, unproven).await?;
+
+        // 4. Dry-run every desired object (cached); none in a namespace that does not exist.
         let mut compares = Vec::new();
         for (node, obj) in &desired {
             let key = &node.key;
+            if missing.contains(&*key.namespace) {
+                continue;
+            }
             let res = resources
                 .get(key.kind)
                 .expect("invariant: discovery checked every desired kind");
@@ -289,9 +304,10 @@ impl KubeTarget {
         compared.sort_by(|a, b| a.key.cmp(&b.key));
         tracing::debug!(elapsed = ?started.elapsed(), "compared");
 
-        // 4. Assemble, and keep what the writes and the next pass need.
+        // 5. Assemble, and keep what the writes and the next pass need.
         let mut observed = Observed {
             read_at: Some(k8s_openapi::jiff::Timestamp::now().to_string()),
+            missing_namespaces: missing,
             ..Observed::default()
         };
         let mut cache = std::collections::HashMap::new();
@@ -356,6 +372,41 @@ impl KubeTarget {
         *lock(&self.seen) = seen;
         *lock(&self.compared) = cache;
         Ok(observed)
+    }
+
+    /// The namespaces of `names` the hub does not have. A namespace that cannot be read
+    /// (forbidden, no answer) fails the observe: it never reads as present.
+    async fn missing_namespaces(
+        &self,
+        api: &ApiClient,
+        names: BTreeSet<String>,
+    ) -> Result<BTreeSet<String>> {
+        let found: Vec<(String, client::Result<Option<Value>>)> = futures::stream::iter(names)
+            .map(|ns| async move {
+                let r = api.get("/api/v1/namespaces", &ns).await;
+                (ns, r)
+            })
+            .buffer_unordered(self.parallelism())
+            .collect()
+            .await;
+        let mut missing = BTreeSet::new();
+        for (ns, result) in found {
+            match result {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    missing.insert(ns);
+                }
+                Err(e) => {
+                    return Err(observe_failed(
+                        format!(
+                            "namespace {ns} (pbsync needs get on namespaces to check it exists)"
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(missing)
     }
 
     /// Dry-runs one desired object unless the cache already holds the answer for this
