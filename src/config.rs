@@ -474,18 +474,8 @@ pub struct SourceConfig {
     pub watch: bool,
 }
 
-/// Leader election sub-config.
-#[derive(Debug, Clone)]
-pub struct LeaderConfig {
-    /// Lease name.
-    pub lease_name: String,
-    /// Lease namespace.
-    pub namespace: String,
-    /// Lease duration.
-    pub duration: Duration,
-    /// This daemon's identity.
-    pub identity: String,
-}
+/// Leader election sub-config: the Lease every applying pass of the instance takes too.
+pub type LeaderConfig = pbsync_target::kubernetes::lease::LeaseConfig;
 
 /// The daemon sub-config: timing, endpoints, webhook.
 #[derive(Debug, Clone)]
@@ -701,7 +691,7 @@ impl Config {
                 lease_name: s
                     .lease_name
                     .clone()
-                    .unwrap_or_else(|| format!("pbsync-{instance}")),
+                    .unwrap_or_else(|| pbsync_target::kubernetes::lease::lease_name(&instance)),
                 namespace: s
                     .lease_namespace
                     .clone()
@@ -710,7 +700,10 @@ impl Config {
                         pbsync_target::kubernetes::DEFAULT_STATUS_NAMESPACE.to_string()
                     }),
                 duration: lease_duration,
-                identity: s.leader_id.clone().unwrap_or_else(default_identity),
+                identity: s
+                    .leader_id
+                    .clone()
+                    .unwrap_or_else(pbsync_target::kubernetes::lease::process_identity),
             })
         } else {
             None
@@ -783,13 +776,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| "default".into())
     }
-}
-
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "pbsync".into());
-    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

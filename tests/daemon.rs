@@ -629,7 +629,7 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 async fn client(kubeconfig: &Path) -> kube::Client {
-    pbsync::daemon::leader::client(Some(kubeconfig), None)
+    pbsync::target::kubernetes::connect(Some(kubeconfig), None)
         .await
         .expect("client")
 }

@@ -136,6 +136,12 @@ impl Env {
         ctx
     }
 
+    fn ctx_with_wait(&self, repo: &Repo, wait: Duration) -> Context {
+        let mut ctx = self.ctx(repo);
+        ctx.lock_wait = wait;
+        ctx
+    }
+
     async fn apply_with<T: Target>(
         &self,
         ctx: &Context,
@@ -967,8 +973,11 @@ async fn the_mass_deletion_guard_refuses_until_allowed() {
     };
     assert!(
         matches!(
-            **source,
-            RunError::Refused(pbsync::guard::Refusal::MassDeletion(_))
+            (&**source, source.refusal()),
+            (
+                RunError::Refused(_),
+                Some(pbsync::guard::Refusal::MassDeletion(_))
+            )
         ),
         "{source}"
     );
@@ -983,6 +992,7 @@ async fn the_mass_deletion_guard_refuses_until_allowed() {
             &target,
             RunOptions {
                 allow_mass_deletion: true,
+                ..RunOptions::default()
             },
         )
         .await);
@@ -1345,6 +1355,90 @@ async fn a_commit_into_a_namespace_the_hub_lacks_is_refused_before_any_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_waits_for_the_instances_lease_and_takes_over_from_a_dead_process() {
+    let Some(env) = env("lease").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let repo = one_bundle_repo(ns);
+    let ctx = env.ctx_with_wait(&repo, Duration::from_secs(1));
+    let apply = |ctx: &Context| {
+        let ctx = ctx.clone();
+        let snapshot = ctx.fetch().expect("fetch");
+        let target = env.target();
+        async move {
+            engine::run(
+                &ctx,
+                Input::of(&snapshot),
+                Goal::Apply(&target, RunOptions::default()),
+            )
+            .await
+        }
+    };
+
+    // Another pass (another host's daemon, say) holds the instance's Lease.
+    let other = env.target();
+    let held = other
+        .lock("other-host-4242", Duration::ZERO)
+        .await
+        .expect("lock");
+    let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), ns);
+    let name = format!("pbsync-{}", env.instance);
+    let record = lease.get(&name).await.expect("the lease exists");
+    assert_eq!(
+        record.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("other-host-4242")
+    );
+    let err = apply(&ctx).await.expect_err("locked");
+    let Error::Lock(e) = &err else {
+        panic!("{}", pbsync::error_chain(&err));
+    };
+    let text = pbsync::error_chain(e);
+    assert!(
+        text.contains("other-host-4242") && text.contains(&name),
+        "{text}"
+    );
+    assert!(
+        env.get("ProfileBundle", "a").await.is_none(),
+        "nothing written"
+    );
+    held.release().await;
+    ok(apply(&ctx).await);
+    let record = lease.get(&name).await.expect("the lease");
+    assert_eq!(
+        record.spec.and_then(|s| s.holder_identity),
+        None,
+        "released after the pass"
+    );
+
+    // A `pbsync apply` of this host killed mid-pass leaves a fresh record behind: its
+    // process is gone, so the next pass takes over at once instead of waiting it out.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string();
+    let dead = format!("{host}-9999999");
+    let mut record = lease.get(&name).await.expect("the lease");
+    let spec = record.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some(dead.clone());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    lease
+        .replace(&name, &PostParams::default(), &record)
+        .await
+        .expect("a dead holder's record");
+    repo.write("bundles/b.yaml", &app(ns, "b", "delete", &[]));
+    repo.commit("two");
+    let report = ok(apply(&env.ctx_with_wait(&repo, Duration::from_secs(2))).await);
+    assert!(env.get("ProfileBundle", "b").await.is_some());
+    assert!(report.plan().has_changes());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_crd_is_a_configuration_error_before_anything_is_written() {
     let Some(env) = env("missing-crd").await else {
         return;
@@ -1358,7 +1452,10 @@ async fn a_missing_crd_is_a_configuration_error_before_anything_is_written() {
         .insert(Kind::WorkloadProfile, "missing.pbsync.test/v1".into());
     let target = KubeTarget::new(options);
     let err = env.apply(&repo, &target).await.expect_err("missing CRD");
-    let Error::Observe(target::Error::Config(msg)) = &err else {
+    let Some(target::Error::Config(msg)) = (match &err {
+        Error::Observe(e) => Some(&**e),
+        _ => None,
+    }) else {
         panic!(
             "expected a configuration error, got {}",
             pbsync::error_chain(&err)
@@ -1530,8 +1627,9 @@ async fn a_missing_status_namespace_is_reported_clearly() {
         msg.contains(&format!("status namespace \"{ns}-nowhere\" does not exist")),
         "{msg}"
     );
-    // The objects themselves were applied.
-    assert!(env.get("ProfileBundle", "a").await.is_some());
+    // The namespace also holds the instance's Lease, which a pass takes before it reads or
+    // writes anything: nothing was applied.
+    assert!(env.get("ProfileBundle", "a").await.is_none());
     env.cleanup().await;
 }
 
@@ -1551,7 +1649,10 @@ async fn cluster_profiles_without_a_palette_target_are_a_configuration_error() {
     repo.commit("one");
     let target = env.target();
     let err = env.apply(&repo, &target).await.expect_err("config");
-    let Error::Observe(target::Error::Config(msg)) = &err else {
+    let Some(target::Error::Config(msg)) = (match &err {
+        Error::Observe(e) => Some(&**e),
+        _ => None,
+    }) else {
         panic!("{}", pbsync::error_chain(&err));
     };
     assert!(

@@ -377,6 +377,7 @@ async fn removed_bundle_deletes_its_profile_across_both_targets() {
             &target,
             RunOptions {
                 allow_mass_deletion: true,
+                ..RunOptions::default()
             },
         ),
     )
@@ -444,6 +445,7 @@ async fn shared_profile_is_kept_until_its_last_referrer_goes() {
             &w.target(),
             RunOptions {
                 allow_mass_deletion: true,
+                ..RunOptions::default()
             },
         ),
     )
@@ -653,7 +655,7 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
         .await
         .expect_err("refused");
     assert!(
-        matches!(err, pbsync::target::Error::Refused(Refusal::NotOurs { .. })),
+        matches!(err.refusal(), Some(Refusal::NotOurs { .. })),
         "{}",
         pbsync::error_chain(&err)
     );
@@ -682,10 +684,7 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
         panic!("expected a refused deletion, got {result:?}");
     };
     assert!(
-        matches!(
-            first,
-            pbsync::target::Error::Refused(Refusal::NotOurs { .. })
-        ),
+        matches!(first.refusal(), Some(Refusal::NotOurs { .. })),
         "{}",
         pbsync::error_chain(&first)
     );

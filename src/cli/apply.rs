@@ -17,6 +17,14 @@ pub struct ApplyArgs {
     /// Apply even when the plan exceeds the mass-deletion guard
     #[arg(long)]
     allow_mass_deletion: bool,
+    /// Apply a revision older than (or not descending from) the last one applied to this
+    /// target and instance: a rollback
+    #[arg(long)]
+    allow_rollback: bool,
+    /// How long to wait for another pass of this instance (the daemon, another apply) to
+    /// release the target's lock (e.g. 30s, 2m; 0: fail at once)
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    lock_wait: std::time::Duration,
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -66,11 +74,13 @@ fn print_changes(set: &ChangeSet, json: bool) {
 }
 
 pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::Error>> {
-    let ctx = args.source.context(Some(&args.target));
+    let mut ctx = args.source.context(Some(&args.target));
+    ctx.lock_wait = args.lock_wait;
     let snapshot = ctx.fetch()?;
     let json = args.format == Format::Json;
     let opts = RunOptions {
         allow_mass_deletion: args.allow_mass_deletion,
+        allow_rollback: args.allow_rollback,
     };
     let outcome = with_target!(args.target.build()?, t => {
         let outcome = engine::run(&ctx, Input::of(&snapshot), Goal::Apply(&t, opts)).await;
@@ -117,6 +127,7 @@ pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::
                 Err(source)
             }
         }
+        Err(e) if e.refusal().is_some() => Err(super::Refused(Box::new(e)).into()),
         Err(e) => Err(e.into()),
     }
 }

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{ConfigError, Status};
+use super::target::{KubeArgs, with_target};
+use super::{ConfigError, Status, TargetArgs};
 use crate::config::{Config, Settings};
+use pbsync_target::Target as _;
 
 /// Arguments of `pbsync status`.
 #[derive(Debug, Args)]
@@ -129,29 +131,34 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
         .or_else(|| s.instance.clone())
         .unwrap_or_else(|| "default".into());
     let recorded = match target.as_deref() {
-        Some(t) if t.starts_with("dir:") => {
-            let dir = pbsync_target::local_dir::LocalDir::new(&t[4..], instance.clone());
-            dir.read_inventory()
-                .ok()
-                .and_then(|inv| inv.instances.get(&instance).cloned())
-                .and_then(|rec| serde_json::to_value(rec).ok())
-                .map(|mut v| {
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("objects");
+        Some(t) => {
+            let targets = TargetArgs {
+                target: t.to_string(),
+                kube: KubeArgs {
+                    kubeconfig: args.kubeconfig.clone().or_else(|| s.kubeconfig.clone()),
+                    status_namespace: args
+                        .status_namespace
+                        .clone()
+                        .or_else(|| s.status_namespace.clone())
+                        .unwrap_or_else(|| {
+                            pbsync_target::kubernetes::DEFAULT_STATUS_NAMESPACE.into()
+                        }),
+                    ..KubeArgs::default()
+                },
+                ..TargetArgs::for_validate(&instance)
+            };
+            match targets.build() {
+                Ok(built) => match with_target!(built, t => t.recorded().await) {
+                    Ok(r) => r.and_then(|r| serde_json::to_value(r).ok()),
+                    Err(e) => {
+                        eprintln!("target {t}: {}", pbsync_core::error_chain(&e));
+                        None
                     }
-                    v
-                })
+                },
+                Err(e) => return Err(e.into()),
+            }
         }
-        Some("kube") => {
-            let kubeconfig = args.kubeconfig.clone().or_else(|| s.kubeconfig.clone());
-            let ns = args
-                .status_namespace
-                .clone()
-                .or_else(|| s.status_namespace.clone())
-                .unwrap_or_else(|| pbsync_target::kubernetes::DEFAULT_STATUS_NAMESPACE.into());
-            kube_status(kubeconfig.as_deref(), &ns, &instance).await
-        }
-        _ => None,
+        None => None,
     };
     if let Some(rec) = recorded {
         found = true;
@@ -181,21 +188,6 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
         eprintln!("no status found: give --listen, --target or --config");
         Ok(Status::Failure)
     }
-}
-
-async fn kube_status(
-    kubeconfig: Option<&std::path::Path>,
-    ns: &str,
-    instance: &str,
-) -> Option<serde_json::Value> {
-    use k8s_openapi::api::core::v1::ConfigMap;
-    let client = crate::daemon::leader::client(kubeconfig, None).await.ok()?;
-    let api = kube::Api::<ConfigMap>::namespaced(client, ns);
-    let cm = api
-        .get_opt(&format!("pbsync-status-{instance}"))
-        .await
-        .ok()??;
-    serde_json::to_value(cm.data?).ok()
 }
 
 pub(super) async fn reconcile_now(

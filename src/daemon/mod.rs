@@ -47,7 +47,7 @@ pub enum Error {
     StartFailed(#[source] std::io::Error),
     /// Leader election could not start.
     #[error("cannot start leader election")]
-    Leader(#[source] Box<leader::Error>),
+    Leader(#[source] Box<pbsync_target::kubernetes::lease::Error>),
 }
 
 /// How a configuration's run ended.
@@ -147,6 +147,12 @@ impl Daemon {
         let origin = origin(config);
         let mut ctx = Context::new(origin.repo_dir(), "HEAD", &config.source.path);
         ctx.plan = config.plan_options();
+        // Its passes take the instance's Lease as the leader it is (or as this process), and
+        // wait only briefly for a one-shot apply to finish: the scheduler retries.
+        if let Some(leader) = &config.daemon.leader {
+            ctx.holder.clone_from(&leader.identity);
+        }
+        ctx.lock_wait = std::time::Duration::from_secs(10);
 
         // Per-configuration tasks stop when this run ends.
         let (run_stop_tx, run_stop_rx) = channel::channel(false);
@@ -165,15 +171,15 @@ impl Daemon {
         let (leader, leader_task) = match &config.daemon.leader {
             Some(cfg) => {
                 let s = &config.settings;
-                let client = leader::client(s.kubeconfig.as_deref(), s.context.as_deref())
-                    .await
-                    .map_err(|e| Error::Leader(Box::new(e)))?;
-                let (rx, task) = leader::spawn(
-                    client,
+                let candidate = pbsync_target::kubernetes::lease::Candidate::connect(
+                    s.kubeconfig.as_deref(),
+                    s.context.as_deref(),
                     cfg.clone(),
-                    self.trigger_tx.clone(),
-                    run_stop_rx.clone(),
-                );
+                )
+                .await
+                .map_err(|e| Error::Leader(Box::new(e)))?;
+                let (rx, task) =
+                    leader::spawn(candidate, self.trigger_tx.clone(), run_stop_rx.clone());
                 (Some(rx), Some(task))
             }
             None => (None, None),
@@ -188,6 +194,9 @@ impl Daemon {
                 leader,
                 opts: RunOptions {
                     allow_mass_deletion: config.daemon.allow_mass_deletion,
+                    // The daemon follows its branch as Git has it (as Flux does); a move back is
+                    // planned with reasons that say so, under the mass-deletion guard.
+                    allow_rollback: true,
                 },
                 cache: self.cache.clone(),
             },

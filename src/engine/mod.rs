@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::source::{self, GitConfig};
 use pbsync_core::graph::ResourceGraph;
-use pbsync_core::guard::Refusal;
+use pbsync_core::guard::{self, Refusal};
 use pbsync_core::live::Observed;
 use pbsync_core::model::{self, Catalog, DesiredState, Limits, Violation, Violations};
 use pbsync_core::ownership::Stamp;
@@ -100,7 +100,13 @@ pub enum Error {
     },
     /// Live state could not be read.
     #[error("observe failed")]
-    Observe(#[source] pbsync_target::Error),
+    Observe(#[source] Box<pbsync_target::Error>),
+    /// The target's lock for this instance could not be taken (another pass holds it).
+    #[error("cannot start the pass")]
+    Lock(#[source] Box<pbsync_target::Error>),
+    /// A safety rule refused the pass before anything was read or written (a rollback).
+    #[error(transparent)]
+    Refused(Box<Refusal>),
     /// Applying failed part-way; the ChangeSet says how far it got.
     #[error("apply of {revision} failed")]
     Apply {
@@ -131,7 +137,7 @@ impl Error {
                     Stage::Validate
                 }
             }
-            Self::Observe(_) => Stage::Observe,
+            Self::Observe(_) | Self::Lock(_) | Self::Refused(_) => Stage::Observe,
             Self::Apply { source, .. } if matches!(**source, RunError::Prune { .. }) => {
                 Stage::Prune
             }
@@ -145,7 +151,8 @@ impl Error {
         match self {
             Self::Fetch(_) => true,
             Self::Invalid { .. } | Self::BaseInvalid { .. } => false,
-            Self::Observe(e) => e.is_retryable(),
+            Self::Observe(e) | Self::Lock(e) => e.is_retryable(),
+            Self::Refused(_) => false,
             Self::Apply { source, .. } => source.is_retryable(),
         }
     }
@@ -155,6 +162,7 @@ impl Error {
         match self {
             Self::Apply { source, .. } => source.refusal(),
             Self::Observe(e) => e.refusal(),
+            Self::Refused(r) => Some(r),
             _ => None,
         }
     }
@@ -204,6 +212,11 @@ pub struct Context {
     pub plan: plan::Options,
     /// How far back to look for a removed bundle's last version.
     pub history_depth: usize,
+    /// Who holds the target's lock during an applying pass (`<host>-<pid>`; the daemon's
+    /// leader identity).
+    pub holder: String,
+    /// How long an applying pass waits for another pass to release the target's lock.
+    pub lock_wait: Duration,
 }
 
 impl Context {
@@ -220,6 +233,8 @@ impl Context {
             limits,
             plan: plan::Options::default(),
             history_depth: 1000,
+            holder: pbsync_target::kubernetes::lease::process_identity(),
+            lock_wait: Duration::from_secs(60),
         }
     }
 
@@ -292,6 +307,23 @@ pub struct Report {
 }
 
 impl Report {
+    fn of(
+        snapshot: &Snapshot,
+        loaded: Loaded,
+        observed: Option<Observed>,
+        plan: Option<Plan>,
+        changes: Option<ChangeSet>,
+    ) -> Self {
+        Self {
+            revision: snapshot.revision.clone(),
+            graph: loaded.graph,
+            warnings: loaded.warnings,
+            observed,
+            plan,
+            changes,
+        }
+    }
+
     /// The plan of a goal that makes one (plan, apply).
     pub fn plan(&self) -> &Plan {
         self.plan
@@ -373,63 +405,170 @@ pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) 
         _ => None,
     };
     let loaded = loaded?;
+    if let Goal::Validate(Some(t)) | Goal::Plan(t) | Goal::Apply(t, _) = &goal {
+        t.check(&loaded.graph)
+            .map_err(|e| Error::Observe(Box::new(e)))?;
+    }
 
-    let target = match &goal {
-        Goal::Validate(None) => {
-            return Ok(Report {
-                revision: snapshot.revision.clone(),
-                graph: loaded.graph,
-                warnings: loaded.warnings,
-                observed: None,
-                plan: None,
-                changes: None,
-            });
+    match goal {
+        Goal::Validate(None) => Ok(Report::of(snapshot, loaded, None, None, None)),
+        Goal::Validate(Some(target)) => {
+            let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
+            let loaded = recheck(loaded, &observed)?;
+            Ok(Report::of(snapshot, loaded, Some(observed), None, None))
         }
-        Goal::Validate(Some(t)) | Goal::Plan(t) | Goal::Apply(t, _) => Some(*t),
-        Goal::PlanOffline => None,
-    };
+        Goal::Plan(target) => {
+            let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
+            let (loaded, plan) = plan_against(ctx, &input, loaded, &observed, base_graph, None)?;
+            Ok(Report::of(
+                snapshot,
+                loaded,
+                Some(observed),
+                Some(plan),
+                None,
+            ))
+        }
+        Goal::PlanOffline => {
+            let started = Instant::now();
+            let base = base_graph.expect("invariant: PlanOffline without a base is refused above");
+            let observed = Observed::as_applied_for(&base, &loaded.graph, &ctx.plan.instance);
+            timings.record("observe", started);
+            let (loaded, plan) = plan_against(ctx, &input, loaded, &observed, Some(base), None)?;
+            Ok(Report::of(
+                snapshot,
+                loaded,
+                Some(observed),
+                Some(plan),
+                None,
+            ))
+        }
+        Goal::Apply(target, opts) => {
+            // The target's lock is held from before the live state is read until the last
+            // write, so two passes never interleave.
+            let lock = target
+                .lock(&ctx.holder, ctx.lock_wait)
+                .await
+                .map_err(|e| Error::Lock(Box::new(e)))?;
+            let result = apply(ctx, &input, loaded, base_graph, target, opts, timings).await;
+            lock.release().await;
+            result
+        }
+    }
+}
 
-    // Observe: the target's live state, or the state base produces.
+/// The apply goal, under the target's lock: refuse a revision that does not descend from the
+/// last one applied (unless allowed: the daemon follows its branch), observe, plan, apply.
+async fn apply<T: Target>(
+    ctx: &Context,
+    input: &Input<'_>,
+    loaded: Loaded,
+    base_graph: Option<ResourceGraph>,
+    target: &T,
+    opts: RunOptions,
+    timings: &Timings,
+) -> Result<Report> {
+    let snapshot = input.snapshot;
+    let recorded = target
+        .recorded()
+        .await
+        .map_err(|e| Error::Observe(Box::new(e)))?;
+    let applied = recorded.and_then(|r| r.last_applied_revision);
+    let mut moved_back = None;
+    if let Some(applied) = applied.filter(|a| *a != snapshot.revision) {
+        let lineage = match (
+            source::open(input.history.map_or(ctx.git.repo.as_path(), |h| h.repo)),
+            git2::Oid::from_str(&snapshot.revision),
+        ) {
+            (Ok(repo), Ok(requested)) => source::lineage(&repo, &applied, requested),
+            _ => guard::Lineage::Unknown,
+        };
+        if lineage.is_rollback() {
+            guard::check_revision(
+                &snapshot.revision,
+                &applied,
+                lineage,
+                &ctx.plan.instance,
+                opts.allow_rollback,
+            )
+            .map_err(|r| Error::Refused(Box::new(r)))?;
+            moved_back = Some(plan::MovedBack { applied, lineage });
+        }
+    }
+    let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
+    let (loaded, plan) = plan_against(ctx, input, loaded, &observed, base_graph, moved_back)?;
+    let stamp = Stamp {
+        instance: &ctx.plan.instance,
+        revision: &snapshot.revision,
+        adopted: false,
+    };
+    let started = Instant::now();
+    let (changes, result) = pbsync_target::run(target, &loaded.graph, &plan, &stamp, opts).await;
+    timings.record("apply", started);
+    match result {
+        Ok(()) => Ok(Report::of(
+            snapshot,
+            loaded,
+            Some(observed),
+            Some(plan),
+            Some(changes),
+        )),
+        Err(source) => Err(Error::Apply {
+            revision: snapshot.revision.clone(),
+            plan: Box::new(plan),
+            changes: Box::new(changes),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Reads the live state of `target` for the commit's graph.
+async fn observe<T: Target>(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    loaded: &Loaded,
+    target: &T,
+    timings: &Timings,
+) -> Result<Observed> {
     let started = Instant::now();
     let stamp = Stamp {
         instance: &ctx.plan.instance,
         revision: &snapshot.revision,
         adopted: false,
     };
-    let observed = match (target, &base_graph) {
-        (Some(t), _) => t
-            .observe(&loaded.graph, &stamp)
-            .await
-            .map_err(Error::Observe)?,
-        (None, Some(base)) => Observed::as_applied_for(base, &loaded.graph, &ctx.plan.instance),
-        (None, None) => unreachable!("invariant: PlanOffline is refused without a base above"),
-    };
+    let observed = target
+        .observe(&loaded.graph, &stamp)
+        .await
+        .map_err(|e| Error::Observe(Box::new(e)))?;
     timings.record("observe", started);
-    let loaded = recheck(loaded, &observed)?;
-    if matches!(goal, Goal::Validate(_)) {
-        return Ok(Report {
-            revision: snapshot.revision.clone(),
-            graph: loaded.graph,
-            warnings: loaded.warnings,
-            observed: Some(observed),
-            plan: None,
-            changes: None,
-        });
-    }
+    Ok(observed)
+}
 
-    // History of leaving bundles, then the plan.
+/// Validates against the live catalogue, reads the history of leaving bundles, plans, adds
+/// the impact (pull requests) and masks secrets.
+fn plan_against(
+    ctx: &Context,
+    input: &Input<'_>,
+    loaded: Loaded,
+    observed: &Observed,
+    base_graph: Option<ResourceGraph>,
+    moved_back: Option<plan::MovedBack>,
+) -> Result<(Loaded, Plan)> {
     let started = Instant::now();
-    let tip = git2::Oid::from_str(&snapshot.revision).ok();
-    let own_tips: Vec<git2::Oid> = tip.into_iter().collect();
+    let loaded = recheck(loaded, observed)?;
+    let own_tips: Vec<git2::Oid> = git2::Oid::from_str(&input.snapshot.revision)
+        .ok()
+        .into_iter()
+        .collect();
     let lookup = input.history.unwrap_or(history::Lookup {
         repo: &ctx.git.repo,
         tips: &own_tips,
         max_commits: ctx.history_depth,
         deepen: None,
     });
-    let leaving = plan::leaving_bundles(&loaded.graph, &observed);
-    let history = history::lookup(&lookup, &leaving, &ctx.limits);
-    let mut plan = plan::plan(&loaded.graph, &observed, &history, &ctx.plan);
+    let leaving = plan::leaving_bundles(&loaded.graph, observed);
+    let mut history = history::lookup(&lookup, &leaving, &ctx.limits);
+    history.moved_back = moved_back;
+    let mut plan = plan::plan(&loaded.graph, observed, &history, &ctx.plan);
     for w in &loaded.warnings {
         if !plan.warnings.contains(w) {
             plan.warnings.push(w.clone());
@@ -439,39 +578,10 @@ pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) 
         plan.impact = impact::compute(&plan, &loaded.graph, base_graph.as_ref());
     }
     mask::mask_plan(&mut plan);
-    timings.record("plan", started);
-
-    let Goal::Apply(target, opts) = goal else {
-        return Ok(Report {
-            revision: snapshot.revision.clone(),
-            graph: loaded.graph,
-            warnings: loaded.warnings,
-            observed: Some(observed),
-            plan: Some(plan),
-            changes: None,
-        });
-    };
-
-    // Apply: every write in dependency order, every deletion through the guard.
-    let started = Instant::now();
-    let (changes, result) = pbsync_target::run(target, &loaded.graph, &plan, &stamp, opts).await;
-    timings.record("apply", started);
-    match result {
-        Ok(()) => Ok(Report {
-            revision: snapshot.revision.clone(),
-            graph: loaded.graph,
-            warnings: loaded.warnings,
-            observed: Some(observed),
-            plan: Some(plan),
-            changes: Some(changes),
-        }),
-        Err(source) => Err(Error::Apply {
-            revision: snapshot.revision.clone(),
-            plan: Box::new(plan),
-            changes: Box::new(changes),
-            source: Box::new(source),
-        }),
+    if let Some(t) = input.timings {
+        t.record("plan", started);
     }
+    Ok((loaded, plan))
 }
 
 /// A commit parsed, validated (without live state) and graphed.
@@ -578,6 +688,12 @@ impl Target for NoTarget {
         match *self {}
     }
     async fn record(&self, _: &pbsync_target::Status) -> pbsync_target::Result<()> {
+        match *self {}
+    }
+    async fn recorded(&self) -> pbsync_target::Result<Option<pbsync_target::Recorded>> {
+        match *self {}
+    }
+    async fn lock(&self, _: &str, _: Duration) -> pbsync_target::Result<pbsync_target::PassLock> {
         match *self {}
     }
 }

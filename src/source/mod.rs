@@ -306,6 +306,40 @@ fn load_ignore(repo: &Repository, tree: &git2::Tree<'_>) -> Result<Gitignore> {
         .map_err(|source| Error::InvalidIgnoreFile { source })
 }
 
+/// How `requested` relates to `applied`, the last revision applied to a target: the same,
+/// newer (a descendant), older (an ancestor), diverged, unrelated, or unknown when `applied`
+/// is not in this repository (a shallow or partial clone cannot tell).
+pub fn lineage(repo: &Repository, applied: &str, requested: Oid) -> pbsync_core::guard::Lineage {
+    use pbsync_core::guard::Lineage;
+    let Ok(applied) = Oid::from_str(applied) else {
+        return Lineage::Unknown;
+    };
+    if applied == requested {
+        return Lineage::Same;
+    }
+    if repo.find_commit(applied).is_err() {
+        return Lineage::Unknown;
+    }
+    if repo
+        .graph_descendant_of(requested, applied)
+        .unwrap_or(false)
+    {
+        return Lineage::Forward;
+    }
+    if repo
+        .graph_descendant_of(applied, requested)
+        .unwrap_or(false)
+    {
+        return Lineage::Behind;
+    }
+    match repo.merge_base(applied, requested) {
+        Ok(_) => Lineage::Diverged,
+        // A shallow clone may cut the common history off: then it cannot tell.
+        Err(_) if repo.is_shallow() => Lineage::Unknown,
+        Err(_) => Lineage::Unrelated,
+    }
+}
+
 /// How a walk back through history ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Walk<T> {

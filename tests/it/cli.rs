@@ -783,3 +783,139 @@ fn pbsyncignore_keeps_files_out_of_every_command() {
         run.stdout
     );
 }
+
+/// A second Application bundle of its own, added to the valid repository.
+const EXTRA_BUNDLE: &str = "apiVersion: spectrocloud.com/v1beta1
+kind: ProfileBundle
+metadata:
+  name: extra
+  namespace: team-a
+spec:
+  type: Application
+  workloadProfiles:
+    - name: web
+";
+
+#[test]
+fn apply_refuses_an_older_revision_unless_a_rollback_is_allowed() {
+    let mut repo = valid_repo();
+    let older = head(&repo);
+    repo.write("bundles/extra.yaml", EXTRA_BUNDLE);
+    repo.commit("add extra");
+    let newer = head(&repo);
+    let state = tempfile::tempdir().expect("state");
+    let target = format!("dir:{}", path_str(state.path()));
+    let r = path_str(repo.path()).to_string();
+    assert_eq!(
+        pbsync(&["apply", "--repo", &r, "--target", &target]).code,
+        0
+    );
+    let extra = state.path().join("team-a/profilebundle/extra.yaml");
+    assert!(extra.exists());
+
+    // A re-run of an old pipeline: the older commit would silently delete `extra`.
+    let refused = pbsync(&["apply", "--repo", &r, "--ref", &older, "--target", &target]);
+    assert_eq!(refused.code, 3, "a refusal exits 3: {refused:?}");
+    let error = refused
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an error line: {}", refused.stderr));
+    assert!(
+        error.contains(&older) && error.contains(&newer) && error.contains("older than"),
+        "{error}"
+    );
+    assert!(error.contains("--allow-rollback"), "{error}");
+    assert!(extra.exists(), "nothing was deleted");
+
+    let allowed = pbsync(&[
+        "apply",
+        "--repo",
+        &r,
+        "--ref",
+        &older,
+        "--target",
+        &target,
+        "--allow-rollback",
+    ]);
+    assert_eq!(allowed.code, 0, "{allowed:?}");
+    assert!(
+        allowed.stderr.contains("moves the target back"),
+        "{}",
+        allowed.stderr
+    );
+    assert!(
+        !extra.exists(),
+        "the rollback removed what the newer commit added"
+    );
+
+    // A commit of another history is refused as unrelated.
+    let mut other = TestRepo::new();
+    write_valid_repo(&other, "");
+    other.write("bundles/extra.yaml", EXTRA_BUNDLE);
+    other.commit("another history");
+    let o = path_str(other.path()).to_string();
+    let unrelated = pbsync(&["apply", "--repo", &o, "--target", &target]);
+    assert_eq!(unrelated.code, 3, "{unrelated:?}");
+    assert!(
+        unrelated.stderr.contains("unrelated to")
+            || unrelated.stderr.contains("not in this repository"),
+        "{}",
+        unrelated.stderr
+    );
+}
+
+#[test]
+fn an_apply_waits_for_the_lock_of_another_pass_and_fails_clearly() {
+    use pbsync::target::Target as _;
+    let repo = valid_repo();
+    let state = tempfile::tempdir().expect("state");
+    let target = format!("dir:{}", path_str(state.path()));
+    let r = path_str(repo.path()).to_string();
+    // Another pass (here: this test) holds the directory's lock.
+    let dir = pbsync::target::local_dir::LocalDir::new(state.path(), "default");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let lock = rt
+        .block_on(dir.lock("the-other-pass", std::time::Duration::ZERO))
+        .expect("lock");
+    let started = std::time::Instant::now();
+    let blocked = pbsync(&[
+        "apply",
+        "--repo",
+        &r,
+        "--target",
+        &target,
+        "--lock-wait",
+        "1s",
+    ]);
+    assert_eq!(blocked.code, 1, "{blocked:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "it waited"
+    );
+    assert!(
+        blocked
+            .stderr
+            .contains("another pass of this instance is running")
+            && blocked.stderr.contains(".pbsync/lock"),
+        "{}",
+        blocked.stderr
+    );
+    assert!(
+        !state.path().join("team-a").exists(),
+        "nothing was written while the lock was held"
+    );
+    rt.block_on(lock.release());
+    let after = pbsync(&["apply", "--repo", &r, "--target", &target]);
+    assert_eq!(after.code, 0, "{after:?}");
+    // `pbsync plan` takes no lock.
+    let lock = rt
+        .block_on(dir.lock("the-other-pass", std::time::Duration::ZERO))
+        .expect("lock");
+    let plan = pbsync(&["plan", "--repo", &r, "--target", &target]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    rt.block_on(lock.release());
+}

@@ -138,12 +138,32 @@ fn a_shallow_clone_plans_unknown_never_delete_and_its_apply_deletes_nothing() {
     let files_before = crate::support::list_files(state.path());
     let ctx = Context::new(&shallow, "HEAD", "");
     let snapshot = ctx.fetch().expect("fetch");
+    let target = LocalDir::new(state.path(), "default");
+    // A one-shot apply cannot even tell whether this commit descends from the last one
+    // applied (that commit is not in the clone): refused, naming the fix.
+    let err = block_on(engine::run(
+        &ctx,
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
+    ))
+    .expect_err("refused");
+    let text = pbsync::error_chain(&err);
+    assert!(
+        matches!(err.refusal(), Some(pbsync::guard::Refusal::Rollback { .. }))
+            && text.contains("git fetch --unshallow"),
+        "{text}"
+    );
+    // Allowed past that (as the daemon is), the decisions that need history are unknown and
+    // the pass deletes nothing.
     let err = block_on(engine::run(
         &ctx,
         Input::of(&snapshot),
         Goal::Apply(
-            &LocalDir::new(state.path(), "default"),
-            RunOptions::default(),
+            &target,
+            RunOptions {
+                allow_rollback: true,
+                ..RunOptions::default()
+            },
         ),
     ))
     .expect_err("an apply with unknown decisions fails");
@@ -239,4 +259,54 @@ fn a_shallow_remote_clone_is_deepened_until_it_finds_the_last_version() {
     remote.sync().expect("fetch again");
     let (a, _) = action(plan_with(None).plan(), "charts-a");
     assert_eq!(a, Action::Orphan);
+}
+
+#[test]
+fn a_daemon_following_its_branch_back_plans_the_rollback_with_reasons() {
+    let state = tempfile::tempdir().unwrap();
+    let mut repo = TestRepo::new();
+    repo.write("shared.yaml", SHARED);
+    let older = repo.commit("keep only");
+    repo.write("app-a.yaml", app_a("delete"));
+    repo.write("a-deps.yaml", A_DEPENDENTS);
+    repo.commit("add app-a");
+    let target = LocalDir::new(state.path(), "default");
+    let apply_at = |rev: &str, allow_rollback: bool| {
+        let ctx = Context::new(repo.path(), rev, "");
+        let snapshot = ctx.fetch().expect("fetch");
+        block_on(engine::run(
+            &ctx,
+            Input::of(&snapshot),
+            Goal::Apply(
+                &target,
+                RunOptions {
+                    allow_rollback,
+                    ..RunOptions::default()
+                },
+            ),
+        ))
+    };
+    apply_at("HEAD", false).expect("the newer commit applies");
+    // A one-shot apply of the older commit is refused; the daemon (which allows it: Git is
+    // the truth) plans it with reasons that say so.
+    let err = apply_at(&older.to_string(), false).expect_err("refused");
+    assert!(
+        matches!(err.refusal(), Some(pbsync::guard::Refusal::Rollback { .. })),
+        "{}",
+        pbsync::error_chain(&err)
+    );
+    let report = apply_at(&older.to_string(), true).expect("the daemon follows its branch");
+    let plan = report.plan();
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("moves the target back") && w.contains("older than")),
+        "{:?}",
+        plan.warnings
+    );
+    for name in ["app-a", "a-wp", "charts-a"] {
+        let (a, why) = action(plan, name);
+        assert_eq!(a, Action::Delete, "{name}: {why}");
+        assert!(why.contains("undoes the last applied revision"), "{why}");
+    }
 }

@@ -76,6 +76,16 @@ impl Target for Flaky {
     async fn record(&self, status: &Status) -> pbsync::target::Result<()> {
         self.inner.record(status).await
     }
+    async fn recorded(&self) -> pbsync::target::Result<Option<pbsync::target::Recorded>> {
+        self.inner.recorded().await
+    }
+    async fn lock(
+        &self,
+        holder: &str,
+        wait: std::time::Duration,
+    ) -> pbsync::target::Result<pbsync::target::PassLock> {
+        self.inner.lock(holder, wait).await
+    }
 }
 
 const SHARED: &str = "

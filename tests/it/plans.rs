@@ -16,8 +16,8 @@ use std::path::Path;
 
 use pbsync::engine::{self, Error, Goal, Input};
 use pbsync::plan::{Cascade, render_text};
+use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
-use pbsync::target::{RunError, RunOptions};
 use serde_json::Value;
 
 use crate::support::{TestRepo, block_on, fixture};
@@ -93,6 +93,7 @@ fn run_case(name: &str) -> String {
                         &target,
                         RunOptions {
                             allow_mass_deletion: allow,
+                            ..RunOptions::default()
                         },
                     ),
                 ));
@@ -100,8 +101,8 @@ fn run_case(name: &str) -> String {
                     Ok(_) => "ok",
                     Err(Error::Apply { source, .. })
                         if matches!(
-                            **source,
-                            RunError::Refused(pbsync::guard::Refusal::MassDeletion(_))
+                            source.refusal(),
+                            Some(pbsync::guard::Refusal::MassDeletion(_))
                         ) =>
                     {
                         "guard-refused"

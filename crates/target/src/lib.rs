@@ -17,6 +17,7 @@ pub use split::Split;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use futures::StreamExt as _;
 
@@ -67,10 +68,28 @@ pub enum Error {
     /// The target is misconfigured (missing CRD, unusable directory, ...).
     #[error("{0}")]
     Config(String),
+    /// Another pass of this instance holds the target's lock.
+    #[error(
+        "another pass of this instance is running against {what} (held by {holder}); waited {waited:?}: try again when it is done, or stop the daemon that holds it"
+    )]
+    Locked {
+        /// The lock (the Lease, the lock file).
+        what: String,
+        /// Who holds it.
+        holder: String,
+        /// How long this pass waited.
+        waited: Duration,
+    },
     /// The guard refused the change (ownership changed since the plan, a kind never
     /// deleted, another instance's object, ...): final for this commit, never retried blindly.
     #[error(transparent)]
-    Refused(#[from] Refusal),
+    Refused(Box<Refusal>),
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(Box::new(refusal))
+    }
 }
 
 impl Error {
@@ -85,7 +104,7 @@ impl Error {
     /// True when trying the same commit again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::ObserveFailed { .. } | Self::StatusFailed { .. } => true,
+            Self::ObserveFailed { .. } | Self::StatusFailed { .. } | Self::Locked { .. } => true,
             Self::WriteFailed { retryable, .. } => *retryable,
             Self::Config(_) | Self::Refused(_) => false,
         }
@@ -110,8 +129,51 @@ pub struct Status {
     pub counts: std::collections::BTreeMap<String, usize>,
 }
 
+/// What a target recorded about this instance's passes (`pbsync status`, and the rollback
+/// check of `pbsync apply`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recorded {
+    /// Last revision applied completely.
+    pub last_applied_revision: Option<String>,
+    /// Last revision attempted.
+    pub last_attempted_revision: Option<String>,
+    /// `applied`, or the failure of the last attempt.
+    pub outcome: Option<String>,
+}
+
+/// A target's lock for one pass of one instance, held until released: a `flock` on the
+/// local directory's lock file (released by the kernel if the process dies), the Lease
+/// `pbsync-<instance>` on the hub (renewed while held).
+#[derive(Debug)]
+pub enum PassLock {
+    /// The target has no lock of its own (Palette: the hub side's lock covers the pass).
+    None,
+    /// The local directory's lock file, locked.
+    File(std::fs::File),
+    /// The hub's Lease.
+    Lease(kubernetes::lease::Held),
+}
+
+impl PassLock {
+    /// Lets the next pass in.
+    pub async fn release(self) {
+        match self {
+            Self::None => {}
+            Self::File(file) => drop(file),
+            Self::Lease(held) => held.release().await,
+        }
+    }
+}
+
 /// Where objects go. Implemented by the local directory, the Kubernetes hub and Palette.
 pub trait Target: Send + Sync {
+    /// Checks what needs no request: whether this target can take the commit of `graph` at
+    /// all (the kube target without a Palette side refuses cluster profiles). Runs before the
+    /// lock is taken or anything is read.
+    fn check(&self, _graph: &ResourceGraph) -> Result<()> {
+        Ok(())
+    }
     /// Reads the live state the plan needs (see [`Observed`]): every object this instance
     /// manages, every object the graph names, every ProfileBundle and ComputePool, and the
     /// catalogue for external references.
@@ -144,6 +206,11 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Records the outcome of the pass.
     fn record(&self, status: &Status) -> impl Future<Output = Result<()>> + Send;
+    /// What the last passes of this instance recorded (`None`: nothing yet).
+    fn recorded(&self) -> impl Future<Output = Result<Option<Recorded>>> + Send;
+    /// Takes the lock of this target and instance for one applying pass, as `holder`,
+    /// waiting up to `wait` for another pass to finish. Two passes never run at once.
+    fn lock(&self, holder: &str, wait: Duration) -> impl Future<Output = Result<PassLock>> + Send;
     /// How many writes of one wave may run at once.
     fn concurrency(&self) -> usize {
         1
@@ -226,7 +293,7 @@ impl ChangeSet {
 pub enum RunError {
     /// The guard refused the plan before anything was written (the mass-deletion guard).
     #[error(transparent)]
-    Refused(Refusal),
+    Refused(Box<Refusal>),
     /// Some changes are `unknown` (an object that could not be compared with its live state,
     /// a deletionPolicy Git history could not tell); nothing was deleted.
     #[error(
@@ -279,6 +346,10 @@ impl RunError {
 pub struct RunOptions {
     /// Apply even when the mass-deletion guard trips.
     pub allow_mass_deletion: bool,
+    /// Apply a revision that does not descend from the last one applied (a rollback). The
+    /// daemon follows its branch as Git has it and sets it; a one-shot apply needs
+    /// `--allow-rollback`.
+    pub allow_rollback: bool,
 }
 
 /// Applies `plan`: creates and updates in dependency order, stopping at the first failure;
@@ -293,7 +364,7 @@ pub async fn run<T: Target>(
 ) -> (ChangeSet, Result<(), RunError>) {
     let mut set = ChangeSet::default();
     if let Err(refusal) = guard::within_mass_deletion_guard(plan, opts.allow_mass_deletion) {
-        return (set, Err(RunError::Refused(refusal)));
+        return (set, Err(RunError::Refused(Box::new(refusal))));
     }
     let result = run_steps(
         target,
@@ -402,7 +473,7 @@ async fn run_steps<T: Target>(
                     if let Some(own) = &change.observed
                         && let Err(refusal) = guard::may_write(change, own)
                     {
-                        return (i, change, Some(Err(Error::Refused(refusal))));
+                        return (i, change, Some(Err(Error::from(refusal))));
                     }
                     let node = graph
                         .node(&change.key)

@@ -24,6 +24,8 @@ use pbsync_core::plan::Change;
 
 const STATE_DIR: &str = ".pbsync";
 const INVENTORY: &str = "inventory.json";
+/// The lock file of applying passes (a `flock`, which the kernel drops if the process dies).
+const LOCK: &str = "lock";
 const PALETTE_DIR: &str = "palette";
 
 /// What one instance owns and last did.
@@ -520,7 +522,7 @@ impl Target for LocalDir {
             let exists = self.path_of(&c.key).exists();
             let now = self.ownership(&on_disk, &key_string(&c.key));
             if exists || matches!(now, Ownership::Foreign { owner: Some(_) }) {
-                guard::may_write(c, &now).map_err(Error::Refused)?;
+                guard::may_write(c, &now)?;
             }
         }
         let mut inv = self.inventory();
@@ -613,5 +615,48 @@ impl Target for LocalDir {
         self.save_inventory(&inv).map_err(|e| Error::StatusFailed {
             source: Box::new(e),
         })
+    }
+
+    async fn recorded(&self) -> Result<Option<super::Recorded>> {
+        let inv = self.read_inventory()?;
+        Ok(inv.instances.get(&self.instance).map(|r| super::Recorded {
+            last_applied_revision: r.last_applied_revision.clone(),
+            last_attempted_revision: r.last_attempted_revision.clone(),
+            outcome: r.last_outcome.clone(),
+        }))
+    }
+
+    /// A `flock` on `PATH/.pbsync/lock`, for every instance of the directory (they share its
+    /// inventory). The file is never written, so a pass with nothing to do writes nothing.
+    async fn lock(&self, _holder: &str, wait: std::time::Duration) -> Result<super::PassLock> {
+        let dir = self.root.join(STATE_DIR);
+        let path = dir.join(LOCK);
+        let failed = |e: std::io::Error| io_error(path.display().to_string(), e);
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::Locked {
+                            what: format!("the lock file {}", path.display()),
+                            holder: "another pbsync process".into(),
+                            waited: wait,
+                        });
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+            }
+        }
+        Ok(super::PassLock::File(file))
     }
 }

@@ -26,6 +26,11 @@ fn is_palette(change: &Change) -> bool {
 }
 
 impl<H: Target, P: Target> Target for Split<H, P> {
+    fn check(&self, graph: &ResourceGraph) -> Result<()> {
+        self.hub.check(graph)?;
+        self.palette.check(graph)
+    }
+
     async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
         let (hub, palette) = tokio::try_join!(
             self.hub.observe(graph, stamp),
@@ -108,5 +113,15 @@ impl<H: Target, P: Target> Target for Split<H, P> {
     async fn record(&self, status: &Status) -> Result<()> {
         self.hub.record(status).await?;
         self.palette.record(status).await
+    }
+
+    /// The hub side records the pass.
+    async fn recorded(&self) -> Result<Option<crate::Recorded>> {
+        self.hub.recorded().await
+    }
+
+    /// The hub side's lock covers both sides.
+    async fn lock(&self, holder: &str, wait: std::time::Duration) -> Result<crate::PassLock> {
+        self.hub.lock(holder, wait).await
     }
 }

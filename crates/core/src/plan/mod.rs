@@ -205,11 +205,24 @@ pub enum LastVersion {
     Unreadable(String),
 }
 
-/// The last committed versions of the bundles that are leaving (see [`leaving_bundles`]).
+/// What Git history says for a plan: the last committed versions of the bundles that are
+/// leaving (see [`leaving_bundles`]), and whether the commit moves the target backwards.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     /// By bundle. A bundle not listed was not looked up: Git has no say.
     pub versions: HashMap<ObjectKey, LastVersion>,
+    /// Set when the commit does not descend from the last revision applied to the target
+    /// (a branch moved back, a force-push): every deletion says so.
+    pub moved_back: Option<MovedBack>,
+}
+
+/// The commit of a plan does not descend from the last one applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedBack {
+    /// The last revision applied to the target by this instance.
+    pub applied: String,
+    /// How the commit relates to it.
+    pub lineage: crate::guard::Lineage,
 }
 
 /// A leaving bundle's effective deletionPolicy, with where it comes from; or why it is not
@@ -577,6 +590,25 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
     });
     changes.extend(deletions);
 
+    if let Some(back) = &history.moved_back {
+        let rev = graph.revision();
+        let short = |r: &str| r.chars().take(12).collect::<String>();
+        let what = format!(
+            "{} is {} the last revision applied, {}",
+            short(rev),
+            back.lineage,
+            short(&back.applied)
+        );
+        warnings.push(format!(
+            "this commit moves the target back: {what}; what that revision added is removed (the mass-deletion guard still applies)"
+        ));
+        for c in &mut changes {
+            if matches!(c.action, Action::Delete | Action::Orphan) {
+                c.reasons
+                    .push(format!("undoes the last applied revision: {what}"));
+            }
+        }
+    }
     let missing_namespaces: Vec<MissingNamespace> = missing
         .into_iter()
         .map(|(namespace, mut files)| {

@@ -26,7 +26,7 @@ fn at(change: &Change) -> String {
 
 fn write_failed(verb: &'static str, change: &Change, e: Error) -> crate::Error {
     if let Error::Refused(refusal) = e {
-        return crate::Error::Refused(refusal);
+        return crate::Error::from(refusal);
     }
     crate::Error::WriteFailed {
         verb,

@@ -130,6 +130,12 @@ impl ApiClient {
         self
     }
 
+    /// The underlying client, for the Lease (whose requests are not budgeted: a handful per
+    /// pass, and renewals must not queue behind a burst of writes).
+    pub(super) fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// The requests sent so far.
     pub(super) fn counts(&self) -> RequestCounts {
         self.counts

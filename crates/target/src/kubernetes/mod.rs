@@ -17,6 +17,7 @@ mod change;
 mod client;
 mod discovery;
 mod fields;
+pub mod lease;
 mod observe;
 mod status;
 
@@ -129,6 +130,10 @@ pub struct KubeOptions {
     pub preflight: bool,
     /// Cluster profiles: refused, or handled by another target.
     pub cluster_profiles: ClusterProfiles,
+    /// How long the Lease a pass holds lasts without renewal (the daemon's
+    /// `lease-duration`): another pass waits at most this long after a holder on another
+    /// host died.
+    pub lease_duration: Duration,
     /// apiVersion to use for a kind instead of the ones pbsync knows (`group/version`), for
     /// hubs that serve a kind elsewhere; reads and writes use it.
     pub api_versions: BTreeMap<Kind, String>,
@@ -148,6 +153,7 @@ impl Default for KubeOptions {
             concurrency: 16,
             preflight: false,
             cluster_profiles: ClusterProfiles::Refuse,
+            lease_duration: Duration::from_secs(15),
             api_versions: BTreeMap::new(),
         }
     }
@@ -270,13 +276,11 @@ impl KubeTarget {
     async fn api(&self) -> Result<&ApiClient> {
         self.api
             .get_or_try_init(|| async {
-                let config = load_config(&self.options).await?;
-                let client = kube::Client::try_from(config).map_err(|e| {
-                    super::Error::Config(format!(
-                        "cannot build a Kubernetes client: {}",
-                        pbsync_core::error_chain(&e)
-                    ))
-                })?;
+                let client = connect(
+                    self.options.kubeconfig.as_deref(),
+                    self.options.context.as_deref(),
+                )
+                .await?;
                 Ok(ApiClient::new(client, self.options.qps, self.options.burst))
             })
             .await
@@ -319,18 +323,25 @@ impl KubeTarget {
     }
 }
 
-async fn load_config(o: &KubeOptions) -> Result<kube::Config> {
+/// The one kubeconfig loader: a client for `kubeconfig` and `context` (without either:
+/// `$KUBECONFIG`, `~/.kube/config`, or the in-cluster service account), used by the target,
+/// the Lease and `pbsync status`. pbsync retries itself (counting every attempt and
+/// honouring Retry-After), so kube's own retries are off; reads time out after 60 s.
+pub async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<kube::Client> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let fail = |what: &str, e: &(dyn std::error::Error + 'static)| {
         super::Error::Config(format!("{what}: {}", pbsync_core::error_chain(e)))
     };
-    let mut config = match (&o.kubeconfig, &o.context) {
+    let mut config = match (kubeconfig, context) {
         (None, None) => kube::Config::infer()
             .await
             .map_err(|e| fail("cannot find a kubeconfig or in-cluster service account", &e))?,
         (path, context) => {
             let opts = KubeConfigOptions {
-                context: context.clone(),
+                context: context.map(str::to_string),
                 ..KubeConfigOptions::default()
             };
             match path {
@@ -348,10 +359,9 @@ async fn load_config(o: &KubeOptions) -> Result<kube::Config> {
             }
         }
     };
-    // pbsync retries itself (counting every attempt and honouring Retry-After).
     config.default_retry = false;
     config.read_timeout = Some(Duration::from_secs(60));
-    Ok(config)
+    kube::Client::try_from(config).map_err(|e| fail("cannot build a Kubernetes client", &e))
 }
 
 /// Sets `apiVersion` when the target overrides it for the kind.
@@ -372,6 +382,10 @@ fn version_of(manifest: &Value) -> Option<&str> {
 }
 
 impl Target for KubeTarget {
+    fn check(&self, graph: &ResourceGraph) -> Result<()> {
+        self.check_cluster_profiles(graph)
+    }
+
     async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
         self.observe_hub(graph, stamp).await
     }
@@ -399,6 +413,43 @@ impl Target for KubeTarget {
 
     async fn record(&self, status: &Status) -> Result<()> {
         self.record_status(status).await
+    }
+
+    async fn recorded(&self) -> Result<Option<crate::Recorded>> {
+        self.read_status().await
+    }
+
+    /// The Lease `pbsync-<instance>` in the status namespace, the one the daemon's leader
+    /// election holds.
+    async fn lock(&self, holder: &str, wait: Duration) -> Result<crate::PassLock> {
+        let api = self.api().await?;
+        let cfg = lease::LeaseConfig {
+            lease_name: lease::lease_name(&self.options.instance),
+            namespace: self.options.status_namespace.clone(),
+            duration: self.options.lease_duration,
+            identity: holder.to_string(),
+        };
+        let what = format!("lease {}/{}", cfg.namespace, cfg.lease_name);
+        let candidate = lease::Candidate::new(api.client(), cfg);
+        match lease::hold(candidate, wait).await {
+            Ok(Ok(held)) => Ok(crate::PassLock::Lease(held)),
+            Ok(Err(other)) => Err(super::Error::Locked {
+                what,
+                holder: other,
+                waited: wait,
+            }),
+            Err(lease::Error::RequestFailed {
+                source: kube::Error::Api(e),
+                ..
+            }) if e.code == 404 => Err(super::Error::Config(format!(
+                "status namespace {:?} does not exist: create it, or choose another with --status-namespace (it holds the instance's Lease and status)",
+                self.options.status_namespace
+            ))),
+            Err(e) => Err(super::Error::ObserveFailed {
+                what,
+                source: Box::new(e),
+            }),
+        }
     }
 
     fn concurrency(&self) -> usize {

@@ -534,7 +534,7 @@ impl KubeTarget {
 
     /// Cluster profiles live in Palette: without a Palette target, a repository that names
     /// them cannot be applied, and saying so beats skipping them silently.
-    fn check_cluster_profiles(&self, graph: &ResourceGraph) -> Result<()> {
+    pub(super) fn check_cluster_profiles(&self, graph: &ResourceGraph) -> Result<()> {
         if self.options.cluster_profiles == ClusterProfiles::Elsewhere {
             return Ok(());
         }

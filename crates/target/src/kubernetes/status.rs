@@ -52,6 +52,39 @@ impl KubeTarget {
         )
     }
 
+    /// The status ConfigMap's record (`None` when there is none yet, or no status namespace).
+    /// A pass's status write reuses what this read found, so a pass reads it once.
+    pub(super) async fn read_status(&self) -> Result<Option<crate::Recorded>> {
+        let mut recorded = self.recorded.lock().await;
+        let data = match recorded.as_ref() {
+            Some(d) => Some(d.clone()),
+            None => {
+                let api = self.api().await?;
+                let data: Option<BTreeMap<String, String>> = api
+                    .get(&self.configmaps(), &self.configmap_name())
+                    .await
+                    .map_err(|e| crate::Error::ObserveFailed {
+                        what: format!(
+                            "status ConfigMap {}/{}",
+                            self.options.status_namespace,
+                            self.configmap_name()
+                        ),
+                        source: Box::new(Error::Request(e)),
+                    })?
+                    .and_then(|cm| cm.get("data").cloned())
+                    .and_then(|d| serde_json::from_value(d).ok());
+                *recorded = Some(data.clone().unwrap_or_default());
+                data
+            }
+        };
+        let data = data.filter(|d| !d.is_empty());
+        Ok(data.map(|d| crate::Recorded {
+            last_applied_revision: d.get("lastAppliedRevision").cloned(),
+            last_attempted_revision: d.get("lastAttemptedRevision").cloned(),
+            outcome: d.get("outcome").cloned(),
+        }))
+    }
+
     pub(super) async fn record_status(&self, status: &Status) -> Result<()> {
         let api = self.api().await?;
         let failed = |e: Error| crate::Error::StatusFailed {

@@ -400,7 +400,7 @@ impl Target for PaletteTarget {
         // The one adoption rule: managed and adopted profiles are ours, released ones are
         // taken back, nobody's only when the plan adopts them, another instance's never.
         let known = self.known_profile(change, "update")?;
-        guard::may_write(change, &known.ownership).map_err(super::Error::Refused)?;
+        guard::may_write(change, &known.ownership)?;
         self.update(change, desired, &known.uid, project)
             .await
             .map_err(|e| write_error("update", change, e))?;
@@ -516,6 +516,21 @@ impl Target for PaletteTarget {
 
     fn concurrency(&self) -> usize {
         4
+    }
+
+    /// Nothing recorded here: the hub-side target records the pass.
+    async fn recorded(&self) -> ApplyResult<Option<super::Recorded>> {
+        Ok(None)
+    }
+
+    /// No lock of its own: Palette is always paired with a hub side, whose lock covers the
+    /// pass.
+    async fn lock(
+        &self,
+        _holder: &str,
+        _wait: std::time::Duration,
+    ) -> ApplyResult<super::PassLock> {
+        Ok(super::PassLock::None)
     }
 }
 
