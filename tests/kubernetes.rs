@@ -243,37 +243,36 @@ impl Env {
         out
     }
 
-    /// Deletes what the test made. The test cluster runs no controller manager, so nothing
-    /// would empty a deleted namespace: delete its objects, then finalize it.
+    /// Ends the test: its namespace goes (see [`Drop`], which also runs when a test fails).
     async fn cleanup(self) {
-        let lp = kube::api::ListParams::default();
-        let dp = DeleteParams::background();
-        for kind in [
-            "ProfileBundle",
-            "WorkloadProfile",
-            "ComputePool",
-            "HelmRepository",
-            "ComponentDefinition",
-        ] {
-            let _ = self.api(kind).delete_collection(&dp, &lp).await;
-        }
-        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(self.client.clone(), &self.ns);
-        let _ = cms.delete_collection(&dp, &lp).await;
-        let events: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), &self.ns);
-        let _ = events.delete_collection(&dp, &lp).await;
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client);
-        let _ = namespaces.delete(&self.ns, &dp).await;
-        let finalized = json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": self.ns},
-            "spec": {"finalizers": []},
-        });
-        let _ = namespaces
-            .replace_subresource("finalize", &self.ns, &PostParams::default(), &finalized)
-            .await;
+        drop(self);
+    }
+}
+
+/// The namespace guard: a test's namespace is deleted when its `Env` is dropped, also when the
+/// test panics. The test control plane runs kube-controller-manager, whose namespace and
+/// garbage-collector controllers empty and remove it, as on a real hub.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let ns = self.ns.clone();
+        // A runtime of its own on a thread of its own: a drop cannot await, and the test's
+        // runtime may be the one panicking.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+                let _ = namespaces
+                    .delete(&ns, &DeleteParams::background())
+                    .await;
+            });
+        })
+        .join();
     }
 }
 
