@@ -4,18 +4,22 @@
 //! nothing deleted, webhooks signed and forged, the systemd notify protocol on a real socket,
 //! signals, leader election failover, and an API server outage.
 //!
-//! Cluster tests find the cluster through `KUBECONFIG`; without it they print that they were
-//! skipped, and with `CI` set they fail instead.
+//! Repositories, YAML, the cluster and the namespace guard come from the test kit
+//! (`pbsync_devkit::testkit`): a cluster test without a cluster fails unless
+//! `PBSYNC_TEST_SKIP_CLUSTER=1`.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pbsync_devkit::synthetic::{Params, commit_all, write_repo};
+use pbsync_devkit::synthetic::{Params, write_repo};
+use pbsync_devkit::testkit::cluster::{self, Namespace};
+use pbsync_devkit::testkit::yaml::{app, shared};
+use pbsync_devkit::testkit::{ScratchRepo, block_on, list_files};
 
 // ---------------------------------------------------------------------------------------
 // Running the daemon
@@ -187,32 +191,25 @@ fn revision(s: &serde_json::Value) -> &str {
     s["revision"].as_str().unwrap_or("")
 }
 
-fn small_repo() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A synthetic repository of four bundles, committed; and the commit's id.
+fn small_repo() -> (ScratchRepo, String) {
+    let mut repo = ScratchRepo::new();
     let p = Params {
         bundles: 4,
         shared: 2,
         per_namespace: 4,
     };
-    write_repo(dir.path(), &p).expect("generate");
-    let oid = commit_all(dir.path(), "four bundles").expect("commit");
-    (dir, oid.to_string())
+    write_repo(repo.path(), &p).expect("generate");
+    let oid = repo.commit("four bundles");
+    (repo, oid.to_string())
 }
 
+/// How many files under `dir` are called `name`.
 fn count_files(dir: &Path, name: &str) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|f| f == name) {
-                n += 1;
-            }
-        }
-    }
-    n
+    list_files(dir)
+        .iter()
+        .filter(|p| Path::new(p).file_name().is_some_and(|f| f == name))
+        .count()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -221,7 +218,7 @@ fn count_files(dir: &Path, name: &str) -> usize {
 
 #[test]
 fn commits_are_applied_removals_delete_by_reference_count_and_invalid_commits_delete_nothing() {
-    let (repo, first) = small_repo();
+    let (mut repo, first) = small_repo();
     let state = tempfile::tempdir().expect("state");
     let target = format!("dir:{}", state.path().display());
     let repo_arg = repo.path().display().to_string();
@@ -236,10 +233,8 @@ fn commits_are_applied_removals_delete_by_reference_count_and_invalid_commits_de
     assert_eq!(count_files(state.path(), "bundle-3.yaml"), 1);
 
     // Remove a bundle: it goes, with the objects only it referenced; shared ones stay.
-    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-3.yaml")).expect("rm");
-    let second = commit_all(repo.path(), "remove bundle-3")
-        .expect("commit")
-        .to_string();
+    repo.remove("bundles/team-000/bundle-3.yaml");
+    let second = repo.commit("remove bundle-3").to_string();
     let s = d.wait_status(Duration::from_secs(20), |s| {
         revision(s) == second && s["result"] == "applied"
     });
@@ -249,11 +244,9 @@ fn commits_are_applied_removals_delete_by_reference_count_and_invalid_commits_de
     assert_eq!(count_files(state.path(), "bundle-2.yaml"), 1);
 
     // An invalid commit that also removes a bundle: reported, nothing deleted.
-    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-2.yaml")).expect("rm");
-    std::fs::write(repo.path().join("bundles/broken.yaml"), "kind: [unclosed\n").expect("write");
-    let third = commit_all(repo.path(), "broken")
-        .expect("commit")
-        .to_string();
+    repo.remove("bundles/team-000/bundle-2.yaml");
+    repo.write("bundles/broken.yaml", "kind: [unclosed\n");
+    let third = repo.commit("broken").to_string();
     let s = d.wait_status(Duration::from_secs(20), |s| revision(s) == third);
     assert_eq!(s["result"], "failed", "{s}");
     assert_eq!(s["stage"], "parse", "{s}");
@@ -294,10 +287,8 @@ fn commits_are_applied_removals_delete_by_reference_count_and_invalid_commits_de
     );
 
     // The fix applies.
-    std::fs::remove_file(repo.path().join("bundles/broken.yaml")).expect("rm");
-    let fourth = commit_all(repo.path(), "fixed")
-        .expect("commit")
-        .to_string();
+    repo.remove("bundles/broken.yaml");
+    let fourth = repo.commit("fixed").to_string();
     d.wait_status(Duration::from_secs(20), |s| {
         revision(s) == fourth && s["result"] == "applied"
     });
@@ -307,7 +298,7 @@ fn commits_are_applied_removals_delete_by_reference_count_and_invalid_commits_de
 
 #[test]
 fn signed_webhooks_trigger_a_fetch_and_forged_ones_are_rejected_and_counted() {
-    let (repo, first) = small_repo();
+    let (mut repo, first) = small_repo();
     let state = tempfile::tempdir().expect("state");
     let secret = state.path().join("webhook-secret");
     std::fs::write(&secret, "s3cr3t\n").expect("secret");
@@ -326,10 +317,8 @@ fn signed_webhooks_trigger_a_fetch_and_forged_ones_are_rejected_and_counted() {
         &[],
     );
     d.wait_status(Duration::from_secs(30), |s| revision(s) == first);
-    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-0.yaml")).expect("rm");
-    let second = commit_all(repo.path(), "remove")
-        .expect("commit")
-        .to_string();
+    repo.remove("bundles/team-000/bundle-0.yaml");
+    let second = repo.commit("remove").to_string();
 
     let body = br#"{"ref":"refs/heads/main"}"#;
     let forged = pbsync::daemon::webhook::sign(b"guess", body);
@@ -523,15 +512,15 @@ fn a_bad_config_file_exits_2_naming_file_and_line() {
 fn a_remote_clone_follows_new_commits_force_pushes_tags_and_pinned_commits() {
     use pbsync::config::GitAuth;
     use pbsync::source::remote::Remote;
-    let (repo, first) = small_repo();
+    let (mut repo, first) = small_repo();
     let state = tempfile::tempdir().expect("state");
     let url = format!("file://{}", repo.path().display());
     let remote = Remote::new(&url, None, GitAuth::None, true, state.path());
     assert_eq!(remote.sync().expect("sync").to_string(), first);
     assert!(remote.dir().starts_with(state.path()));
 
-    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-0.yaml")).expect("rm");
-    let second = commit_all(repo.path(), "second").expect("commit");
+    repo.remove("bundles/team-000/bundle-0.yaml");
+    let second = repo.commit("second");
     assert_eq!(remote.sync().expect("sync"), second);
 
     // Rewrite history: the branch now points at a new root commit.
@@ -571,7 +560,7 @@ fn a_remote_clone_follows_new_commits_force_pushes_tags_and_pinned_commits() {
 
 #[test]
 fn the_daemon_reads_a_file_url_through_its_persistent_clone() {
-    let (repo, first) = small_repo();
+    let (mut repo, first) = small_repo();
     let state = tempfile::tempdir().expect("state");
     let d = Daemon::start(
         &[
@@ -590,10 +579,8 @@ fn the_daemon_reads_a_file_url_through_its_persistent_clone() {
         revision(s) == first && s["result"] == "applied"
     });
     assert!(state.path().join("var/repos").is_dir());
-    std::fs::remove_file(repo.path().join("bundles/team-000/bundle-0.yaml")).expect("rm");
-    let second = commit_all(repo.path(), "second")
-        .expect("commit")
-        .to_string();
+    repo.remove("bundles/team-000/bundle-0.yaml");
+    let second = repo.commit("second").to_string();
     d.wait_status(Duration::from_secs(20), |s| {
         revision(s) == second && s["result"] == "applied"
     });
@@ -604,50 +591,23 @@ fn the_daemon_reads_a_file_url_through_its_persistent_clone() {
 // Kubernetes target
 // ---------------------------------------------------------------------------------------
 
-fn kubeconfig(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            let why = "no test cluster (KUBECONFIG unset): run scripts/test";
-            if std::env::var_os("PBSYNC_TEST_SKIP_CLUSTER").is_none_or(|v| v != "1") {
-                panic!(
-                    "{test}: {why}; to skip the cluster tests on purpose, set PBSYNC_TEST_SKIP_CLUSTER=1"
-                );
-            }
-            eprintln!("SKIPPED {test}: {why} (PBSYNC_TEST_SKIP_CLUSTER=1)");
-            None
-        }
-    }
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-async fn client(kubeconfig: &Path) -> kube::Client {
-    pbsync::target::kubernetes::connect(Some(kubeconfig), None)
-        .await
-        .expect("client")
-}
-
 fn lease_holder(kubeconfig: &Path, ns: &str, name: &str) -> Option<String> {
     block_on(async {
+        let client = cluster::connect(kubeconfig).await.ok()?;
         let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-            kube::Api::namespaced(client(kubeconfig).await, ns);
+            kube::Api::namespaced(client, ns);
         api.get(name).await.ok()?.spec?.holder_identity
     })
 }
 
 fn count_bundles(kubeconfig: &Path, ns: &str) -> usize {
     block_on(async {
+        let Ok(client) = cluster::connect(kubeconfig).await else {
+            return 0;
+        };
         let gvk = kube::api::GroupVersionKind::gvk("spectrocloud.com", "v1beta1", "ProfileBundle");
         let ar = kube::api::ApiResource::from_gvk(&gvk);
-        let api: kube::Api<kube::api::DynamicObject> =
-            kube::Api::namespaced_with(client(kubeconfig).await, ns, &ar);
+        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(client, ns, &ar);
         api.list(&kube::api::ListParams::default())
             .await
             .map(|l| l.items.len())
@@ -655,96 +615,16 @@ fn count_bundles(kubeconfig: &Path, ns: &str) -> usize {
     })
 }
 
-/// A namespace of the test's own, created with the API directly.
-/// Removes a test's namespace when dropped: its objects, then the namespace itself (the test
-/// cluster runs no controller manager, so nothing else would empty it). Later tests and the
-/// benchmarks on the same cluster then do not meet this test's bundles.
-struct Gone {
-    kubeconfig: PathBuf,
-    ns: String,
-}
-
-impl Drop for Gone {
-    fn drop(&mut self) {
-        use kube::api::{
-            Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams,
-        };
-        block_on(async {
-            let client = client(&self.kubeconfig).await;
-            let (dp, lp) = (DeleteParams::background(), ListParams::default());
-            for (group, version, kind) in [
-                ("spectrocloud.com", "v1beta1", "ProfileBundle"),
-                ("spectrocloud.com", "v1beta1", "WorkloadProfile"),
-                ("core.oam.dev", "v1beta1", "ComponentDefinition"),
-                ("", "v1", "ConfigMap"),
-                ("", "v1", "Event"),
-                ("coordination.k8s.io", "v1", "Lease"),
-            ] {
-                let gvk = GroupVersionKind::gvk(group, version, kind);
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(client.clone(), &self.ns, &ApiResource::from_gvk(&gvk));
-                let _ = api.delete_collection(&dp, &lp).await;
-            }
-            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
-            let _ = namespaces.delete(&self.ns, &dp).await;
-            let finalized = serde_json::json!({
-                "apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": self.ns}, "spec": {"finalizers": []},
-            });
-            let _ = namespaces
-                .replace_subresource("finalize", &self.ns, &Default::default(), &finalized)
-                .await;
-        });
-    }
-}
-
-/// A fresh namespace for `test`, removed when the returned guard is dropped.
-fn namespace(kubeconfig: &Path, test: &str) -> (String, Gone) {
-    let short: String = test
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(30)
-        .collect();
-    let ns = format!("dt-{short}-{:06x}", fastrand::u32(..0xff_ffff)).to_ascii_lowercase();
-    block_on(async {
-        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-            kube::Api::all(client(kubeconfig).await);
-        let body =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-        api.create(&kube::api::PostParams::default(), &body)
-            .await
-            .expect("create namespace");
-    });
-    let gone = Gone {
-        kubeconfig: kubeconfig.to_path_buf(),
-        ns: ns.clone(),
-    };
-    (ns, gone)
-}
-
-fn kube_bundle(ns: &str, name: &str) -> String {
-    format!(
-        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: Application\n  deletionPolicy: delete\n  workloadProfiles:\n    - name: {name}-wp\n---\napiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata:\n  name: {name}-wp\n  namespace: {ns}\nspec:\n  type: Application\n  workload:\n    components:\n      - name: main\n        type: web\n        properties:\n          chart: {name}\n"
-    )
-}
-
-fn kube_repo(ns: &str, bundles: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("bundles")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("shared.yaml"),
-        format!("apiVersion: core.oam.dev/v1beta1\nkind: ComponentDefinition\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  workload:\n    definition:\n      apiVersion: apps/v1\n      kind: Deployment\n  schematic:\n    cue:\n      template: |\n        output: {{}}\n"),
-    )
-    .expect("write");
+/// A repository of `ns` with the definition `web` and an Application bundle (with a
+/// WorkloadProfile of its own) for each of `bundles`, committed.
+fn kube_repo(ns: &str, bundles: &[&str]) -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &[]));
     for b in bundles {
-        std::fs::write(
-            dir.path().join(format!("bundles/{b}.yaml")),
-            kube_bundle(ns, b),
-        )
-        .expect("write");
+        repo.write(&format!("bundles/{b}.yaml"), app(ns, b, "delete", &[]));
     }
-    commit_all(dir.path(), "bundles").expect("commit");
-    dir
+    repo.commit("bundles");
+    repo
 }
 
 fn kube_args<'a>(repo: &'a str, kubeconfig: &'a str, ns: &'a str) -> Vec<&'a str> {
@@ -771,9 +651,12 @@ fn kube_args<'a>(repo: &'a str, kubeconfig: &'a str, ns: &'a str) -> Vec<&'a str
 #[test]
 fn two_daemons_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     let test = "two_daemons_elect_one_leader";
-    let Some(kc) = kubeconfig(test) else { return };
-    let (ns, _gone) = namespace(&kc, test);
-    let repo = kube_repo(&ns, &["a"]);
+    let Some(kc) = cluster::require(test) else {
+        return;
+    };
+    let namespace = Namespace::create_blocking(&kc, test);
+    let ns = namespace.name().to_string();
+    let mut repo = kube_repo(&ns, &["a"]);
     let repo_arg = repo.path().display().to_string();
     let kc_arg = kc.display().to_string();
     let mut args = kube_args(&repo_arg, &kc_arg, &ns);
@@ -801,8 +684,8 @@ fn two_daemons_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     // Kill the leader without a chance to release the lease, then commit.
     drop(a);
     let killed = Instant::now();
-    std::fs::write(repo.path().join("bundles/b.yaml"), kube_bundle(&ns, "b")).expect("write");
-    let second = commit_all(repo.path(), "b").expect("commit").to_string();
+    repo.write("bundles/b.yaml", app(&ns, "b", "delete", &[]));
+    let second = repo.commit("b").to_string();
     let s = b.wait_status(Duration::from_secs(30), |s| {
         revision(s) == second && s["result"] == "applied"
     });
@@ -837,12 +720,12 @@ fn process(dir: &Path, name: &str) -> (u32, Vec<String>) {
 #[test]
 fn an_api_server_killed_mid_reconcile_is_retried_until_the_daemon_converges() {
     let test = "api_server_outage";
-    if kubeconfig(test).is_none() {
+    if cluster::require(test).is_none() {
         return;
     }
     // A private control plane: killing the shared one would disturb other tests.
     let cluster = tempfile::tempdir().expect("cluster dir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testcluster");
+    let script = cluster::script();
     let up = Command::new(&script)
         .arg("up")
         .env("PBSYNC_TESTCLUSTER_DIR", cluster.path())
@@ -862,8 +745,9 @@ fn an_api_server_killed_mid_reconcile_is_retried_until_the_daemon_converges() {
     }
     let _down = Down(&script, cluster.path());
     let kc = cluster.path().join("kubeconfig");
-    let (ns, _gone) = namespace(&kc, test);
-    let repo = kube_repo(&ns, &["a"]);
+    let namespace = Namespace::create_blocking(&kc, test);
+    let ns = namespace.name().to_string();
+    let mut repo = kube_repo(&ns, &["a"]);
     let repo_arg = repo.path().display().to_string();
     let kc_arg = kc.display().to_string();
     let d = Daemon::start(&kube_args(&repo_arg, &kc_arg, &ns), &[]);
@@ -872,15 +756,9 @@ fn an_api_server_killed_mid_reconcile_is_retried_until_the_daemon_converges() {
     // Commit, and kill the API server as the watch starts the reconcile.
     let (pid, args) = process(cluster.path(), "kube-apiserver");
     for b in ["b", "c", "d"] {
-        std::fs::write(
-            repo.path().join(format!("bundles/{b}.yaml")),
-            kube_bundle(&ns, b),
-        )
-        .expect("write");
+        repo.write(&format!("bundles/{b}.yaml"), app(&ns, b, "delete", &[]));
     }
-    let second = commit_all(repo.path(), "three more")
-        .expect("commit")
-        .to_string();
+    let second = repo.commit("three more").to_string();
     Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()

@@ -3,12 +3,12 @@
 //! dirs). Each test gets its own namespace and its own pbsync instance, and depends on no
 //! other test.
 //!
-//! The cluster is found through `KUBECONFIG`, else `scripts/testcluster env`. Without one the
-//! tests print that they were skipped; with `CI` set they fail instead.
+//! The cluster, the namespace guard, the repositories and the YAML come from the test kit
+//! (`pbsync_devkit::testkit`): the cluster is found through `KUBECONFIG`, else
+//! `scripts/testcluster env`, and a test without one fails unless `PBSYNC_TEST_SKIP_CLUSTER=1`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::api::{
@@ -23,95 +23,37 @@ use pbsync::ownership::Stamp;
 use pbsync::plan::{Action, Cascade, Change, Plan};
 use pbsync::target::kubernetes::{KubeOptions, KubeTarget, RequestCounts, Verb};
 use pbsync::target::{self, Outcome, RunError, RunOptions, Target};
+use pbsync_devkit::testkit::ScratchRepo;
+use pbsync_devkit::testkit::cluster::{self, Namespace};
+use pbsync_devkit::testkit::yaml::{self, app, shared};
 
 // ---------------------------------------------------------------------------------------
-// Finding the cluster
+// The test's environment
 // ---------------------------------------------------------------------------------------
 
-/// The kubeconfig of the test cluster, looked up once per test binary.
-fn kubeconfig() -> Option<PathBuf> {
-    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-                return Some(PathBuf::from(p));
-            }
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testcluster");
-            let out = std::process::Command::new(script)
-                .arg("env")
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            let line = text.lines().find(|l| l.contains("KUBECONFIG="))?;
-            let value = line
-                .split_once("KUBECONFIG=")?
-                .1
-                .trim()
-                .trim_matches(['"', '\'']);
-            Some(PathBuf::from(value))
-        })
-        .clone()
-}
-
-async fn client_for(path: &Path) -> Option<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(path).ok()?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .ok()?;
-    let client = kube::Client::try_from(config).ok()?;
-    tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
-        .await
-        .ok()?
-        .ok()?;
-    Some(client)
-}
-
-/// One test's corner of the cluster: a namespace and a pbsync instance of its own.
+/// One test's corner of the cluster: a namespace and a pbsync instance of its own. The
+/// namespace goes when the `Env` is dropped, also when the test panics (see [`Namespace`]).
 struct Env {
     kubeconfig: PathBuf,
     client: kube::Client,
     ns: String,
     instance: String,
+    _namespace: Namespace,
 }
 
-/// The test's environment, or `None` (printed) when no cluster is available outside CI.
+/// The test's environment, or `None` when there is no cluster and
+/// `PBSYNC_TEST_SKIP_CLUSTER=1` says to skip (see [`cluster::require`]).
 async fn env(test: &str) -> Option<Env> {
-    let found = match kubeconfig() {
-        Some(path) => client_for(&path).await.map(|c| (path, c)),
-        None => None,
-    };
-    let Some((kubeconfig, client)) = found else {
-        let why = "no test cluster: start one with `eval \"$(scripts/testcluster up)\"`";
-        if std::env::var_os("PBSYNC_TEST_SKIP_CLUSTER").is_none_or(|v| v != "1") {
-            panic!(
-                "{test}: {why}; to skip the cluster tests on purpose, set PBSYNC_TEST_SKIP_CLUSTER=1"
-            );
-        }
-        eprintln!("SKIPPED {test}: {why} (PBSYNC_TEST_SKIP_CLUSTER=1)");
-        return None;
-    };
-    let short: String = test
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(40)
-        .collect();
-    let ns = format!("kt-{short}-{:06x}", fastrand::u32(..0xff_ffff)).to_ascii_lowercase();
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let body: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
-    namespaces
-        .create(&PostParams::default(), &body)
-        .await
-        .expect("create namespace");
+    let kubeconfig = cluster::require(test)?;
+    let client = cluster::client(&kubeconfig).await;
+    let namespace = Namespace::create(&kubeconfig, test).await;
+    let ns = namespace.name().to_string();
     Some(Env {
         kubeconfig,
         client,
         instance: ns.clone(),
         ns,
+        _namespace: namespace,
     })
 }
 
@@ -130,13 +72,13 @@ impl Env {
         KubeTarget::new(self.options())
     }
 
-    fn ctx(&self, repo: &Repo) -> Context {
-        let mut ctx = Context::new(repo.dir.path(), "HEAD", "");
+    fn ctx(&self, repo: &ScratchRepo) -> Context {
+        let mut ctx = Context::new(repo.path(), "HEAD", "");
         ctx.plan.instance.clone_from(&self.instance);
         ctx
     }
 
-    fn ctx_with_wait(&self, repo: &Repo, wait: Duration) -> Context {
+    fn ctx_with_wait(&self, repo: &ScratchRepo, wait: Duration) -> Context {
         let mut ctx = self.ctx(repo);
         ctx.lock_wait = wait;
         ctx
@@ -152,12 +94,12 @@ impl Env {
         engine::run(ctx, Input::of(&snapshot), Goal::Apply(target, opts)).await
     }
 
-    async fn apply<T: Target>(&self, repo: &Repo, target: &T) -> engine::Result<Report> {
+    async fn apply<T: Target>(&self, repo: &ScratchRepo, target: &T) -> engine::Result<Report> {
         self.apply_with(&self.ctx(repo), target, RunOptions::default())
             .await
     }
 
-    async fn plan<T: Target>(&self, repo: &Repo, target: &T) -> Report {
+    async fn plan<T: Target>(&self, repo: &ScratchRepo, target: &T) -> Report {
         let ctx = self.ctx(repo);
         let snapshot = ctx.fetch().expect("fetch");
         engine::run(&ctx, Input::of(&snapshot), Goal::Plan(target))
@@ -243,36 +185,10 @@ impl Env {
         out
     }
 
-    /// Ends the test: its namespace goes (see [`Drop`], which also runs when a test fails).
+    /// Ends the test: its namespace goes (the guard's drop, which also runs when a test
+    /// fails).
     async fn cleanup(self) {
         drop(self);
-    }
-}
-
-/// The namespace guard: a test's namespace is deleted when its `Env` is dropped, also when the
-/// test panics. The test control plane runs kube-controller-manager, whose namespace and
-/// garbage-collector controllers empty and remove it, as on a real hub.
-impl Drop for Env {
-    fn drop(&mut self) {
-        let client = self.client.clone();
-        let ns = self.ns.clone();
-        // A runtime of its own on a thread of its own: a drop cannot await, and the test's
-        // runtime may be the one panicking.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
-                let _ = namespaces
-                    .delete(&ns, &DeleteParams::background())
-                    .await;
-            });
-        })
-        .join();
     }
 }
 
@@ -310,115 +226,14 @@ fn rv(obj: &Value) -> String {
 // Repositories
 // ---------------------------------------------------------------------------------------
 
-/// A git repository in a temp dir.
-struct Repo {
-    dir: tempfile::TempDir,
-    repo: git2::Repository,
-}
-
-impl Repo {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = git2::Repository::init(dir.path()).expect("git init");
-        Self { dir, repo }
-    }
-
-    fn write(&self, rel: &str, content: &str) -> &Self {
-        let path = self.dir.path().join(rel);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, content).expect("write");
-        self
-    }
-
-    fn remove(&self, rel: &str) -> &Self {
-        std::fs::remove_file(self.dir.path().join(rel)).expect("remove");
-        self
-    }
-
-    /// Commits the whole work tree (additions and removals); returns the commit id.
-    fn commit(&self, message: &str) -> String {
-        let mut index = self.repo.index().expect("index");
-        index
-            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-            .expect("add");
-        index.update_all(["*"], None).expect("update");
-        index.write().expect("write index");
-        let tree = self
-            .repo
-            .find_tree(index.write_tree().expect("tree"))
-            .expect("find tree");
-        let sig = git2::Signature::now("pbsync tests", "tests@pbsync.invalid").expect("sig");
-        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        self.repo
-            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
-            .expect("commit")
-            .to_string()
-    }
-}
-
-/// An Application bundle naming WorkloadProfiles and HelmRepositories of its namespace.
-fn bundle(ns: &str, name: &str, policy: &str, wps: &[&str], helm: &[&str]) -> String {
-    let items = |indent: &str, names: &[&str]| {
-        names
-            .iter()
-            .map(|n| format!("{indent}- name: {n}\n"))
-            .collect::<String>()
-    };
-    let mut s = format!(
-        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: Application\n  deletionPolicy: {policy}\n  workloadProfiles:\n{}",
-        items("    ", wps)
-    );
-    if !helm.is_empty() {
-        s += "  workloadProfileDependencies:\n    helmRepositories:\n";
-        s += &items("      ", helm);
-    }
-    s + "---\n"
-}
-
-/// An Application WorkloadProfile with one component of type `definition`.
-fn workload(ns: &str, name: &str, definition: &str, chart: &str) -> String {
-    format!(
-        "apiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: Application\n  workload:\n    components:\n      - name: main\n        type: {definition}\n        properties:\n          chart: {chart}\n---\n"
-    )
-}
-
-fn definition(ns: &str, name: &str) -> String {
-    format!(
-        "apiVersion: core.oam.dev/v1beta1\nkind: ComponentDefinition\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workload:\n    definition:\n      apiVersion: apps/v1\n      kind: Deployment\n  schematic:\n    cue:\n      template: |\n        output: {{}}\n---\n"
-    )
-}
-
-fn helm(ns: &str, name: &str, url: &str, interval: &str) -> String {
-    format!(
-        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  url: {url}\n  interval: {interval}\n---\n"
-    )
-}
-
 /// A repository whose first commit holds one Application bundle `a` using HelmRepository
 /// `charts` (the starting point of many tests).
-fn one_bundle_repo(ns: &str) -> Repo {
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]));
+fn one_bundle_repo(ns: &str) -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]));
     repo.commit("one");
     repo
-}
-
-/// Bundle `name` with its own WorkloadProfile `<name>-wp` (component type `web`, declared in
-/// `shared.yaml`) and the HelmRepositories `helm`, in `bundles/<name>.yaml`.
-fn app(ns: &str, name: &str, policy: &str, helm_repos: &[&str]) -> String {
-    let wp = format!("{name}-wp");
-    bundle(ns, name, policy, &[&wp], helm_repos) + &workload(ns, &wp, "web", name)
-}
-
-/// The definition `web` and the HelmRepositories every test may use.
-fn shared(ns: &str, repos: &[&str]) -> String {
-    let mut s = definition(ns, "web");
-    for r in repos {
-        s += &helm(ns, r, &format!("https://{r}.example.com"), "1h");
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,10 +282,10 @@ async fn creates_objects_with_ownership_marks_then_updates_only_what_changed() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/chat.yaml", &app(ns, "chat", "delete", &["charts"]));
-    let first = repo.commit("one");
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/chat.yaml", app(ns, "chat", "delete", &["charts"]));
+    let first = repo.commit("one").to_string();
     let target = env.target();
 
     let report = ok(env.apply(&repo, &target).await);
@@ -518,9 +333,9 @@ async fn creates_objects_with_ownership_marks_then_updates_only_what_changed() {
     // Change one property: one object is updated, nothing else is written.
     repo.write(
         "bundles/chat.yaml",
-        &app(ns, "chat", "delete", &["charts"]).replace("chart: chat", "chart: chat-v2"),
+        app(ns, "chat", "delete", &["charts"]).replace("chart: chat", "chart: chat-v2"),
     );
-    let second = repo.commit("two");
+    let second = repo.commit("two").to_string();
     let planned = env.plan(&repo, &target).await;
     let wp_change = change(planned.plan(), Kind::WorkloadProfile, "chat-wp");
     assert_eq!(
@@ -571,10 +386,10 @@ async fn a_pass_with_nothing_to_do_issues_no_writes_and_a_repeated_plan_no_dry_r
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/b.yaml", &app(ns, "b", "delete", &["charts"]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", app(ns, "b", "delete", &["charts"]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
@@ -666,13 +481,13 @@ async fn a_change_between_plan_and_apply_is_retried_after_rereading() {
         return;
     };
     let ns = &env.ns;
-    let repo = one_bundle_repo(ns);
+    let mut repo = one_bundle_repo(ns);
     let target = env.target();
     ok(env.apply(&repo, &target).await);
 
     repo.write(
         "shared.yaml",
-        &shared(ns, &["charts"]).replace("interval: 1h", "interval: 2h"),
+        shared(ns, &["charts"]).replace("interval: 1h", "interval: 2h"),
     );
     repo.commit("two");
     let planned = env.plan(&repo, &target).await;
@@ -726,21 +541,21 @@ async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_refe
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["common", "a-only"]))
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["common", "a-only"]))
         .write(
             "bundles/a.yaml",
-            &app(ns, "a", "delete", &["common", "a-only"]),
+            app(ns, "a", "delete", &["common", "a-only"]),
         )
-        .write("bundles/b.yaml", &app(ns, "b", "delete", &["common"]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+        .write("bundles/b.yaml", app(ns, "b", "delete", &["common"]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
 
     // a goes: its own objects are deleted, `common` stays for b.
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &["common"]));
+    repo.write("shared.yaml", shared(ns, &["common"]));
     repo.commit("a leaves");
     let planned = env.plan(&repo, &target).await;
     let common = change(planned.plan(), Kind::HelmRepository, "common");
@@ -776,7 +591,7 @@ async fn a_shared_object_is_kept_while_referenced_and_deleted_with_its_last_refe
 
     // b goes: it was the last referrer of `common`, with policy delete.
     repo.remove("bundles/b.yaml");
-    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.write("shared.yaml", shared(ns, &[]));
     repo.commit("b leaves");
     let planned = env.plan(&repo, &target).await;
     let common = change(planned.plan(), Kind::HelmRepository, "common");
@@ -802,16 +617,16 @@ async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() 
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "orphan", &["charts"]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "orphan", &["charts"]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
 
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.write("shared.yaml", shared(ns, &[]));
     repo.commit("a leaves");
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
@@ -842,8 +657,8 @@ async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() 
     assert!(!again.plan().has_changes(), "{}", render(again.plan()));
 
     // A new bundle needs `charts` again: taken back, not a conflict.
-    repo.write("bundles/c.yaml", &app(ns, "c", "delete", &["charts"]));
-    repo.write("shared.yaml", &shared(ns, &["charts"]));
+    repo.write("bundles/c.yaml", app(ns, "c", "delete", &["charts"]));
+    repo.write("shared.yaml", shared(ns, &["charts"]));
     repo.commit("c needs charts");
     let planned = env.plan(&repo, &target).await;
     let charts = change(planned.plan(), Kind::HelmRepository, "charts");
@@ -865,10 +680,10 @@ async fn a_dependent_whose_bundle_was_removed_out_of_band_is_orphaned_with_a_war
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
@@ -876,7 +691,7 @@ async fn a_dependent_whose_bundle_was_removed_out_of_band_is_orphaned_with_a_war
     // Someone deletes the bundle by hand; then the repository drops it too.
     env.delete("ProfileBundle", "a").await;
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.write("shared.yaml", shared(ns, &[]));
     repo.commit("a removed out of band");
     let report = ok(env.apply(&repo, &target).await);
     assert!(
@@ -905,10 +720,10 @@ async fn a_compute_pool_blocks_the_deletion_of_its_bundle_and_its_dependents() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
@@ -925,7 +740,7 @@ async fn a_compute_pool_blocks_the_deletion_of_its_bundle_and_its_dependents() {
     .await;
 
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.write("shared.yaml", shared(ns, &[]));
     repo.commit("a leaves");
     let report = ok(env.apply(&repo, &target).await);
     let a = change(report.plan(), Kind::ProfileBundle, "a");
@@ -951,10 +766,10 @@ async fn the_mass_deletion_guard_refuses_until_allowed() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/b.yaml", &app(ns, "b", "delete", &["charts"]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", app(ns, "b", "delete", &["charts"]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
@@ -1031,10 +846,10 @@ async fn a_foreign_object_is_left_alone_and_another_instance_leaves_ours_alone()
     )
     .await;
     let charts_before = env.must_get("HelmRepository", "charts").await;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     let report = ok(env.apply(&repo, &target).await);
@@ -1054,7 +869,7 @@ async fn a_foreign_object_is_left_alone_and_another_instance_leaves_ours_alone()
         instance: format!("{}-other", env.instance),
         ..env.options()
     });
-    let empty = Repo::new();
+    let mut empty = ScratchRepo::new();
     empty.write("README.md", "nothing here\n");
     empty.commit("empty");
     let mut ctx = env.ctx(&empty);
@@ -1095,10 +910,10 @@ async fn adoption_takes_over_a_foreign_object_and_only_ever_releases_it() {
         foreign_helm(ns, "charts", "https://theirs.example.com"),
     )
     .await;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     let mut ctx = env.ctx(&repo);
@@ -1114,7 +929,7 @@ async fn adoption_takes_over_a_foreign_object_and_only_ever_releases_it() {
 
     // Its last referrer leaves with policy delete: an adopted object is released instead.
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.write("shared.yaml", shared(ns, &[]));
     repo.commit("a leaves");
     let report = ok(env
         .apply_with(&env.ctx(&repo), &target, RunOptions::default())
@@ -1220,15 +1035,15 @@ async fn a_deletion_whose_object_changed_hands_after_the_plan_is_refused() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts-a", "charts-b"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts-a"]))
-        .write("bundles/b.yaml", &app(ns, "b", "delete", &["charts-b"]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts-a", "charts-b"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts-a"]))
+        .write("bundles/b.yaml", app(ns, "b", "delete", &["charts-b"]));
     repo.commit("two bundles");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &["charts-b"]));
+    repo.write("shared.yaml", shared(ns, &["charts-b"]));
     repo.commit("a leaves");
     let planned = env.plan(&repo, &target).await;
     assert_eq!(
@@ -1293,14 +1108,11 @@ async fn a_commit_into_a_namespace_the_hub_lacks_is_refused_before_any_write() {
     };
     let ns = &env.ns;
     let absent = format!("{ns}-absent");
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("elsewhere/shared.yaml", &shared(&absent, &["charts"]))
-        .write(
-            "elsewhere/b.yaml",
-            &app(&absent, "b", "delete", &["charts"]),
-        );
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("elsewhere/shared.yaml", shared(&absent, &["charts"]))
+        .write("elsewhere/b.yaml", app(&absent, "b", "delete", &["charts"]));
     repo.commit("two namespaces, one of them missing");
     let target = env.target();
     let planned = env.plan(&repo, &target).await;
@@ -1359,7 +1171,7 @@ async fn an_apply_waits_for_the_instances_lease_and_takes_over_from_a_dead_proce
         return;
     };
     let ns = &env.ns;
-    let repo = one_bundle_repo(ns);
+    let mut repo = one_bundle_repo(ns);
     let ctx = env.ctx_with_wait(&repo, Duration::from_secs(1));
     let apply = |ctx: &Context| {
         let ctx = ctx.clone();
@@ -1429,7 +1241,7 @@ async fn an_apply_waits_for_the_instances_lease_and_takes_over_from_a_dead_proce
         .replace(&name, &PostParams::default(), &record)
         .await
         .expect("a dead holder's record");
-    repo.write("bundles/b.yaml", &app(ns, "b", "delete", &[]));
+    repo.write("bundles/b.yaml", app(ns, "b", "delete", &[]));
     repo.commit("two");
     let report = ok(apply(&env.ctx_with_wait(&repo, Duration::from_secs(2))).await);
     assert!(env.get("ProfileBundle", "b").await.is_some());
@@ -1478,7 +1290,7 @@ async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing()
         return;
     };
     let ns = &env.ns;
-    let repo = one_bundle_repo(ns);
+    let mut repo = one_bundle_repo(ns);
     // `pbsync plan` always dry-runs new objects; `apply --preflight` too.
     let target = KubeTarget::new(KubeOptions {
         preflight: true,
@@ -1491,11 +1303,16 @@ async fn an_object_the_crd_schema_rejects_plans_as_unknown_and_applies_nothing()
     repo.write(
         "shared.yaml",
         &(shared(ns, &["charts"]).replace("interval: 1h", "interval: often")
-            + &helm(ns, "fresh", "https://fresh.example.com", "sometimes")),
+            + &yaml::stream([yaml::helm_repository(
+                ns,
+                "fresh",
+                "https://fresh.example.com",
+                "sometimes",
+            )])),
     );
     repo.write(
         "bundles/a.yaml",
-        &app(ns, "a", "delete", &["charts", "fresh"]),
+        app(ns, "a", "delete", &["charts", "fresh"]),
     );
     repo.commit("invalid intervals");
     let planned = env.plan(&repo, &target).await;
@@ -1530,12 +1347,9 @@ async fn without_preflight_a_rejected_create_fails_the_pass_before_any_deletion(
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts", "old"]))
-        .write(
-            "bundles/a.yaml",
-            &app(ns, "a", "delete", &["charts", "old"]),
-        );
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts", "old"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts", "old"]));
     repo.commit("two repositories");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
@@ -1544,11 +1358,17 @@ async fn without_preflight_a_rejected_create_fails_the_pass_before_any_deletion(
     // schema rejects. Without preflight the plan cannot know; the create finds out.
     repo.write(
         "shared.yaml",
-        &(shared(ns, &["charts"]) + &helm(ns, "fresh", "https://fresh.example.com", "sometimes")),
+        &(shared(ns, &["charts"])
+            + &yaml::stream([yaml::helm_repository(
+                ns,
+                "fresh",
+                "https://fresh.example.com",
+                "sometimes",
+            )])),
     );
     repo.write(
         "bundles/a.yaml",
-        &app(ns, "a", "delete", &["charts", "fresh"]),
+        app(ns, "a", "delete", &["charts", "fresh"]),
     );
     repo.commit("an invalid new repository");
     let planned = env.plan(&repo, &target).await;
@@ -1589,12 +1409,12 @@ async fn an_invalid_update_alone_writes_nothing() {
         return;
     };
     let ns = &env.ns;
-    let repo = one_bundle_repo(ns);
+    let mut repo = one_bundle_repo(ns);
     let target = env.target();
     ok(env.apply(&repo, &target).await);
     repo.write(
         "shared.yaml",
-        &shared(ns, &["charts"]).replace("interval: 1h", "interval: often"),
+        shared(ns, &["charts"]).replace("interval: 1h", "interval: often"),
     );
     repo.commit("invalid interval");
     let before = target.requests();
@@ -1638,13 +1458,13 @@ async fn cluster_profiles_without_a_palette_target_are_a_configuration_error() {
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
+    let mut repo = ScratchRepo::new();
     repo.write(
         "profiles.yaml",
-        "apiVersion: pbsync.dev/v1\nkind: ClusterProfile\nmetadata:\n  name: edge-infra\nspec:\n  version: 1.0.0\n  template:\n    type: infra\n    cloudType: edge-native\n    packs: []\n",
+        yaml::cluster_profile("edge-infra", "1.0.0", "infra"),
     )
-    .write("bundles/a.yaml", &app(ns, "a", "delete", &[]))
-    .write("shared.yaml", &shared(ns, &[]));
+    .write("bundles/a.yaml", app(ns, "a", "delete", &[]))
+    .write("shared.yaml", shared(ns, &[]));
     repo.commit("one");
     let target = env.target();
     let err = env.apply(&repo, &target).await.expect_err("config");
@@ -1759,21 +1579,21 @@ async fn a_pass_killed_between_dependents_and_bundle_is_completed_by_the_next() 
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["common", "a-only"]))
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["common", "a-only"]))
         .write(
             "bundles/a.yaml",
-            &app(ns, "a", "delete", &["common", "a-only"]),
+            app(ns, "a", "delete", &["common", "a-only"]),
         )
         .write(
             "bundles/keeper.yaml",
-            &app(ns, "keeper", "delete", &["common"]),
+            app(ns, "keeper", "delete", &["common"]),
         );
     repo.commit("one");
     ok(env.apply(&repo, &env.target()).await);
 
     repo.remove("bundles/a.yaml");
-    repo.write("shared.yaml", &shared(ns, &["common"]));
+    repo.write("shared.yaml", shared(ns, &["common"]));
     repo.commit("a leaves");
     // A real `pbsync apply` process, through a proxy that holds its delete of the bundle: by
     // then a's dependents (its WorkloadProfile and a-only) are gone. The process is killed
@@ -1787,7 +1607,7 @@ async fn a_pass_killed_between_dependents_and_bundle_is_completed_by_the_next() 
     let stderr = logs.path().join("stderr");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
         .args(["apply", "--target", "kube", "--repo"])
-        .arg(repo.dir.path())
+        .arg(repo.path())
         .arg("--kubeconfig")
         .arg(proxy.kubeconfig())
         .args(["--instance", &env.instance, "--status-namespace", ns])
@@ -1852,11 +1672,11 @@ async fn cascade_server_sets_the_live_policy_to_orphan_before_deleting_only_the_
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
-    repo.write("shared.yaml", &shared(ns, &["charts"]))
-        .write("bundles/a.yaml", &app(ns, "a", "delete", &["charts"]))
-        .write("bundles/b.yaml", &app(ns, "b", "delete", &[]))
-        .write("bundles/keeper.yaml", &app(ns, "keeper", "delete", &[]));
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts"]))
+        .write("bundles/a.yaml", app(ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", app(ns, "b", "delete", &[]))
+        .write("bundles/keeper.yaml", app(ns, "keeper", "delete", &[]));
     repo.commit("one");
     let target = env.target();
     ok(env.apply(&repo, &target).await);
@@ -1872,10 +1692,10 @@ async fn cascade_server_sets_the_live_policy_to_orphan_before_deleting_only_the_
     }
 
     // Commit two says orphan for a; commit three removes a and b. Both land in one pass.
-    repo.write("bundles/a.yaml", &app(ns, "a", "orphan", &["charts"]));
+    repo.write("bundles/a.yaml", app(ns, "a", "orphan", &["charts"]));
     repo.commit("a: orphan");
     repo.remove("bundles/a.yaml").remove("bundles/b.yaml");
-    repo.write("shared.yaml", &shared(ns, &[]));
+    repo.write("shared.yaml", shared(ns, &[]));
     repo.commit("a and b leave");
     let mut ctx = env.ctx(&repo);
     ctx.plan.cascade = Cascade::Server;
@@ -1930,16 +1750,16 @@ async fn with_a_palette_side_cluster_profiles_go_there_and_hub_objects_to_kubern
         return;
     };
     let ns = &env.ns;
-    let repo = Repo::new();
+    let mut repo = ScratchRepo::new();
     repo.write(
         "profiles.yaml",
-        "apiVersion: pbsync.dev/v1\nkind: ClusterProfile\nmetadata:\n  name: edge-infra\nspec:\n  version: 1.0.0\n  template:\n    type: infra\n    cloudType: edge-native\n    packs: []\n",
+        yaml::cluster_profile("edge-infra", "1.0.0", "infra"),
     )
     .write(
         "bundles/edge.yaml",
-        &format!(
-            "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: edge\n  namespace: {ns}\nspec:\n  type: Infrastructure\n  clusterProfiles:\n    - name: edge-infra\n      version: 1.0.0\n"
-        ),
+        yaml::profile_bundle(ns, "edge", "Infrastructure")
+            .cluster_profiles(&["edge-infra@1.0.0"])
+            .to_string(),
     );
     repo.commit("one");
     // The Palette side is the local-directory target here; `--palette-url` builds the same

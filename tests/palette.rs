@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use git2::{Repository, Signature, Time};
 use pbsync::engine::{self, Context, Error, Goal, Input, Report};
 use pbsync::guard::Refusal;
 use pbsync::live::Observed;
@@ -15,104 +14,16 @@ use pbsync::target::local_dir::LocalDir;
 use pbsync::target::palette::{ApiKey, PaletteConfig, PaletteTarget};
 use pbsync::target::{Outcome, RunError, RunOptions, Split, Target as _};
 use pbsync_devkit::palette_sim::{self, Fault, RateLimit, Scope, SeedProfile, Simulator};
+use pbsync_devkit::testkit::ScratchRepo;
+use pbsync_devkit::testkit::yaml::{full_cluster_profile, infrastructure_bundle};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-api-key";
 const PROJECT: &str = "project-uid-1";
 const INSTANCE: &str = "default";
 
-/// A git repository in a temp dir with deterministic commits.
-struct Repo {
-    dir: tempfile::TempDir,
-    repo: Repository,
-    tick: i64,
-}
-
-impl Repo {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = Repository::init(dir.path()).expect("git init");
-        Self { dir, repo, tick: 0 }
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let path = self.dir.path().join(rel);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, content).expect("write");
-    }
-
-    fn remove(&self, rel: &str) {
-        std::fs::remove_file(self.dir.path().join(rel)).expect("remove");
-    }
-
-    fn commit(&mut self) {
-        let mut index = self.repo.index().expect("index");
-        index
-            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-            .expect("add");
-        index.update_all(["*"].iter(), None).expect("update");
-        index.write().expect("index write");
-        let tree = self
-            .repo
-            .find_tree(index.write_tree().expect("tree"))
-            .expect("tree");
-        self.tick += 1;
-        let sig = Signature::new(
-            "pbsync tests",
-            "tests@pbsync.invalid",
-            &Time::new(1_700_000_000 + self.tick * 60, 0),
-        )
-        .expect("signature");
-        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        self.repo
-            .commit(Some("HEAD"), &sig, &sig, "test", &tree, &parents)
-            .expect("commit");
-    }
-}
-
-fn profile(name: &str, version: &str, ptype: &str, values: &str) -> String {
-    format!(
-        r#"apiVersion: pbsync.dev/v1
-kind: ClusterProfile
-metadata:
-  name: {name}
-  scope: project
-  labels: {{team: platform}}
-spec:
-  version: {version}
-  template:
-    type: {ptype}
-    cloudType: edge-native
-    packs:
-      - name: edge-k8s
-        tag: 1.32.3
-        layer: k8s
-        values: "{values}"
-      - name: extras
-        tag: 1.0.0
-        type: manifest
-        layer: addon
-        manifests:
-          - {{name: config, content: "kind: ConfigMap"}}
-  variables:
-    - {{name: vip, displayName: VIP, format: ipv4, required: true}}
-"#
-    )
-}
-
-fn bundle(name: &str, profiles: &[&str], policy: &str) -> String {
-    let refs: String = profiles
-        .iter()
-        .map(|p| {
-            let (n, v) = p.split_once('@').expect("name@version");
-            format!("    - {{name: {n}, version: {v}}}\n")
-        })
-        .collect();
-    format!(
-        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {{name: {name}, namespace: project-a}}\nspec:\n  type: Infrastructure\n  deletionPolicy: {policy}\n  clusterProfiles:\n{refs}"
-    )
-}
+/// The namespace of every bundle.
+const NAMESPACE: &str = "project-a";
 
 fn seed(name: &str, version: &str, ptype: &str) -> SeedProfile {
     SeedProfile {
@@ -129,7 +40,7 @@ fn seed(name: &str, version: &str, ptype: &str) -> SeedProfile {
 /// A simulator, a repository and a state directory.
 struct World {
     sim: Simulator,
-    repo: Repo,
+    repo: ScratchRepo,
     state: tempfile::TempDir,
 }
 
@@ -151,7 +62,7 @@ impl World {
             .expect("simulator");
         Self {
             sim,
-            repo: Repo::new(),
+            repo: ScratchRepo::new(),
             state: tempfile::tempdir().expect("tempdir"),
         }
     }
@@ -179,7 +90,7 @@ impl World {
     }
 
     fn context(&self) -> Context {
-        Context::new(self.repo.dir.path(), "HEAD", "")
+        Context::new(self.repo.path(), "HEAD", "")
     }
 
     async fn pass(&self) -> Result<Report, Error> {
@@ -250,11 +161,15 @@ fn file_exists(dir: &Path, rel: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_profile_is_created_published_and_a_second_pass_writes_nothing() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("edge", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "edge", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
 
     let report = w.pass().await.expect("first pass");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "created");
@@ -283,7 +198,7 @@ async fn declared_profile_is_created_published_and_a_second_pass_writes_nothing(
 
     // An empty commit: a new revision, nothing to change, not a single write.
     w.repo.write("README.md", "docs\n");
-    w.repo.commit();
+    w.repo.commit("test");
     w.sim.reset_stats();
     let report = w.pass().await.expect("second pass");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "unchanged");
@@ -296,17 +211,23 @@ async fn declared_profile_is_created_published_and_a_second_pass_writes_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_profile_is_written_as_draft_then_published() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("edge", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "edge", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create");
     let uid = w.only("edge", "1.0.0").uid;
 
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 2"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 2"),
+    );
+    w.repo.commit("test");
     let plan = w.plan().await;
     let change = plan
         .changes
@@ -335,11 +256,11 @@ async fn changed_profile_is_written_as_draft_then_published() {
     // Variables and labels go through their own endpoints.
     w.repo.write(
         "cp.yaml",
-        &profile("edge", "1.0.0", "infra", "a: 2")
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 2")
             .replace("team: platform", "team: ml")
             .replace("required: true", "required: false"),
     );
-    w.repo.commit();
+    w.repo.commit("test");
     w.sim.reset_stats();
     w.pass().await.expect("update metadata and variables");
     let p = w.only("edge", "1.0.0");
@@ -355,17 +276,21 @@ async fn changed_profile_is_written_as_draft_then_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_bundle_deletes_its_profile_across_both_targets() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("edge", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "edge", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create");
 
     w.repo.remove("b.yaml");
     w.repo.remove("cp.yaml");
     w.repo.write("README.md", "empty\n");
-    w.repo.commit();
+    w.repo.commit("test");
     let ctx = w.context();
     let snapshot = ctx.fetch().expect("fetch");
     let target = w.target();
@@ -402,17 +327,23 @@ async fn removed_bundle_deletes_its_profile_across_both_targets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_profile_is_kept_until_its_last_referrer_goes() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo
-        .write("b.yaml", &bundle("b", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "b", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create");
 
     w.repo.remove("a.yaml");
-    w.repo.commit();
+    w.repo.commit("test");
     let report = w.pass().await.expect("remove a");
     let change = report
         .plan()
@@ -435,7 +366,7 @@ async fn shared_profile_is_kept_until_its_last_referrer_goes() {
     w.repo.remove("b.yaml");
     w.repo.remove("cp.yaml");
     w.repo.write("README.md", "empty\n");
-    w.repo.commit();
+    w.repo.commit("test");
     let ctx = w.context();
     let snapshot = ctx.fetch().expect("fetch");
     let report = engine::run(
@@ -458,20 +389,28 @@ async fn shared_profile_is_kept_until_its_last_referrer_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_policy_releases_the_profile_in_palette() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
-    w.repo
-        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "orphan"));
-    w.repo
-        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "keep.yaml",
+        full_cluster_profile("other", "1.0.0", "infra", "b: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "orphan"),
+    );
+    w.repo.write(
+        "k.yaml",
+        infrastructure_bundle(NAMESPACE, "k", &["other@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create");
 
     w.repo.remove("a.yaml");
     w.repo.remove("cp.yaml");
-    w.repo.commit();
+    w.repo.commit("test");
     let report = w.pass().await.expect("orphan");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "orphaned");
     let p = w.only("edge", "1.0.0");
@@ -487,11 +426,15 @@ async fn orphan_policy_releases_the_profile_in_palette() {
     assert_eq!(w.sim.stats().writes(), 0);
 
     // A commit that needs it again takes it back.
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     let report = w.pass().await.expect("take back");
     assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "configured");
     let p = w.only("edge", "1.0.0");
@@ -501,15 +444,23 @@ async fn orphan_policy_releases_the_profile_in_palette() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_in_use_is_blocked_naming_its_clusters() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
-    w.repo
-        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo
-        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "keep.yaml",
+        full_cluster_profile("other", "1.0.0", "infra", "b: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.write(
+        "k.yaml",
+        infrastructure_bundle(NAMESPACE, "k", &["other@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create");
     let uid = w.only("edge", "1.0.0").uid;
     w.sim
@@ -524,7 +475,7 @@ async fn profile_in_use_is_blocked_naming_its_clusters() {
 
     w.repo.remove("a.yaml");
     w.repo.remove("cp.yaml");
-    w.repo.commit();
+    w.repo.commit("test");
     w.sim.reset_stats();
     let report = w.pass().await.expect("pass");
     let change = report
@@ -553,9 +504,11 @@ async fn undeclared_profile_that_exists_is_validated_and_never_changed() {
         .sim
         .seed(seed("base-infra", "2.0.0", "cluster"))
         .expect("seed");
-    w.repo
-        .write("b.yaml", &bundle("a", &["base-infra@2.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["base-infra@2.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.sim.reset_stats();
     let report = w.pass().await.expect("pass");
     assert!(
@@ -576,9 +529,11 @@ async fn undeclared_profile_that_exists_is_validated_and_never_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeclared_profile_that_does_not_exist_is_a_violation() {
     let mut w = World::new().await;
-    w.repo
-        .write("b.yaml", &bundle("a", &["missing@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["missing@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     match w.pass().await {
         Err(Error::Invalid { violations, .. }) => {
             let v = &violations.0[0];
@@ -598,9 +553,11 @@ async fn undeclared_profile_of_the_wrong_type_is_a_violation() {
         .seed(seed("monitoring", "1.0.0", "add-on"))
         .expect("seed");
     // An Infrastructure bundle needs an Infrastructure or Full profile; this one is Add-on.
-    w.repo
-        .write("b.yaml", &bundle("a", &["monitoring@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["monitoring@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     match w.pass().await {
         Err(Error::Invalid { violations, .. }) => {
             assert!(
@@ -622,11 +579,15 @@ async fn a_profile_someone_else_made_is_never_changed_or_deleted() {
     let mut foreign = seed("edge", "1.0.0", "infra");
     foreign.labels.insert("team".into(), json!("other"));
     let uid = w.sim.seed(foreign).expect("seed");
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.sim.reset_stats();
     let report = w.pass().await.expect("pass");
     assert_eq!(
@@ -699,14 +660,19 @@ async fn a_429_storm_and_5xx_answers_are_survived_without_duplicates() {
     for i in 0..3 {
         w.repo.write(
             &format!("cp{i}.yaml"),
-            &profile(&format!("edge{i}"), "1.0.0", "infra", "a: 1"),
+            full_cluster_profile(&format!("edge{i}"), "1.0.0", "infra", "a: 1"),
         );
         w.repo.write(
             &format!("b{i}.yaml"),
-            &bundle(&format!("b{i}"), &[&format!("edge{i}@1.0.0")], "delete"),
+            infrastructure_bundle(
+                NAMESPACE,
+                &format!("b{i}"),
+                &[&format!("edge{i}@1.0.0")],
+                "delete",
+            ),
         );
     }
-    w.repo.commit();
+    w.repo.commit("test");
     // Each request is retried at most `max_retries` (8) times, so the storm is spread
     // over the endpoints a pass uses.
     for (method, path) in [
@@ -756,11 +722,15 @@ async fn the_servers_own_rate_limit_is_respected_by_backing_off() {
         burst: 0.5,
     }];
     let mut w = World::with(config).await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create under a tight limit");
     w.pass().await.expect("observe under a tight limit");
     assert!(w.sim.stats().answered(429) > 0, "the limit was hit");
@@ -770,11 +740,15 @@ async fn the_servers_own_rate_limit_is_respected_by_backing_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambiguous_create_leaves_exactly_one_profile() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     // The server creates the profile, then the connection drops before the answer.
     w.sim
         .inject(Fault::drop_after_response().on("POST", "/v1/clusterprofiles"));
@@ -797,11 +771,15 @@ async fn an_ambiguous_create_leaves_exactly_one_profile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_timed_out_is_looked_up_not_repeated() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     // Slower than the client's timeout; the server still carries the create out.
     w.sim
         .inject(Fault::latency(400).on("POST", "/v1/clusterprofiles"));
@@ -820,11 +798,15 @@ async fn a_create_that_timed_out_is_looked_up_not_repeated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_dropped_before_the_server_acted_is_tried_again_once() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.sim
         .inject(Fault::drop_connection().on("POST", "/v1/clusterprofiles"));
     w.pass().await.expect("pass");
@@ -838,11 +820,14 @@ async fn a_rejected_profile_reports_palettes_code_and_its_file_and_line() {
     // Palette knows no pack layer "firmware": a 400, not retried.
     w.repo.write(
         "profiles/cp.yaml",
-        &profile("edge", "1.0.0", "infra", "a: 1").replace("layer: k8s", "layer: firmware"),
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1")
+            .replace("layer: k8s", "layer: firmware"),
     );
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     let err = w.pass().await.expect_err("rejected");
     let Error::Apply { changes, .. } = &err else {
         panic!("expected an apply error, got {err:?}");
@@ -887,9 +872,11 @@ async fn observe_pages_through_every_profile() {
     w.sim
         .seed(seed("zz-infra", "1.0.0", "infra"))
         .expect("seed");
-    w.repo
-        .write("b.yaml", &bundle("a", &["zz-infra@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["zz-infra@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     let target = w.target();
     let ctx = w.context();
     let snapshot = ctx.fetch().expect("fetch");
@@ -909,11 +896,15 @@ async fn observe_pages_through_every_profile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_profile_without_a_project_uid_is_unknown_not_created() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     let mut config = w.palette_config();
     config.project_uid = None;
     let target = w.target_with(config);
@@ -1010,17 +1001,21 @@ async fn duplicates_are_refused_with_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
     let mut w = World::new().await;
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     let key_file = w.state.path().join("palette.key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key file");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
         .arg("apply")
         .arg("--repo")
-        .arg(w.repo.dir.path())
+        .arg(w.repo.path())
         .arg("--target")
         .arg(format!("dir:{}", w.state.path().join("hub").display()))
         .args(["--palette-url", &w.sim.url()])
@@ -1058,7 +1053,7 @@ async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
         .arg("plan")
         .arg("--repo")
-        .arg(w.repo.dir.path())
+        .arg(w.repo.path())
         .arg("--target")
         .arg(format!("dir:{}", w.state.path().join("hub").display()))
         .args(["--palette-url", &w.sim.url()])
@@ -1073,15 +1068,23 @@ async fn the_cli_sends_cluster_profiles_to_palette_and_hub_objects_to_files() {
 async fn adoption_takes_over_a_foreign_profile_and_only_ever_releases_it() {
     let mut w = World::new().await;
     let uid = w.sim.seed(seed("edge", "1.0.0", "infra")).expect("seed");
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
-    w.repo
-        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo
-        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "keep.yaml",
+        full_cluster_profile("other", "1.0.0", "infra", "b: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.write(
+        "k.yaml",
+        infrastructure_bundle(NAMESPACE, "k", &["other@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     let mut ctx = w.context();
     ctx.plan.adopt = true;
     let target = w.target();
@@ -1105,7 +1108,7 @@ async fn adoption_takes_over_a_foreign_profile_and_only_ever_releases_it() {
     // Leaving: an adopted profile is released, never deleted, whatever the policy says.
     w.repo.remove("a.yaml");
     w.repo.remove("cp.yaml");
-    w.repo.commit();
+    w.repo.commit("test");
     let snapshot = ctx.fetch().expect("fetch");
     let report = engine::run(
         &ctx,
@@ -1128,19 +1131,27 @@ async fn adoption_takes_over_a_foreign_profile_and_only_ever_releases_it() {
 /// A commit that removes bundle `a` and its profile `edge@1.0.0` (applied before), planned
 /// but not yet applied: the stale plan to run after the world changed.
 async fn a_planned_deletion_of_edge(w: &mut World) -> (Report, Split<LocalDir, PaletteTarget>) {
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("keep.yaml", &profile("other", "1.0.0", "infra", "b: 1"));
-    w.repo
-        .write("a.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo
-        .write("k.yaml", &bundle("k", &["other@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "keep.yaml",
+        full_cluster_profile("other", "1.0.0", "infra", "b: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.write(
+        "k.yaml",
+        infrastructure_bundle(NAMESPACE, "k", &["other@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.pass().await.expect("create");
     w.repo.remove("a.yaml");
     w.repo.remove("cp.yaml");
-    w.repo.commit();
+    w.repo.commit("test");
     let target = w.target();
     let ctx = w.context();
     let snapshot = ctx.fetch().expect("fetch");
@@ -1246,11 +1257,15 @@ async fn adoption_never_takes_a_profile_another_instance_manages() {
         .labels
         .insert("pbsync.dev/instance".into(), json!("green"));
     let uid = w.sim.seed(theirs).expect("seed");
-    w.repo
-        .write("cp.yaml", &profile("edge", "1.0.0", "infra", "a: 1"));
-    w.repo
-        .write("b.yaml", &bundle("a", &["edge@1.0.0"], "delete"));
-    w.repo.commit();
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo.commit("test");
     w.sim.reset_stats();
     let mut ctx = w.context();
     ctx.plan.adopt = true;

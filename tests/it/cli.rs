@@ -1,6 +1,6 @@
 //! End-to-end tests of the built binary against real git repositories: the flags, output
 //! formats and exit codes that scripts rely on (issue 2, point 6). Text output is
-//! snapshotted; commit ids are stable because `TestRepo` commits deterministically.
+//! snapshotted; commit ids are stable because `ScratchRepo` commits deterministically.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt as _;
@@ -9,7 +9,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{TestRepo, fixture, list_files};
+use pbsync_devkit::testkit::{ScratchRepo, list_files};
+
+use crate::support::fixture;
 
 /// What one run of the binary did.
 #[derive(Debug)]
@@ -53,19 +55,14 @@ fn keys(v: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
-fn head(repo: &TestRepo) -> String {
-    repo.repo
-        .head()
-        .and_then(|h| h.peel_to_commit())
-        .expect("HEAD")
-        .id()
-        .to_string()
+fn head(repo: &ScratchRepo) -> String {
+    repo.head().to_string()
 }
 
 /// A small valid repository: an Application bundle (orphan policy) and an Infrastructure
 /// bundle with a project and a tenant cluster profile; a draft that is not valid yet, kept
 /// out by `.pbsyncignore`.
-fn write_valid_repo(repo: &TestRepo, under: &str) {
+fn write_valid_repo(repo: &ScratchRepo, under: &str) {
     let at = |rel: &str| format!("{under}{rel}");
     repo.write(
         &at("bundles/web.yaml"),
@@ -158,15 +155,15 @@ spec:
     repo.write(&at("drafts/wip.yaml"), "kind: NotYet\n");
 }
 
-fn valid_repo() -> TestRepo {
-    let mut repo = TestRepo::new();
+fn valid_repo() -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
     write_valid_repo(&repo, "");
     repo.commit("valid");
     repo
 }
 
-fn invalid_repo() -> TestRepo {
-    let mut repo = TestRepo::new();
+fn invalid_repo() -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
     repo.replace_tree_with(&fixture("invalid/many-violations-at-once"));
     repo.commit("invalid");
     repo
@@ -713,7 +710,7 @@ fn output_has_no_ansi_colour_when_piped() {
 
 #[test]
 fn path_reads_only_that_subdirectory() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     write_valid_repo(&repo, "deploy/");
     // Outside the configured path: never read.
     repo.write("ci/pipeline.yaml", "stages: [build, test\n");
@@ -850,7 +847,7 @@ fn apply_refuses_an_older_revision_unless_a_rollback_is_allowed() {
     );
 
     // A commit of another history is refused as unrelated.
-    let mut other = TestRepo::new();
+    let mut other = ScratchRepo::new();
     write_valid_repo(&other, "");
     other.write("bundles/extra.yaml", EXTRA_BUNDLE);
     other.commit("another history");

@@ -5,9 +5,9 @@
 use pbsync::source::Walk;
 use pbsync::source::{self, Content, GitConfig};
 
-use crate::support::TestRepo;
+use pbsync_devkit::testkit::ScratchRepo;
 
-fn read(repo: &TestRepo, reference: &str, path: &str) -> source::Snapshot {
+fn read(repo: &ScratchRepo, reference: &str, path: &str) -> source::Snapshot {
     source::read(&GitConfig {
         repo: repo.path().to_path_buf(),
         reference: reference.into(),
@@ -23,7 +23,7 @@ fn paths(s: &source::Snapshot) -> Vec<&str> {
 
 #[test]
 fn reads_the_committed_tree_not_the_working_directory() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("a.yaml", "committed: true\n");
     let first = repo.commit("one");
     repo.write("a.yaml", "edited but not committed\n");
@@ -39,7 +39,7 @@ fn reads_the_committed_tree_not_the_working_directory() {
 
 #[test]
 fn only_yaml_files_under_the_path_count_and_pbsyncignore_is_honoured() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("outside.yaml", "x: 1\n");
     repo.write("deploy/.pbsyncignore", "drafts/\n*.wip.yaml\n");
     repo.write("deploy/a.yaml", "x: 1\n");
@@ -58,11 +58,11 @@ fn only_yaml_files_under_the_path_count_and_pbsyncignore_is_honoured() {
 
 #[test]
 fn refs_name_branches_tags_and_commits() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("a.yaml", "v: 1\n");
     let first = repo.commit("one");
-    repo.repo
-        .tag_lightweight("v1", &repo.repo.find_object(first, None).unwrap(), false)
+    repo.git()
+        .tag_lightweight("v1", &repo.git().find_object(first, None).unwrap(), false)
         .unwrap();
     repo.write("b.yaml", "v: 2\n");
     repo.commit("two");
@@ -84,7 +84,7 @@ fn refs_name_branches_tags_and_commits() {
 
 #[test]
 fn a_missing_path_is_an_error_not_an_empty_commit() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("a.yaml", "v: 1\n");
     repo.commit("one");
     let err = source::read(&GitConfig {
@@ -99,7 +99,7 @@ fn a_missing_path_is_an_error_not_an_empty_commit() {
 
 #[test]
 fn files_over_the_limit_are_not_loaded() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("big.yaml", "x".repeat(4096));
     repo.commit("big");
     let snap = read(&repo, "HEAD", "");
@@ -108,27 +108,27 @@ fn files_over_the_limit_are_not_loaded() {
 
 #[test]
 fn history_finds_the_last_committed_version_of_a_removed_file() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("b.yaml", "policy: delete\n");
     repo.commit("one");
     repo.write("b.yaml", "policy: orphan\n");
     repo.commit("two");
     repo.remove("b.yaml");
     let head = repo.commit("three");
-    let found = source::find_in_history(&repo.repo, head, "b.yaml", 100, |bytes| {
+    let found = source::find_in_history(repo.git(), head, "b.yaml", 100, |bytes| {
         Some(String::from_utf8_lossy(bytes).trim().to_string())
     })
     .unwrap();
     assert_eq!(found, Walk::Found("policy: orphan".to_string()));
-    let none = source::find_in_history(&repo.repo, head, "never.yaml", 100, |_| Some(())).unwrap();
+    let none = source::find_in_history(repo.git(), head, "never.yaml", 100, |_| Some(())).unwrap();
     assert_eq!(none, Walk::Complete);
-    let cut = source::find_in_history(&repo.repo, head, "never.yaml", 2, |_| Some(())).unwrap();
+    let cut = source::find_in_history(repo.git(), head, "never.yaml", 2, |_| Some(())).unwrap();
     assert_eq!(cut, Walk::DepthLimit(2));
 }
 
 #[test]
 fn a_read_reusing_an_earlier_snapshot_equals_a_fresh_read() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("a.yaml", "a: 1\n");
     repo.write("b.yaml", "b: 1\n");
     repo.write("big.yaml", "x: 1\n".repeat(400));

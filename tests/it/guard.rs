@@ -11,7 +11,7 @@ use pbsync::target::local_dir::{LocalDir, key_string};
 use pbsync::target::{Outcome, RunError, RunOptions};
 use serde_json::Value;
 
-use crate::support::{TestRepo, block_on};
+use pbsync_devkit::testkit::{ScratchRepo, block_on};
 
 const SHARED: &str = "
 apiVersion: core.oam.dev/v1beta1
@@ -31,7 +31,7 @@ fn bundle(name: &str, policy: &str, helm: &str) -> String {
     )
 }
 
-fn ctx_for(repo: &TestRepo, instance: &str) -> Context {
+fn ctx_for(repo: &ScratchRepo, instance: &str) -> Context {
     let mut ctx = Context::new(repo.path(), "HEAD", "");
     ctx.plan.instance = instance.into();
     ctx
@@ -67,8 +67,8 @@ fn hand_over(state: &std::path::Path, key: &str, owner: &str) {
 }
 
 /// Two bundles, each with a repository of its own; commit 2 removes `a` (policy `policy`).
-fn two_bundles_then_one_leaves(policy: &str) -> (TestRepo, tempfile::TempDir, LocalDir) {
-    let mut repo = TestRepo::new();
+fn two_bundles_then_one_leaves(policy: &str) -> (ScratchRepo, tempfile::TempDir, LocalDir) {
+    let mut repo = ScratchRepo::new();
     repo.write("shared.yaml", SHARED);
     repo.write("a.yaml", bundle("a", policy, "charts-a"));
     repo.write("b.yaml", bundle("b", "delete", "charts-b"));
@@ -188,7 +188,7 @@ fn a_release_whose_object_changed_hands_after_the_plan_is_refused() {
 
 #[test]
 fn adoption_never_takes_another_instances_object_and_names_the_owner() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("shared.yaml", SHARED);
     repo.write("a.yaml", bundle("a", "delete", "charts"));
     repo.commit("one bundle");

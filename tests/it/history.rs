@@ -15,7 +15,7 @@ use pbsync::target::local_dir::LocalDir;
 use pbsync::target::{RunError, RunOptions};
 
 use crate::remote_http::serve;
-use crate::support::{TestRepo, block_on};
+use pbsync_devkit::testkit::{ScratchRepo, block_on};
 
 const SHARED: &str = "
 apiVersion: core.oam.dev/v1beta1
@@ -54,8 +54,8 @@ spec: {url: https://charts-a.example.com, interval: 1h}
 
 /// The scenario of the issue: commit 1 applies app-a (policy delete) to `state`; commit 2
 /// sets `orphan` on it (never applied); commit 3 removes it with its exclusive dependents.
-fn scenario(state: &Path) -> TestRepo {
-    let mut repo = TestRepo::new();
+fn scenario(state: &Path) -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
     repo.write("shared.yaml", SHARED);
     repo.write("app-a.yaml", app_a("delete"));
     repo.write("a-deps.yaml", A_DEPENDENTS);
@@ -135,7 +135,7 @@ fn a_shallow_clone_plans_unknown_never_delete_and_its_apply_deletes_nothing() {
         assert!(why.contains("git fetch --unshallow"), "the fix: {why}");
     }
 
-    let files_before = crate::support::list_files(state.path());
+    let files_before = pbsync_devkit::testkit::list_files(state.path());
     let ctx = Context::new(&shallow, "HEAD", "");
     let snapshot = ctx.fetch().expect("fetch");
     let target = LocalDir::new(state.path(), "default");
@@ -171,7 +171,7 @@ fn a_shallow_clone_plans_unknown_never_delete_and_its_apply_deletes_nothing() {
         panic!("{}", pbsync::error_chain(&err));
     };
     assert!(matches!(**source, RunError::Unknown(3)), "{source}");
-    let files_after = crate::support::list_files(state.path());
+    let files_after = pbsync_devkit::testkit::list_files(state.path());
     assert_eq!(
         files_before.len(),
         files_after.len(),
@@ -264,7 +264,7 @@ fn a_shallow_remote_clone_is_deepened_until_it_finds_the_last_version() {
 #[test]
 fn a_daemon_following_its_branch_back_plans_the_rollback_with_reasons() {
     let state = tempfile::tempdir().unwrap();
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("shared.yaml", SHARED);
     let older = repo.commit("keep only");
     repo.write("app-a.yaml", app_a("delete"));

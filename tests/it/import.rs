@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use pbsync::import::{self, Error, Outcome, archive};
 
-use crate::support::{TestRepo, context, copy_dir, list_files, load_snapshot};
+use pbsync_devkit::testkit::{ScratchRepo, copy_dir, list_files};
+
+use crate::support::{context, load_snapshot};
 
 fn options(ns: &str) -> import::Options {
     import::Options {
@@ -387,7 +389,7 @@ fn the_example_archive_is_built_from_its_source_directory() {
 
 #[test]
 fn the_example_studio_archive_imports_into_the_example_repository_and_validates() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     copy_dir(&manifest_dir().join("examples/repo-layout"), repo.path());
     let report = import::import_file(
         &manifest_dir().join(EXAMPLE_ARCHIVE),

@@ -6,14 +6,16 @@
 
 use std::fmt::Write as _;
 
-use git2::{Signature, Time};
 use pbsync::engine::{self, Error, Goal, Input};
 use pbsync::model::{Kind, Rule, Violation};
 use pbsync::source::Content;
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 
-use crate::support::{TestRepo, block_on, context, fixture, list_files, load_snapshot};
+use pbsync_devkit::testkit::repo::signature;
+use pbsync_devkit::testkit::{ScratchRepo, block_on, list_files};
+
+use crate::support::{context, fixture, load_snapshot};
 
 /// How a fixture is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +28,8 @@ enum Check {
     Live,
 }
 
-fn commit_fixture(name: &str) -> TestRepo {
-    let mut repo = TestRepo::new();
+fn commit_fixture(name: &str) -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
     repo.replace_tree_with(&fixture(&format!("invalid/{name}")));
     repo.commit(name);
     repo
@@ -257,7 +259,7 @@ spec:
 
 #[test]
 fn identical_duplicates_are_merged_with_a_warning_not_an_error() {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("bundle.yaml", BUNDLE_WITH_CHARTS);
     repo.write(
         "team-a/charts.yaml",
@@ -304,8 +306,8 @@ fn identical_duplicates_are_merged_with_a_warning_not_an_error() {
 }
 
 /// Commits `files` (path, bytes) on top of HEAD straight through git2, without the work tree.
-fn commit_blobs(repo: &TestRepo, files: &[(&str, &[u8])]) -> git2::Oid {
-    let git = &repo.repo;
+fn commit_blobs(repo: &ScratchRepo, files: &[(&str, &[u8])]) -> git2::Oid {
+    let git = repo.git();
     let parent = git.head().ok().and_then(|h| h.peel_to_commit().ok());
     let base = parent.as_ref().map(|c| c.tree().expect("tree"));
     let mut builder = git.treebuilder(base.as_ref()).expect("treebuilder");
@@ -314,12 +316,8 @@ fn commit_blobs(repo: &TestRepo, files: &[(&str, &[u8])]) -> git2::Oid {
         builder.insert(path, blob, 0o100_644).expect("insert");
     }
     let tree = git.find_tree(builder.write().expect("tree")).expect("tree");
-    let sig = Signature::new(
-        "pbsync tests",
-        "tests@pbsync.invalid",
-        &Time::new(1_700_000_000, 0),
-    )
-    .expect("signature");
+    // The kit's author, at its epoch (tick 0) whatever was committed before.
+    let sig = signature(0);
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
     git.commit(Some("HEAD"), &sig, &sig, "blobs", &tree, &parents)
         .expect("commit")
@@ -327,7 +325,7 @@ fn commit_blobs(repo: &TestRepo, files: &[(&str, &[u8])]) -> git2::Oid {
 
 /// The violations of HEAD of a repository holding only `files`.
 fn violations_of_files(files: &[(&str, &[u8])]) -> Vec<Violation> {
-    let repo = TestRepo::new();
+    let repo = ScratchRepo::new();
     commit_blobs(&repo, files);
     let ctx = context(&repo);
     let snapshot = ctx.fetch().expect("fetch");
@@ -362,7 +360,7 @@ fn a_50_mb_file_is_refused_by_size_without_being_read() {
     const SIZE: usize = 50 * 1024 * 1024;
     let line = b"# padding padding padding padding padding padding padding padding\n";
     let big: Vec<u8> = line.iter().copied().cycle().take(SIZE).collect();
-    let repo = TestRepo::new();
+    let repo = ScratchRepo::new();
     commit_blobs(
         &repo,
         &[

@@ -9,10 +9,12 @@ use pbsync::engine::{self, Goal, Input};
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 
-use crate::support::{TestRepo, block_on, copy_dir, list_files, load_snapshot};
+use pbsync_devkit::testkit::{ScratchRepo, block_on, copy_dir, list_files};
 
-fn example_repo() -> TestRepo {
-    let mut repo = TestRepo::new();
+use crate::support::load_snapshot;
+
+fn example_repo() -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout"),
         repo.path(),
@@ -33,7 +35,7 @@ fn mtimes(dir: &Path) -> BTreeMap<String, SystemTime> {
 
 /// Applies the example repository to a fresh directory; returns the repository (kept alive),
 /// the directory and the commit applied.
-fn apply_example() -> (TestRepo, tempfile::TempDir, pbsync::source::Snapshot) {
+fn apply_example() -> (ScratchRepo, tempfile::TempDir, pbsync::source::Snapshot) {
     let repo = example_repo();
     let state = tempfile::tempdir().unwrap();
     let target = LocalDir::new(state.path(), "default");

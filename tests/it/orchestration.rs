@@ -15,7 +15,7 @@ use pbsync::target::local_dir::LocalDir;
 use pbsync::target::{Outcome, RunError, RunOptions, Status, Target};
 use serde_json::Value;
 
-use crate::support::{TestRepo, block_on, list_files};
+use pbsync_devkit::testkit::{ScratchRepo, block_on, list_files};
 
 /// A local directory that fails writes or deletions of the named objects (`Kind ns/name`).
 struct Flaky {
@@ -113,8 +113,8 @@ fn bundle(name: &str, wps: &[&str]) -> String {
     )
 }
 
-fn setup() -> (TestRepo, tempfile::TempDir, Flaky, engine::Context) {
-    let mut repo = TestRepo::new();
+fn setup() -> (ScratchRepo, tempfile::TempDir, Flaky, engine::Context) {
+    let mut repo = ScratchRepo::new();
     repo.write("shared.yaml", SHARED);
     repo.write("shop.yaml", bundle("shop", &["site"]));
     repo.write("blog.yaml", bundle("blog", &["site", "blog-only"]));

@@ -20,7 +20,9 @@ use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 use serde_json::Value;
 
-use crate::support::{TestRepo, block_on, fixture};
+use pbsync_devkit::testkit::{ScratchRepo, block_on};
+
+use crate::support::fixture;
 
 fn load_case(name: &str) -> Value {
     let path = fixture(&format!("plans/{name}/case.yaml"));
@@ -37,7 +39,7 @@ fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
 /// Runs one case and returns the text to snapshot.
 fn run_case(name: &str) -> String {
     let case = load_case(name);
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     let state = tempfile::tempdir().expect("state dir");
     let opts = case.get("options").cloned().unwrap_or(Value::Null);
     let instance = opts

@@ -1,30 +1,31 @@
 //! Pull-request plans: the merge of a branch into its base planned offline (against the state
 //! base would produce) or against a live local-directory target, rendered as PR comments
-//! (Markdown) and JSON, snapshotted. Branches are built with git2 directly (a branch at a
-//! commit, commits on it) with a fixed author and time, so commit ids are stable.
+//! (Markdown) and JSON, snapshotted. Branches are built with the test kit's
+//! `ScratchRepo::commit_on` (a branch at a commit, commits on it, without the work tree) with
+//! a fixed author and time, so commit ids are stable.
 
 use std::collections::BTreeMap;
 
-use git2::{Oid, Signature, Time};
+use git2::Oid;
 use pbsync::engine::{self, Context, Goal, Input, NoTarget};
 use pbsync::plan::comment::{GITHUB_LIMIT, MARKER, render_comments};
 use pbsync::review::{self, Request, Review};
 use pbsync::target::RunOptions;
 use pbsync::target::local_dir::LocalDir;
 
-use crate::support::{TestRepo, block_on, load_snapshot};
+use pbsync_devkit::testkit::{ScratchRepo, block_on, yaml};
+
+use crate::support::load_snapshot;
 
 /// A repository with named branches; each commit applies file changes to a branch's tip.
 struct Branches {
-    repo: TestRepo,
-    tick: i64,
+    repo: ScratchRepo,
 }
 
 impl Branches {
     fn new() -> Self {
         Self {
-            repo: TestRepo::new(),
-            tick: 0,
+            repo: ScratchRepo::new(),
         }
     }
 
@@ -36,57 +37,7 @@ impl Branches {
         from: Option<&str>,
         changes: &[(&str, Option<&str>)],
     ) -> Oid {
-        let repo = &self.repo.repo;
-        let refname = format!("refs/heads/{branch}");
-        let parent = repo
-            .revparse_single(&refname)
-            .or_else(|_| repo.revparse_single(&format!("refs/heads/{}", from.unwrap_or(branch))))
-            .ok()
-            .and_then(|o| o.peel_to_commit().ok());
-        let mut index = git2::Index::new().expect("index");
-        if let Some(p) = &parent {
-            index
-                .read_tree(&p.tree().expect("tree"))
-                .expect("read tree");
-        }
-        for (path, content) in changes {
-            match content {
-                Some(text) => {
-                    let blob = repo.blob(text.as_bytes()).expect("blob");
-                    let entry = git2::IndexEntry {
-                        ctime: git2::IndexTime::new(0, 0),
-                        mtime: git2::IndexTime::new(0, 0),
-                        dev: 0,
-                        ino: 0,
-                        mode: 0o100_644,
-                        uid: 0,
-                        gid: 0,
-                        file_size: 0,
-                        id: blob,
-                        flags: 0,
-                        flags_extended: 0,
-                        path: path.as_bytes().to_vec(),
-                    };
-                    index.add(&entry).expect("add");
-                }
-                None => index
-                    .remove_path(std::path::Path::new(path))
-                    .expect("remove"),
-            }
-        }
-        let tree = repo
-            .find_tree(index.write_tree_to(repo).expect("write tree"))
-            .expect("tree");
-        self.tick += 1;
-        let sig = Signature::new(
-            "pbsync tests",
-            "tests@pbsync.invalid",
-            &Time::new(1_700_000_000 + self.tick * 60, 0),
-        )
-        .expect("signature");
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        repo.commit(Some(&refname), &sig, &sig, branch, &tree, &parents)
-            .expect("commit")
+        self.repo.commit_on(branch, from, changes)
     }
 
     fn context(&self) -> Context {
@@ -329,7 +280,7 @@ fn a_blocked_deletion() {
     std::fs::create_dir_all(pool.parent().expect("parent")).expect("mkdir");
     std::fs::write(
         pool,
-        "apiVersion: spectrocloud.com/v1alpha1\nkind: ComputePool\nmetadata: {name: gpu-pool, namespace: team-a}\nspec:\n  profileBundleRef: {name: b, namespace: team-a}\n  clusterVariant: {shared: {}}\n",
+        yaml::compute_pool("team-a", "gpu-pool", "b", "shared"),
     )
     .expect("write pool");
     let mut review =
@@ -438,7 +389,7 @@ fn a_base_that_moved_since_the_branch_was_made() {
 
     // The branch alone, planned against what main now produces, would delete `shop`.
     let ctx = b.context();
-    let repo = &b.repo.repo;
+    let repo = b.repo.git();
     let base_id = repo.revparse_single("refs/heads/main").expect("main").id();
     let head_id = repo.revparse_single("refs/heads/pr").expect("pr").id();
     let base = pbsync::source::read_commit(repo, base_id, "", 1 << 20).expect("base");

@@ -15,11 +15,11 @@ use base64::Engine as _;
 use pbsync::config::{GitAuth, Secret};
 use pbsync::source::remote::Remote;
 
-use crate::support::TestRepo;
+use pbsync_devkit::testkit::ScratchRepo;
 
 /// A bare copy of a one-commit repository under `root/bundles.git`; returns its commit.
 fn bare_repo(root: &Path) -> git2::Oid {
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("bundles/a.yaml", "kind: Placeholder\n");
     let commit = repo.commit("one");
     let status = Command::new("git")

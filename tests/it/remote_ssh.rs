@@ -14,7 +14,7 @@ use std::time::Duration;
 use pbsync::config::GitAuth;
 use pbsync::source::remote::Remote;
 
-use crate::support::TestRepo;
+use pbsync_devkit::testkit::ScratchRepo;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -126,7 +126,7 @@ fn a_key_file_fetches_over_ssh_and_an_unknown_host_key_is_refused() {
     let Some(sshd) = start_sshd(dir.path()) else {
         return;
     };
-    let mut repo = TestRepo::new();
+    let mut repo = ScratchRepo::new();
     repo.write("bundles/a.yaml", "kind: Placeholder\n");
     let commit = repo.commit("one");
     let bare = dir.path().join("bundles.git");

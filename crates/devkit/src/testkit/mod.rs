@@ -1,0 +1,68 @@
+//! The test kit shared by every test binary: one scratch-repository helper, one set of YAML
+//! builders, one way to find the test cluster and one namespace guard.
+//!
+//! - [`ScratchRepo`] ([`repo`]): a git repository in a temporary directory whose commits
+//!   are deterministic (fixed author, time advancing one minute per commit), so commit ids,
+//!   and the golden snapshots that show them, are stable.
+//! - [`yaml`]: the documents tests write (ProfileBundle, WorkloadProfile,
+//!   ComponentDefinition, HelmRepository, the ClusterProfile envelope, ComputePool).
+//! - [`cluster`]: the test control plane (`KUBECONFIG`, else `scripts/testcluster env`), the
+//!   rule for a test that needs it ([`cluster::require`]: no cluster fails the test unless
+//!   `PBSYNC_TEST_SKIP_CLUSTER=1`), and [`cluster::Namespace`], a namespace of the test's own
+//!   that is deleted when it is dropped, also when the test fails.
+//! - [`block_on`], [`copy_dir`], [`list_files`]: small helpers every binary needs.
+//!
+//! Everything here panics on failure with a message naming what failed: it is test code.
+
+pub mod cluster;
+pub mod repo;
+pub mod yaml;
+
+use std::path::Path;
+
+pub use repo::ScratchRepo;
+
+/// Runs `f` to completion on a single-threaded runtime of its own (for tests that are not
+/// async themselves). Not from inside a runtime: there, `.await` instead.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Copies the directory tree `src` into `dst` (which must exist).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    for entry in std::fs::read_dir(src).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&to).expect("mkdir");
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).expect("copy");
+        }
+    }
+}
+
+/// Every file under `dir`, as paths relative to it, sorted (none when `dir` does not exist).
+pub fn list_files(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).expect("prefix").display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
