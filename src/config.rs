@@ -6,7 +6,7 @@
 //! files or the environment; the values never reach a log line or a `Debug` print.
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,33 +38,10 @@ pub enum Error {
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A secret value: never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Reads a secret from a file (trailing newline removed).
-pub fn read_secret(path: &Path) -> std::io::Result<Secret> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
-}
+pub use crate::source::remote::GitAuth;
+use pbsync_core::ownership::DEFAULT_INSTANCE;
+use pbsync_core::plan::Cascade;
+pub use pbsync_target::Secret;
 
 /// Parses a duration like `30s`, `500ms`, `10m`, `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -91,17 +68,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Who performs reference-counted deletion of dependents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Cascade {
-    /// pbsync deletes unreferenced dependents itself.
-    #[default]
-    Client,
-    /// PaletteAI's ProfileBundle controller does; pbsync deletes only bundles.
-    Server,
 }
 
 /// Every setting, as written in the file or given as a flag; `None`: not set there. The
@@ -197,8 +163,8 @@ pub struct Settings {
     /// Take over objects that exist but were not created by pbsync
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub adopt: Option<bool>,
-    /// Who performs reference-counted deletion of dependents
-    #[arg(long, value_enum)]
+    /// Who performs reference-counted deletion of dependents (client or server)
+    #[arg(long)]
     pub cascade: Option<Cascade>,
     /// Mass-deletion guard: percentage of managed objects
     #[arg(long)]
@@ -432,29 +398,6 @@ fn flags_set(flags: &Settings) -> Vec<&'static str> {
     v
 }
 
-/// How the repository is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GitAuth {
-    /// No credentials (local paths, public repositories).
-    None,
-    /// HTTPS token (sent as the password of user `x-access-token`).
-    Token(Secret),
-    /// HTTPS basic auth.
-    Basic {
-        /// User name.
-        username: String,
-        /// Password.
-        password: Secret,
-    },
-    /// SSH with a private key; the host key must be in `known_hosts`.
-    SshKey {
-        /// Private key file.
-        key: PathBuf,
-        /// known_hosts file.
-        known_hosts: PathBuf,
-    },
-}
-
 /// The source sub-config.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -630,7 +573,7 @@ impl Config {
         // Secrets: from files or the environment only.
         let mut secret_file = |key: &'static str, path: &Option<PathBuf>| -> Option<Secret> {
             let p = path.as_ref()?;
-            match read_secret(p) {
+            match Secret::read_file(p) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     problems.push(format!("{}: cannot read {}: {e}", o.at(key), p.display()));
@@ -639,10 +582,10 @@ impl Config {
             }
         };
         let token = secret_file("git-token-file", &s.git_token_file)
-            .or_else(|| std::env::var("PBSYNC_GIT_TOKEN").ok().map(Secret));
+            .or_else(|| std::env::var("PBSYNC_GIT_TOKEN").ok().map(Secret::new));
         let password = secret_file("git-password-file", &s.git_password_file);
         let webhook_secret = secret_file("webhook-secret-file", &s.webhook_secret_file)
-            .or_else(|| std::env::var("PBSYNC_WEBHOOK_SECRET").ok().map(Secret));
+            .or_else(|| std::env::var("PBSYNC_WEBHOOK_SECRET").ok().map(Secret::new));
         let auth = if let Some(key) = &s.git_ssh_key_file {
             if !key.is_file() {
                 problems.push(format!(
@@ -679,7 +622,10 @@ impl Config {
             GitAuth::None
         };
 
-        let instance = s.instance.clone().unwrap_or_else(|| "default".into());
+        let instance = s
+            .instance
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INSTANCE.into());
         let leader = if s.leader_elect.unwrap_or(false) {
             if !is_kube {
                 problems.push(format!(
@@ -747,21 +693,16 @@ impl Config {
         })
     }
 
-    /// The target settings in the form the CLI's target builder takes.
-    pub fn target_args(&self) -> crate::cli::TargetArgs {
-        crate::cli::TargetArgs::from_settings(&self.settings)
-    }
-
     /// Plan options (instance, adoption, cascade, guard).
     pub fn plan_options(&self) -> pbsync_core::plan::Options {
         let s = &self.settings;
         pbsync_core::plan::Options {
-            instance: s.instance.clone().unwrap_or_else(|| "default".into()),
+            instance: s
+                .instance
+                .clone()
+                .unwrap_or_else(|| DEFAULT_INSTANCE.into()),
             adopt: s.adopt.unwrap_or(false),
-            cascade: match s.cascade.unwrap_or_default() {
-                Cascade::Client => pbsync_core::plan::Cascade::Client,
-                Cascade::Server => pbsync_core::plan::Cascade::Server,
-            },
+            cascade: s.cascade.unwrap_or_default(),
             guard: pbsync_core::guard::MassDeletion {
                 max_fraction: f64::from(s.guard_percent.unwrap_or(50)) / 100.0,
                 min_objects: s.guard_min.unwrap_or(10),
@@ -774,7 +715,7 @@ impl Config {
         self.settings
             .instance
             .clone()
-            .unwrap_or_else(|| "default".into())
+            .unwrap_or_else(|| DEFAULT_INSTANCE.into())
     }
 }
 

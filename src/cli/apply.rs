@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
-use super::target::{RequestStats as _, with_target};
+use super::target::{request_stats, with_target};
 use super::{SourceArgs, Status, TargetArgs, print_invalid};
 use crate::engine::{self, Error, Goal, Input};
 use pbsync_target::{ChangeSet, Outcome, RunOptions};
@@ -84,7 +84,7 @@ pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::
     };
     let outcome = with_target!(args.target.build()?, t => {
         let outcome = engine::run(&ctx, Input::of(&snapshot), Goal::Apply(&t, opts)).await;
-        if let Some(stats) = args.stats.then(|| t.request_stats()).flatten() {
+        if let Some(stats) = args.stats.then(|| request_stats(&t)).flatten() {
             eprintln!("requests: {stats}");
         }
         outcome

@@ -17,11 +17,10 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::engine::Context;
 use pbsync_core::guard::MassDeletion;
-use pbsync_core::plan::Cascade;
 
 /// GitOps reconciliation for PaletteAI Profile Bundles and everything they reference
 #[derive(Debug, Parser)]
@@ -65,14 +64,6 @@ pub struct SourceArgs {
     path: String,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum CascadeArg {
-    /// pbsync deletes unreferenced dependents itself
-    Client,
-    /// PaletteAI's ProfileBundle controller does; pbsync deletes only bundles
-    Server,
-}
-
 /// A configuration error: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -101,10 +92,7 @@ impl SourceArgs {
         if let Some(t) = targets {
             ctx.plan.instance.clone_from(&t.instance);
             ctx.plan.adopt = t.adopt;
-            ctx.plan.cascade = match t.cascade {
-                CascadeArg::Client => Cascade::Client,
-                CascadeArg::Server => Cascade::Server,
-            };
+            ctx.plan.cascade = t.cascade;
             ctx.plan.guard = MassDeletion {
                 max_fraction: f64::from(t.guard_percent) / 100.0,
                 min_objects: t.guard_min,

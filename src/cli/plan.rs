@@ -110,7 +110,7 @@ async fn run_review(
         with_target!(args.target.for_plan().build()?, t => review::plan(&ctx, &req, Some(&t)).await)?
     };
     if !review.offline && review.plan.read_at.is_none() && review.plan.violations.is_empty() {
-        review.plan.read_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());
+        review.plan.read_at = Some(pbsync_target::now_rfc3339());
     }
     output(
         args,

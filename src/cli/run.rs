@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::target::with_target;
 use super::target::{KubeArgs, PaletteArgs};
-use super::{CascadeArg, ConfigError, Status, TargetArgs};
-use crate::config::{self, Config, LogFormat, Settings};
+use super::{ConfigError, Status, TargetArgs};
+use crate::config::{Config, LogFormat, Settings};
 use crate::daemon::{Daemon, Exit};
 
 /// Arguments of `pbsync run`.
@@ -31,12 +31,12 @@ impl TargetArgs {
                 .target
                 .clone()
                 .unwrap_or_else(|| "dir:./pbsync-state".into()),
-            instance: s.instance.clone().unwrap_or_else(|| "default".into()),
+            instance: s
+                .instance
+                .clone()
+                .unwrap_or_else(|| pbsync_core::ownership::DEFAULT_INSTANCE.into()),
             adopt: s.adopt.unwrap_or(false),
-            cascade: match s.cascade.unwrap_or_default() {
-                config::Cascade::Client => CascadeArg::Client,
-                config::Cascade::Server => CascadeArg::Server,
-            },
+            cascade: s.cascade.unwrap_or_default(),
             guard_percent: s.guard_percent.unwrap_or(50),
             guard_min: s.guard_min.unwrap_or(10),
             kube: KubeArgs {
@@ -86,8 +86,13 @@ pub(super) async fn run(args: &RunArgs) -> Result<Status, Box<dyn std::error::Er
         .map_err(|e| ConfigError(pbsync_core::error_chain(&e)))?;
     init_logging(config.log_format);
     // Build the target before anything else, so a bad target is a config error (exit 2).
-    let mut built = config.target_args().build()?;
-    let mut daemon = Daemon::start(&config, args.settings.clone())?;
+    let mut built = TargetArgs::from_settings(&config.settings).build()?;
+    let mut daemon = Daemon::start(&config, args.settings.clone(), |c| {
+        TargetArgs::from_settings(&c.settings)
+            .build()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
     let mut config = config;
     loop {
         let exit = with_target!(built, t => daemon.serve(t, &config).await)?;
@@ -98,7 +103,7 @@ pub(super) async fn run(args: &RunArgs) -> Result<Status, Box<dyn std::error::Er
             }
             Exit::Reload(new) => {
                 config = *new;
-                built = config.target_args().build()?;
+                built = TargetArgs::from_settings(&config.settings).build()?;
             }
         }
     }

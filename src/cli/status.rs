@@ -129,7 +129,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
         .instance
         .clone()
         .or_else(|| s.instance.clone())
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| pbsync_core::ownership::DEFAULT_INSTANCE.into());
     let recorded = match target.as_deref() {
         Some(t) => {
             let targets = TargetArgs {

@@ -3,7 +3,9 @@
 
 use clap::Args;
 
-use super::{CascadeArg, ConfigError};
+use super::ConfigError;
+use pbsync_core::ownership::DEFAULT_INSTANCE;
+use pbsync_core::plan::Cascade;
 use pbsync_target::Split;
 use pbsync_target::kubernetes::{self, KubeOptions, KubeTarget};
 use pbsync_target::local_dir::LocalDir;
@@ -17,14 +19,15 @@ pub struct TargetArgs {
     #[arg(long, default_value = "dir:./pbsync-state")]
     pub(crate) target: String,
     /// Name of this pbsync instance; several instances can share a target
-    #[arg(long, default_value = "default", env = "PBSYNC_INSTANCE")]
+    #[arg(long, default_value = DEFAULT_INSTANCE, env = "PBSYNC_INSTANCE")]
     pub(crate) instance: String,
     /// Take over objects that exist but were not created by pbsync (released, never deleted)
     #[arg(long)]
     pub(crate) adopt: bool,
-    /// Who performs reference-counted deletion of dependents
-    #[arg(long, value_enum, default_value_t = CascadeArg::Client)]
-    pub(crate) cascade: CascadeArg,
+    /// Who performs reference-counted deletion of dependents: client (pbsync) or server
+    /// (PaletteAI's ProfileBundle controller; pbsync deletes only bundles)
+    #[arg(long, default_value_t = Cascade::Client)]
+    pub(crate) cascade: Cascade,
     /// Mass-deletion guard: refuse when more than this percentage of managed objects would go
     #[arg(long, default_value_t = 50)]
     pub(crate) guard_percent: u8,
@@ -80,7 +83,7 @@ impl TargetArgs {
             target: String::new(),
             instance: instance.to_string(),
             adopt: false,
-            cascade: CascadeArg::Client,
+            cascade: Cascade::Client,
             guard_percent: 50,
             guard_min: 10,
             kube: KubeArgs::default(),
@@ -130,36 +133,22 @@ impl TargetArgs {
     }
 }
 
-/// Requests a target sent, for `apply --stats`.
-pub(crate) trait RequestStats {
-    /// `verb code: count, ...`, for targets that count their requests.
-    fn request_stats(&self) -> Option<String> {
-        None
-    }
-}
-
-impl RequestStats for LocalDir {}
-
-impl RequestStats for PaletteTarget {
-    fn request_stats(&self) -> Option<String> {
-        let r = self.requests();
-        Some(format!("{r} (total {}, writes {})", r.total(), r.writes()))
-    }
-}
-
-impl RequestStats for KubeTarget {
-    fn request_stats(&self) -> Option<String> {
-        let r = self.requests();
-        Some(format!("{r} (total {}, writes {})", r.total(), r.writes()))
-    }
-}
-
-impl<H: RequestStats, P: RequestStats> RequestStats for Split<H, P> {
-    fn request_stats(&self) -> Option<String> {
-        match (self.hub.request_stats(), self.palette.request_stats()) {
-            (Some(h), Some(p)) => Some(format!("hub: {h}; palette: {p}")),
-            (h, p) => h.or(p),
-        }
+/// The requests a target sent, for `apply --stats`: `verb code: count, ... (total N, writes
+/// M)`, per client when it has two (`kubernetes: ...; palette: ...`); `None` without any.
+pub(crate) fn request_stats(target: &impl pbsync_target::Target) -> Option<String> {
+    let counts = target.request_counts();
+    let line = |r: &pbsync_target::RequestCounts| {
+        format!("{r} (total {}, writes {})", r.total(), r.writes())
+    };
+    match counts.as_slice() {
+        [] => None,
+        [(_, one)] => Some(line(one)),
+        many => Some(
+            many.iter()
+                .map(|(name, r)| format!("{name}: {}", line(r)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     }
 }
 
@@ -257,9 +246,12 @@ impl PaletteArgs {
             return Ok(None);
         };
         let key = match &self.palette_api_key_file {
-            Some(path) => {
-                ApiKey::from_file(path).map_err(|e| ConfigError(pbsync_core::error_chain(&e)))?
-            }
+            Some(path) => ApiKey::read_file(path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read the palette api key from {}: {e}",
+                    path.display()
+                ))
+            })?,
             None => ApiKey::new(std::env::var("PALETTE_API_KEY").map_err(|_| {
                 ConfigError(
                     "--palette-url needs an API key: --palette-api-key-file or PALETTE_API_KEY"

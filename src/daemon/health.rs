@@ -90,14 +90,6 @@ impl Health {
     }
 }
 
-/// The current time in RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use super::health::Health;
 use super::metrics::Metrics;
 use super::scheduler::{Trigger, send};
 use super::webhook::{self, Verdict};
-use crate::config::Secret;
+use pbsync_target::Secret;
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
 const MAX_BODY: usize = 1 << 20;

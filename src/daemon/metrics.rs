@@ -13,10 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use pbsync_target::kubernetes::KubeTarget;
-use pbsync_target::local_dir::LocalDir;
-use pbsync_target::palette::PaletteTarget;
-use pbsync_target::{ChangeSet, Split};
+use pbsync_target::ChangeSet;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -197,9 +194,13 @@ impl Metrics {
     }
 
     /// Adds what a target counted since the last call.
-    pub fn count_requests(&self, target: &impl RequestSource) {
+    pub fn count_requests(&self, target: &impl pbsync_target::Target) {
         let mut totals = Vec::new();
-        target.request_totals(&mut totals);
+        for (name, counts) in target.request_counts() {
+            for (verb, code, n) in counts.iter() {
+                totals.push((name, verb.to_string(), code, n));
+            }
+        }
         let mut seen = self
             .seen_requests
             .lock()
@@ -218,37 +219,6 @@ impl Metrics {
             }
             seen.insert(key, total.max(before));
         }
-    }
-}
-
-/// A target that counts the requests it sends.
-pub trait RequestSource {
-    /// Appends `(target, verb, code, total so far)`.
-    fn request_totals(&self, _out: &mut Vec<(&'static str, String, u16, u64)>) {}
-}
-
-impl RequestSource for LocalDir {}
-
-impl RequestSource for KubeTarget {
-    fn request_totals(&self, out: &mut Vec<(&'static str, String, u16, u64)>) {
-        for (verb, code, n) in self.requests().iter() {
-            out.push(("kubernetes", verb.as_str().to_string(), code, n));
-        }
-    }
-}
-
-impl RequestSource for PaletteTarget {
-    fn request_totals(&self, out: &mut Vec<(&'static str, String, u16, u64)>) {
-        for (op, code, n) in self.requests().iter() {
-            out.push(("palette", op.to_string(), code, n));
-        }
-    }
-}
-
-impl<H: RequestSource, P: RequestSource> RequestSource for Split<H, P> {
-    fn request_totals(&self, out: &mut Vec<(&'static str, String, u16, u64)>) {
-        self.hub.request_totals(out);
-        self.palette.request_totals(out);
     }
 }
 

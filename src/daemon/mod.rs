@@ -24,7 +24,7 @@ use crate::config::{Config, Settings};
 use crate::engine::{Context, ParseCache};
 use crate::source::remote::{Location, Remote};
 use http::{Shared, WebhookSettings};
-use metrics::{Metrics, RequestSource};
+use metrics::Metrics;
 use pass::{Origin, Parts, Reconciler};
 use pbsync_target::{RunOptions, Target};
 use scheduler::{Scheduler, Timing, Trigger};
@@ -70,6 +70,9 @@ pub struct Daemon {
     http: Option<std::thread::JoinHandle<()>>,
     /// The flags given on the command line, laid over the file again on reload.
     flags: Settings,
+    /// Whether a configuration's target can be built (the command line builds targets; a
+    /// reload that could not is refused and the running configuration kept).
+    check_target: TargetCheck,
     cache: Arc<ParseCache>,
     listen: Option<std::net::SocketAddr>,
 }
@@ -85,7 +88,11 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Binds the listener, starts the endpoints and signal handlers, and tells systemd the
     /// daemon is ready (configuration loaded, listener bound).
-    pub fn start(config: &Config, flags: Settings) -> Result<Self, Error> {
+    pub fn start(
+        config: &Config,
+        flags: Settings,
+        check_target: TargetCheck,
+    ) -> Result<Self, Error> {
         let notifier = Notifier::from_env();
         // Capacity 1: a queued trigger already means "a pass is pending"; more coalesce.
         let (trigger_tx, triggers) = mpsc::channel(1);
@@ -122,6 +129,7 @@ impl Daemon {
             stop_tx,
             http,
             flags,
+            check_target,
             cache: Arc::new(ParseCache::default()),
             listen,
         })
@@ -134,11 +142,7 @@ impl Daemon {
 
     /// Runs `config` against `target` until a stop signal (→ [`Exit::Stop`]) or a reload
     /// with a valid new configuration (→ [`Exit::Reload`]).
-    pub async fn serve<T: Target + RequestSource>(
-        &mut self,
-        target: T,
-        config: &Config,
-    ) -> Result<Exit, Error> {
+    pub async fn serve<T: Target>(&mut self, target: T, config: &Config) -> Result<Exit, Error> {
         *self
             .shared
             .webhook
@@ -233,7 +237,7 @@ impl Daemon {
                         }
                         Some(signal::Event::Reload) => {
                             self.notifier.reloading();
-                            match reload(config, &self.flags) {
+                            match reload(config, &self.flags, self.check_target) {
                                 Ok(new) => {
                                     tracing::info!("SIGHUP: configuration reloaded");
                                     decided = Some(Exit::Reload(Box::new(new)));
@@ -297,13 +301,14 @@ pub fn origin(config: &Config) -> Origin {
     }
 }
 
+/// Checks that a configuration's target can be built.
+pub type TargetCheck = fn(&Config) -> Result<(), String>;
+
 /// Reads the configuration again for SIGHUP; any problem keeps the running one.
-fn reload(running: &Config, flags: &Settings) -> Result<Config, String> {
+fn reload(running: &Config, flags: &Settings, check_target: TargetCheck) -> Result<Config, String> {
     let new =
         Config::load(running.file.as_deref(), flags).map_err(|e| pbsync_core::error_chain(&e))?;
-    new.target_args()
-        .build()
-        .map_err(|e| pbsync_core::error_chain(&e))?;
+    check_target(&new)?;
     if new.daemon.listen != running.daemon.listen {
         tracing::warn!("listen changes take effect at the next restart");
     }

@@ -12,13 +12,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::health::{LastOutcome, now_rfc3339};
+use super::health::LastOutcome;
 use super::http::Shared;
-use super::metrics::RequestSource;
 use super::scheduler::{Pass, Request, Verdict};
 use super::systemd::Notifier;
 use crate::engine::{self, Context, Error, Goal, Input, ParseCache, Timings, history};
 use crate::source::{self, Snapshot, remote::Remote};
+use pbsync_target::now_rfc3339;
 use pbsync_target::{ChangeSet, RunOptions, Target};
 
 /// Where commits come from.
@@ -138,7 +138,7 @@ pub struct Parts {
     pub cache: Arc<ParseCache>,
 }
 
-impl<T: Target + RequestSource> Reconciler<T> {
+impl<T: Target> Reconciler<T> {
     /// A reconciler applying to `target`.
     pub fn new(target: T, parts: Parts) -> Self {
         let mut ctx = parts.ctx;
@@ -290,7 +290,7 @@ impl<T: Target + RequestSource> Reconciler<T> {
                     .expect("invariant: apply reports changes");
                 metrics.count_changes(changes);
                 let acted = acted(changes);
-                let now = k8s_openapi::jiff::Timestamp::now();
+                let now = jiff::Timestamp::now();
                 metrics.applied(&revision, now.as_second());
                 metrics.set_lag(0);
                 self.last_applied = Some(revision.clone());
@@ -346,7 +346,7 @@ fn summary(changes: &ChangeSet) -> String {
     parts.join(", ")
 }
 
-impl<T: Target + RequestSource> Pass for Reconciler<T> {
+impl<T: Target> Pass for Reconciler<T> {
     fn run(&mut self, request: &Request) -> impl std::future::Future<Output = Verdict> {
         let span = tracing::info_span!(
             "reconcile",

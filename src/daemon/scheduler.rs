@@ -134,15 +134,6 @@ impl Default for Timing {
     }
 }
 
-/// The delay before retry number `attempt` (1-based): `min * 2^(attempt-1)` capped at `max`,
-/// then "equal jitter" (half fixed, half random), so retries of many daemons spread out.
-pub fn backoff(attempt: u32, min: Duration, max: Duration, rng: &mut fastrand::Rng) -> Duration {
-    let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let capped = exp.min(max);
-    let half = capped / 2;
-    half + half.mul_f64(rng.f64())
-}
-
 /// `interval` with up to 10% added or removed at random.
 pub fn jittered(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
     interval.mul_f64(0.9 + 0.2 * rng.f64())
@@ -252,7 +243,12 @@ impl Scheduler {
                     }
                     Verdict::Retryable => {
                         failures = failures.saturating_add(1);
-                        let d = backoff(failures, t.backoff_min, t.backoff_max, &mut self.rng);
+                        let d = pbsync_target::pace::backoff(
+                            failures.saturating_sub(1),
+                            t.backoff_min,
+                            t.backoff_max,
+                            &mut self.rng,
+                        );
                         retry_at = Some(Instant::now() + d);
                         tracing::info!(attempt = failures, retry_in = ?d, "retry scheduled");
                     }
@@ -526,11 +522,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_is_pinged_from_the_loop_while_a_pass_runs() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("n.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
-        sock.set_nonblocking(true).expect("nonblocking");
-        let notifier = Notifier::to_socket(&path, Some(Duration::from_secs(10)));
+        let (notifier, sent) = Notifier::recording(Some(Duration::from_secs(10)));
         let fake = Fake::new(Duration::from_secs(30), vec![]);
         let (_tx, rx) = mpsc::channel(1);
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -542,12 +534,12 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         });
         s.run(&mut pass, &mut stop_rx).await;
-        let mut pings = 0;
-        let mut buf = [0u8; 64];
-        while let Ok(n) = sock.recv(&mut buf) {
-            assert_eq!(&buf[..n], b"WATCHDOG=1\n");
-            pings += 1;
-        }
+        let pings = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == "WATCHDOG=1\n")
+            .count();
         // Every 5 s during the first 29 s (a pass was running all along): 0, 5, ..., 25.
         assert!(pings >= 6, "{pings} pings");
     }
@@ -558,7 +550,7 @@ mod tests {
         let min = Duration::from_secs(2);
         let max = Duration::from_secs(60);
         for attempt in 1..40 {
-            let d = backoff(attempt, min, max, &mut rng);
+            let d = pbsync_target::pace::backoff(attempt - 1, min, max, &mut rng);
             assert!(d <= max && d >= min / 2, "{attempt}: {d:?}");
         }
     }

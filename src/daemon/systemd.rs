@@ -1,45 +1,55 @@
-//! The systemd notify protocol (`sd_notify(3)`): `READY=1`, `STATUS=`, `WATCHDOG=1`,
-//! `STOPPING=1` as datagrams to `$NOTIFY_SOCKET`. A no-op when the socket is not set, so the
-//! daemon runs the same way outside systemd.
+//! The systemd notify protocol (`sd_notify(3)`), through the `sd-notify` crate: `READY=1`,
+//! `STATUS=`, `WATCHDOG=1`, `RELOADING=1`, `STOPPING=1` as datagrams to `$NOTIFY_SOCKET`. A
+//! no-op when the socket is not set, so the daemon runs the same way outside systemd.
 //!
-//! The notifier takes the socket path instead of reading the environment on every call, so
-//! tests can point it at a socket of their own.
+//! Tests record the notifications instead of sending them (the daemon's end-to-end test
+//! checks the datagrams on a real socket).
 
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+/// Where notifications go.
+#[derive(Debug, Clone, Default)]
+enum Sink {
+    /// Nowhere: not started by systemd.
+    #[default]
+    Off,
+    /// To systemd (`$NOTIFY_SOCKET`).
+    Systemd,
+    /// Into a list, one message per notification (tests).
+    Record(Arc<Mutex<Vec<String>>>),
+}
 
 /// Sends notifications to systemd.
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
-    socket: Option<PathBuf>,
+    sink: Sink,
     watchdog: Option<Duration>,
 }
 
 impl Notifier {
-    /// The notifier systemd configured (`NOTIFY_SOCKET`, `WATCHDOG_USEC` for this pid).
+    /// The notifier systemd configured (`NOTIFY_SOCKET`, and `WATCHDOG_USEC` when it is meant
+    /// for this process).
     pub fn from_env() -> Self {
-        let socket = std::env::var_os("NOTIFY_SOCKET")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
-        let for_us = std::env::var("WATCHDOG_PID")
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_none_or(|p| p == std::process::id());
-        let watchdog = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|u| u.parse::<u64>().ok())
-            .filter(|u| *u > 0 && for_us)
-            .map(Duration::from_micros);
-        Self { socket, watchdog }
+        let notify = std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty());
+        Self {
+            sink: if notify { Sink::Systemd } else { Sink::Off },
+            watchdog: sd_notify::watchdog_enabled().filter(|d| !d.is_zero()),
+        }
     }
 
-    /// A notifier sending to `socket`.
-    pub fn to_socket(socket: impl Into<PathBuf>, watchdog: Option<Duration>) -> Self {
-        Self {
-            socket: Some(socket.into()),
-            watchdog,
-        }
+    /// A notifier that records each message instead of sending it (tests).
+    pub fn recording(watchdog: Option<Duration>) -> (Self, Arc<Mutex<Vec<String>>>) {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        (
+            Self {
+                sink: Sink::Record(Arc::clone(&messages)),
+                watchdog,
+            },
+            messages,
+        )
     }
 
     /// The watchdog timeout systemd expects pings within, if any.
@@ -49,52 +59,50 @@ impl Notifier {
 
     /// `READY=1`: configuration loaded and the listener bound.
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={}\n", one_line(status)));
+        let status = one_line(status);
+        self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
     /// `STATUS=`: the last outcome, for `systemctl status`.
     pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={}\n", one_line(status)));
+        self.send(&[NotifyState::Status(&one_line(status))]);
     }
 
     /// `WATCHDOG=1`: the loop is alive.
     pub fn ping(&self) {
         if self.watchdog.is_some() {
-            self.send("WATCHDOG=1\n");
+            self.send(&[NotifyState::Watchdog]);
         }
     }
 
     /// `RELOADING=1`.
     pub fn reloading(&self) {
-        self.send("RELOADING=1\n");
+        self.send(&[NotifyState::Reloading]);
     }
 
     /// `STOPPING=1`.
     pub fn stopping(&self) {
-        self.send("STOPPING=1\n");
+        self.send(&[NotifyState::Stopping]);
     }
 
-    fn send(&self, message: &str) {
-        let Some(path) = &self.socket else { return };
-        // Best effort, as sd_notify(3) is: a lost notification must not stop the daemon.
-        let Ok(sock) = UnixDatagram::unbound() else {
-            return;
-        };
-        let text = path.to_string_lossy();
-        let sent = if let Some(name) = text.strip_prefix('@') {
-            abstract_addr(name).and_then(|addr| sock.send_to_addr(message.as_bytes(), &addr))
-        } else {
-            sock.send_to(message.as_bytes(), path)
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "cannot notify systemd");
+    fn send(&self, states: &[NotifyState<'_>]) {
+        match &self.sink {
+            Sink::Off => {}
+            Sink::Systemd => {
+                // Best effort, as sd_notify(3) is: a lost notification must not stop the
+                // daemon.
+                if let Err(e) = sd_notify::notify(states) {
+                    tracing::debug!(error = %e, "cannot notify systemd");
+                }
+            }
+            Sink::Record(list) => {
+                let text: String = states.iter().map(|s| format!("{s}\n")).collect();
+                list.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(text);
+            }
         }
     }
-}
-
-fn abstract_addr(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
-    use std::os::linux::net::SocketAddrExt as _;
-    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
 }
 
 fn one_line(s: &str) -> String {
@@ -106,32 +114,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notifications_arrive_as_datagrams() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("notify.sock");
-        let server = UnixDatagram::bind(&path).expect("bind");
-        let n = Notifier::to_socket(&path, Some(Duration::from_secs(10)));
+    fn notifications_are_the_protocols_lines() {
+        let (n, sent) = Notifier::recording(Some(Duration::from_secs(10)));
         n.ready("loaded");
         n.ping();
         n.status("applied abc\nmore");
-        let mut buf = [0u8; 256];
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            let len = server.recv(&mut buf).expect("recv");
-            got.push(String::from_utf8_lossy(&buf[..len]).to_string());
-        }
+        n.stopping();
         assert_eq!(
-            got,
+            *sent.lock().unwrap(),
             [
                 "READY=1\nSTATUS=loaded\n",
                 "WATCHDOG=1\n",
-                "STATUS=applied abc more\n"
+                "STATUS=applied abc more\n",
+                "STOPPING=1\n"
             ]
         );
     }
 
     #[test]
-    fn without_a_socket_nothing_is_sent() {
-        Notifier::default().ready("x");
+    fn without_a_watchdog_no_pings_are_sent() {
+        let (n, sent) = Notifier::recording(None);
+        n.ping();
+        assert!(sent.lock().unwrap().is_empty());
+        Notifier::default().ready("nothing happens without a socket");
     }
 }

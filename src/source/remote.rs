@@ -15,7 +15,7 @@ use git2::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::config::GitAuth;
+use pbsync_target::Secret;
 
 /// Errors of reaching a remote repository; all of them may pass on a later try.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,29 @@ pub fn redact(url: &str) -> String {
         },
         None => url.to_string(),
     }
+}
+
+/// How the repository is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitAuth {
+    /// No credentials (local paths, public repositories).
+    None,
+    /// HTTPS token (sent as the password of user `x-access-token`).
+    Token(Secret),
+    /// HTTPS basic auth.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// SSH with a private key; the host key must be in `known_hosts`.
+    SshKey {
+        /// Private key file.
+        key: PathBuf,
+        /// known_hosts file.
+        known_hosts: PathBuf,
+    },
 }
 
 /// What a fetch mirrors: HEAD, every branch and every tag, under `refs/pbsync/`.

@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::model::{Kind, Object};
 
+/// The instance name when none is given (`--instance`, `PBSYNC_INSTANCE`, `instance:`).
+pub const DEFAULT_INSTANCE: &str = "default";
 /// `app.kubernetes.io/managed-by: pbsync` on everything pbsync manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of the managed-by label.

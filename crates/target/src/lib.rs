@@ -9,8 +9,12 @@
 
 pub mod kubernetes;
 pub mod local_dir;
+pub mod pace;
 pub mod palette;
+mod requests;
 mod split;
+
+pub use requests::RequestCounts;
 
 pub use split::Split;
 
@@ -129,6 +133,43 @@ pub struct Status {
     pub counts: std::collections::BTreeMap<String, usize>,
 }
 
+/// A secret value (an API key, a token, a password): its `Debug` output is redacted, so it
+/// never shows in logs, plans, comments or error messages. The one place that sends it calls
+/// [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Reads a secret from a file: its whole content, surrounding whitespace (the trailing
+    /// newline of an editor) removed.
+    pub fn read_file(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self::new(std::fs::read_to_string(path)?.trim()))
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The current time in RFC 3339 (UTC, whole seconds): the one formatter of the timestamps
+/// pbsync prints and records (plan footers, status, Events).
+pub fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+}
+
 /// What a target recorded about this instance's passes (`pbsync status`, and the rollback
 /// check of `pbsync apply`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -211,6 +252,11 @@ pub trait Target: Send + Sync {
     /// Takes the lock of this target and instance for one applying pass, as `holder`,
     /// waiting up to `wait` for another pass to finish. Two passes never run at once.
     fn lock(&self, holder: &str, wait: Duration) -> impl Future<Output = Result<PassLock>> + Send;
+    /// The requests this target sent so far, by the client that sent them (`kubernetes`,
+    /// `palette`): `apply --stats` and the daemon's metrics read them.
+    fn request_counts(&self) -> Vec<(&'static str, RequestCounts)> {
+        Vec::new()
+    }
     /// How many writes of one wave may run at once.
     fn concurrency(&self) -> usize {
         1

@@ -103,6 +103,12 @@ impl<H: Target, P: Target> Target for Split<H, P> {
         }
     }
 
+    fn request_counts(&self) -> Vec<(&'static str, crate::RequestCounts)> {
+        let mut all = self.hub.request_counts();
+        all.extend(self.palette.request_counts());
+        all
+    }
+
     fn concurrency(&self) -> usize {
         self.hub
             .concurrency()

@@ -159,14 +159,44 @@ pub struct MissingNamespace {
     pub files: Vec<String>,
 }
 
-/// Who performs the reference-counted cascade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Who performs the reference-counted cascade: the one definition the plan, the command
+/// line (`--cascade client|server`) and the configuration file (`cascade:`) use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Cascade {
     /// pbsync deletes dependents itself.
     #[default]
     Client,
-    /// PaletteAI's controller does; pbsync deletes only bundles.
+    /// PaletteAI's ProfileBundle controller does; pbsync deletes only bundles.
     Server,
+}
+
+impl Cascade {
+    /// The word as written on the command line and in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+impl std::fmt::Display for Cascade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Cascade {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "client" => Ok(Self::Client),
+            "server" => Ok(Self::Server),
+            other => Err(format!("{other:?} is not client or server")),
+        }
+    }
 }
 
 /// Options of one plan.
@@ -185,7 +215,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            instance: "default".into(),
+            instance: crate::ownership::DEFAULT_INSTANCE.into(),
             adopt: false,
             cascade: Cascade::Client,
             guard: MassDeletion::default(),

@@ -2,9 +2,13 @@
 //! delete. Each carries the preconditions of the object the plan was made against; a 409
 //! Conflict re-reads the object, checks it is still this instance's, and tries again.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
 use serde_json::{Value, json};
 
-use super::client::ApiClient;
+use super::client::{self, ApiClient};
 use super::{
     Answer, CONFLICT_RETRIES, Compared, Error, KubeTarget, Seen, lock, observe, version_of,
     with_api_version,
@@ -55,66 +59,65 @@ impl KubeTarget {
         // Optimistic concurrency for updates: the object must still be the one planned
         // against, so a change made since (by a person, or another owner) is not overwritten
         // blindly; a conflict re-reads it and checks it is still ours.
-        let mut precondition = if change.action == Action::Create {
+        let precondition = if change.action == Action::Create {
             None
         } else {
             self.seen(&change.key).and_then(|s| s.resource_version)
         };
-        let allowed = |own: &Ownership| guard::may_write(change, own);
-        for attempt in 0..=CONFLICT_RETRIES {
-            let mut body = desired.clone();
-            if let (Some(rv), Some(meta)) = (
-                &precondition,
-                body.get_mut("metadata").and_then(Value::as_object_mut),
-            ) {
-                meta.insert("resourceVersion".into(), Value::String(rv.clone()));
-            }
-            match api.apply(&collection, &change.key.name, &body).await {
-                Ok(answer) => {
-                    let seen = Seen::written(&desired, &answer);
-                    // The object at this resourceVersion is what applying `desired` gives:
-                    // the next pass needs no dry-run while neither changes.
-                    lock(&self.compared).insert(
-                        change.key.clone(),
-                        Compared {
-                            fingerprint,
-                            resource_version: seen.resource_version.clone(),
-                            answer: Answer::Live,
-                        },
-                    );
-                    let uid = seen.uid.clone();
-                    lock(&self.seen).insert(change.key.clone(), seen);
-                    let reason = if change.action == Action::Create {
-                        "Created"
-                    } else {
-                        "Updated"
-                    };
-                    self.bundle_changed(api, &change.key, reason, uid).await;
-                    return Ok(());
+        let key = &change.key;
+        let precondition = Mutex::new(precondition);
+        let (collection, desired_ref, precondition) = (&collection, &desired, &precondition);
+        let answer = retry_on_conflict(
+            key,
+            || {
+                let mut body = desired_ref.clone();
+                if let (Some(rv), Some(meta)) = (
+                    shared(precondition).clone(),
+                    body.get_mut("metadata").and_then(Value::as_object_mut),
+                ) {
+                    meta.insert("resourceVersion".into(), Value::String(rv));
                 }
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    tracing::debug!(key = %change.key, "conflict; re-reading");
+                Box::pin(async move {
+                    match api.apply(collection, &key.name, &body).await {
+                        Ok(answer) => Ok(Try::Done(answer)),
+                        Err(e) if e.is_conflict() => Ok(Try::Conflict(e)),
+                        Err(e) => Err(Error::Request(e)),
+                    }
+                })
+            },
+            || {
+                Box::pin(async move {
                     let live = self
-                        .reread(api, &collection, &change.key, allowed)
-                        .await
-                        .map_err(|e| write_failed(verb, change, e))?;
-                    precondition = live.as_ref().and_then(|l| Seen::of(l).resource_version);
-                }
-                Err(e) if e.is_conflict() => {
-                    return Err(write_failed(
-                        verb,
-                        change,
-                        Error::Conflicts {
-                            key: change.key.clone(),
-                            attempts: attempt + 1,
-                            source: e,
-                        },
-                    ));
-                }
-                Err(e) => return Err(write_failed(verb, change, Error::Request(e))),
-            }
-        }
-        unreachable!("invariant: the loop returns on its last attempt")
+                        .reread(api, collection, key, |own| guard::may_write(change, own))
+                        .await?;
+                    *shared(precondition) =
+                        live.as_ref().and_then(|l| Seen::of(l).resource_version);
+                    Ok(None)
+                })
+            },
+        )
+        .await
+        .map_err(|e| write_failed(verb, change, e))?;
+        let seen = Seen::written(&desired, &answer);
+        // The object at this resourceVersion is what applying `desired` gives: the next pass
+        // needs no dry-run while neither changes.
+        lock(&self.compared).insert(
+            key.clone(),
+            Compared {
+                fingerprint,
+                resource_version: seen.resource_version.clone(),
+                answer: Answer::Live,
+            },
+        );
+        let uid = seen.uid.clone();
+        lock(&self.seen).insert(key.clone(), seen);
+        let reason = if change.action == Action::Create {
+            "Created"
+        } else {
+            "Updated"
+        };
+        self.bundle_changed(api, key, reason, uid).await;
+        Ok(())
     }
 
     /// Reads the object as it is now; its uid and resourceVersion become the preconditions
@@ -161,67 +164,66 @@ impl KubeTarget {
                 .map(|(_, v)| v),
             Some(&change.key.namespace),
         );
-        let mut rv = seen.and_then(|s| s.resource_version);
+        let rv = Mutex::new(seen.and_then(|s| s.resource_version));
         let instance = &self.options.instance;
-        for attempt in 0..=CONFLICT_RETRIES {
-            // ownership::release as a merge patch: null removes a label.
-            let mut patch = json!({"metadata": {
-                "labels": {
-                    ownership::MANAGED_BY_LABEL: null,
-                    ownership::INSTANCE_LABEL: null,
-                    ownership::ADOPTED_LABEL: null,
-                },
-                "annotations": {
-                    ownership::REVISION_ANNOTATION: null,
-                    ownership::RELEASED_BY_ANNOTATION: instance,
-                },
-            }});
-            if let Some(rv) = &rv {
-                patch["metadata"]["resourceVersion"] = Value::String(rv.clone());
-            }
-            match api.merge_patch(&collection, &change.key.name, &patch).await {
-                Ok(_) => {
-                    let uid = self.seen(&change.key).and_then(|s| s.uid);
-                    self.forget(&change.key);
-                    self.bundle_changed(api, &change.key, "Orphaned", uid).await;
-                    return Ok(());
+        let key = &change.key;
+        let (collection, rv) = (&collection, &rv);
+        // Done(true): released now; Done(false): gone, or released already.
+        let released = retry_on_conflict(
+            key,
+            || {
+                // ownership::release as a merge patch: null removes a label.
+                let mut patch = json!({"metadata": {
+                    "labels": {
+                        ownership::MANAGED_BY_LABEL: null,
+                        ownership::INSTANCE_LABEL: null,
+                        ownership::ADOPTED_LABEL: null,
+                    },
+                    "annotations": {
+                        ownership::REVISION_ANNOTATION: null,
+                        ownership::RELEASED_BY_ANNOTATION: instance,
+                    },
+                }});
+                if let Some(rv) = shared(rv).clone() {
+                    patch["metadata"]["resourceVersion"] = Value::String(rv);
                 }
-                Err(e) if e.code() == Some(404) => {
-                    self.forget(&change.key);
-                    return Ok(());
-                }
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    let live = self
-                        .reread(api, &collection, &change.key, |own| {
-                            guard::may_release(&change.key, own)
-                        })
-                        .await
-                        .map_err(|e| write_failed("release", change, e))?;
-                    let Some(live) = live else {
-                        self.forget(&change.key);
-                        return Ok(());
-                    };
-                    if ownership::read_manifest(&live, instance) == Ownership::Released {
-                        self.forget(&change.key);
-                        return Ok(());
+                Box::pin(async move {
+                    match api.merge_patch(collection, &key.name, &patch).await {
+                        Ok(_) => Ok(Try::Done(true)),
+                        Err(e) if e.code() == Some(404) => Ok(Try::Done(false)),
+                        Err(e) if e.is_conflict() => Ok(Try::Conflict(e)),
+                        Err(e) => Err(Error::Request(e)),
                     }
-                    rv = Seen::of(&live).resource_version;
-                }
-                Err(e) if e.is_conflict() => {
-                    return Err(write_failed(
-                        "release",
-                        change,
-                        Error::Conflicts {
-                            key: change.key.clone(),
-                            attempts: attempt + 1,
-                            source: e,
-                        },
-                    ));
-                }
-                Err(e) => return Err(write_failed("release", change, Error::Request(e))),
-            }
+                })
+            },
+            || {
+                Box::pin(async move {
+                    let live = self
+                        .reread(api, collection, key, |own| guard::may_release(key, own))
+                        .await?;
+                    match live {
+                        None => Ok(Some(false)),
+                        Some(l)
+                            if ownership::read_manifest(&l, instance) == Ownership::Released =>
+                        {
+                            Ok(Some(false))
+                        }
+                        Some(l) => {
+                            *shared(rv) = Seen::of(&l).resource_version;
+                            Ok(None)
+                        }
+                    }
+                })
+            },
+        )
+        .await
+        .map_err(|e| write_failed("release", change, e))?;
+        let uid = self.seen(key).and_then(|s| s.uid);
+        self.forget(key);
+        if released {
+            self.bundle_changed(api, key, "Orphaned", uid).await;
         }
-        unreachable!("invariant: the loop returns on its last attempt")
+        Ok(())
     }
 
     /// Deletes one object (background propagation) with the observed uid and
@@ -231,99 +233,72 @@ impl KubeTarget {
         let key = permit.key();
         let resource = self.resource(change)?;
         let api = self.api().await?;
-        let mut seen = self.seen(key).unwrap_or_default();
+        let seen = self.seen(key).unwrap_or_default();
         let collection = resource.collection(
             seen.api_version.rsplit_once('/').map(|(_, v)| v),
             Some(&key.namespace),
         );
-        let only_managed = |own: &Ownership| guard::may_delete(key, own);
-        for attempt in 0..=CONFLICT_RETRIES {
-            // A server-side cascade (PaletteAI's controller) reads the live policy: make it
-            // say what pbsync decided before the bundle goes.
-            if key.kind == Kind::ProfileBundle
-                && change.effective_policy == Some(DeletionPolicy::Orphan)
-                && seen.deletion_policy != Some(DeletionPolicy::Orphan)
-            {
-                let mut patch = json!({"spec": {"deletionPolicy": "orphan"}});
-                if let Some(rv) = &seen.resource_version {
-                    patch["metadata"] = json!({"resourceVersion": rv});
-                }
-                match api.merge_patch(&collection, &key.name, &patch).await {
-                    Ok(patched) => seen = Seen::of(&patched),
-                    Err(e) if e.code() == Some(404) => {
-                        self.forget(key);
-                        return Ok(());
-                    }
-                    Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                        match self
-                            .reread(api, &collection, key, only_managed)
-                            .await
-                            .map_err(|e| write_failed("delete", change, e))?
-                        {
-                            Some(live) => seen = Seen::of(&live),
-                            None => {
-                                self.forget(key);
-                                return Ok(());
-                            }
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(write_failed("delete", change, Error::Request(e))),
-                }
-            }
-            match api
-                .delete(
-                    &permit,
-                    &collection,
-                    seen.uid.as_deref(),
-                    seen.resource_version.as_deref(),
-                )
-                .await
-            {
-                Ok(()) => {
-                    self.forget(key);
-                    self.bundle_changed(api, key, "Deleted", seen.uid.clone())
-                        .await;
-                    return Ok(());
-                }
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    let uid = seen.uid.clone();
-                    match self
-                        .reread(api, &collection, key, only_managed)
-                        .await
-                        .map_err(|e| write_failed("delete", change, e))?
+        let permit = &permit;
+        let seen = Mutex::new(seen);
+        let (collection, state) = (&collection, &seen);
+        // Done(true): deleted now; Done(false): already gone.
+        let deleted = retry_on_conflict(
+            key,
+            || {
+                Box::pin(async move {
+                    let seen = shared(state).clone();
+                    // A server-side cascade (PaletteAI's controller) reads the live policy: make
+                    // it say what pbsync decided before the bundle goes.
+                    if key.kind == Kind::ProfileBundle
+                        && change.effective_policy == Some(DeletionPolicy::Orphan)
+                        && seen.deletion_policy != Some(DeletionPolicy::Orphan)
                     {
-                        Some(live) => {
-                            seen = Seen::of(&live);
-                            if uid.is_some() && seen.uid != uid {
-                                return Err(write_failed(
-                                    "delete",
-                                    change,
-                                    Error::Replaced { key: key.clone() },
-                                ));
+                        let mut patch = json!({"spec": {"deletionPolicy": "orphan"}});
+                        if let Some(rv) = &seen.resource_version {
+                            patch["metadata"] = json!({"resourceVersion": rv});
+                        }
+                        let seen = match api.merge_patch(collection, &key.name, &patch).await {
+                            Ok(patched) => {
+                                let now = Seen::of(&patched);
+                                *shared(state) = now.clone();
+                                now
                             }
-                        }
-                        None => {
-                            self.forget(key);
-                            return Ok(());
-                        }
+                            Err(e) if e.code() == Some(404) => return Ok(Try::Done(false)),
+                            Err(e) if e.is_conflict() => return Ok(Try::Conflict(e)),
+                            Err(e) => return Err(Error::Request(e)),
+                        };
+                        return delete_with(api, permit, collection, &seen).await;
                     }
-                }
-                Err(e) if e.is_conflict() => {
-                    return Err(write_failed(
-                        "delete",
-                        change,
-                        Error::Conflicts {
-                            key: key.clone(),
-                            attempts: attempt + 1,
-                            source: e,
-                        },
-                    ));
-                }
-                Err(e) => return Err(write_failed("delete", change, Error::Request(e))),
-            }
+                    delete_with(api, permit, collection, &seen).await
+                })
+            },
+            || {
+                Box::pin(async move {
+                    let live = self
+                        .reread(api, collection, key, |own| guard::may_delete(key, own))
+                        .await?;
+                    let Some(live) = live else {
+                        return Ok(Some(false));
+                    };
+                    let now = Seen::of(&live);
+                    let mut seen = shared(state);
+                    // Deleted and created again since: not the object the guard permitted.
+                    if seen.uid.is_some() && now.uid != seen.uid {
+                        return Err(Error::Replaced { key: key.clone() });
+                    }
+                    *seen = now;
+                    Ok(None)
+                })
+            },
+        )
+        .await
+        .map_err(|e| write_failed("delete", change, e))?;
+        self.forget(key);
+        if deleted {
+            let uid = shared(&seen).uid.clone();
+            self.bundle_changed(api, key, "Deleted", uid).await;
         }
-        unreachable!("invariant: the loop returns on its last attempt")
+        Ok(())
     }
 
     /// Re-reads an object after a conflict; checks it is still this instance's to change.
@@ -343,5 +318,72 @@ impl KubeTarget {
             self.remember(key, live);
         }
         Ok(live)
+    }
+}
+
+/// The preconditions the attempts of one change share: set by each re-read.
+fn shared<S>(state: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The raw delete with the preconditions last seen: done, or a conflict.
+async fn delete_with(
+    api: &ApiClient,
+    permit: &DeletePermit,
+    collection: &str,
+    seen: &Seen,
+) -> std::result::Result<Try<bool>, Error> {
+    let uid = seen.uid.as_deref();
+    let rv = seen.resource_version.as_deref();
+    match api.delete(permit, collection, uid, rv).await {
+        Ok(()) => Ok(Try::Done(true)),
+        Err(e) if e.is_conflict() => Ok(Try::Conflict(e)),
+        Err(e) => Err(Error::Request(e)),
+    }
+}
+
+/// What one attempt of a change came to.
+enum Try<T> {
+    /// It is done (with what the server answered, or whether there was anything to do).
+    Done(T),
+    /// The object changed since it was read: 409.
+    Conflict(client::Error),
+}
+
+/// One attempt (or re-read) of a change.
+type Attempt<'a, T> = Pin<Box<dyn Future<Output = std::result::Result<T, Error>> + Send + 'a>>;
+
+/// The one conflict-retry loop of the target (client-go's `retry.RetryOnConflict`): runs
+/// `attempt` until it is done, fails with anything but a 409, or met `CONFLICT_RETRIES`
+/// conflicts. After each conflict `reread` reads the object again, checks with the guard it
+/// is still this instance's to change, and either finishes (`Some`: the object went, or
+/// already is what the change wanted) or updates the preconditions the attempts share for
+/// the next one (`None`).
+async fn retry_on_conflict<'a, T>(
+    key: &ObjectKey,
+    mut attempt: impl FnMut() -> Attempt<'a, Try<T>>,
+    mut reread: impl FnMut() -> Attempt<'a, Option<T>>,
+) -> std::result::Result<T, Error> {
+    let mut conflicts = 0;
+    loop {
+        match attempt().await? {
+            Try::Done(done) => return Ok(done),
+            Try::Conflict(source) => {
+                conflicts += 1;
+                if conflicts > CONFLICT_RETRIES {
+                    return Err(Error::Conflicts {
+                        key: key.clone(),
+                        attempts: conflicts,
+                        source,
+                    });
+                }
+                tracing::debug!(%key, "conflict; re-reading");
+                if let Some(done) = reread().await? {
+                    return Ok(done);
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,9 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Valida
 use kube::core::Request;
 use serde_json::Value;
 
-use super::budget::{Attempt, Bucket, RequestCounts, RetryPolicy, Verb};
+use super::budget::{Attempt, RetryPolicy, Verb};
+use crate::pace::TokenBucket;
+use crate::requests::RequestCounts;
 use pbsync_core::guard::DeletePermit;
 
 /// The field manager of every write: server-side apply tracks field ownership by it.
@@ -99,7 +101,7 @@ struct Reply {
 /// A kube client with the request budget, retries and counts.
 pub(super) struct ApiClient {
     client: kube::Client,
-    bucket: Bucket,
+    bucket: TokenBucket,
     retry: RetryPolicy,
     counts: Mutex<RequestCounts>,
 }
@@ -117,7 +119,7 @@ impl ApiClient {
     pub(super) fn new(client: kube::Client, qps: f64, burst: u32) -> Self {
         Self {
             client,
-            bucket: Bucket::new(qps, burst),
+            bucket: TokenBucket::new(qps, burst),
             retry: RetryPolicy::default(),
             counts: Mutex::new(RequestCounts::default()),
         }

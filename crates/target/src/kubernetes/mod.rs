@@ -21,7 +21,8 @@ pub mod lease;
 mod observe;
 mod status;
 
-pub use budget::{RequestCounts, Verb};
+pub use crate::requests::RequestCounts;
+pub use budget::Verb;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -144,7 +145,7 @@ impl Default for KubeOptions {
         Self {
             kubeconfig: None,
             context: None,
-            instance: "default".into(),
+            instance: pbsync_core::ownership::DEFAULT_INSTANCE.into(),
             status_namespace: DEFAULT_STATUS_NAMESPACE.into(),
             // A first sync of a large repository sends a few thousand requests; the API
             // server's priority and fairness protects it beyond that.
@@ -454,6 +455,10 @@ impl Target for KubeTarget {
 
     fn concurrency(&self) -> usize {
         self.parallelism()
+    }
+
+    fn request_counts(&self) -> Vec<(&'static str, crate::RequestCounts)> {
+        vec![("kubernetes", self.requests())]
     }
 }
 

@@ -306,7 +306,7 @@ impl KubeTarget {
 
         // 5. Assemble, and keep what the writes and the next pass need.
         let mut observed = Observed {
-            read_at: Some(k8s_openapi::jiff::Timestamp::now().to_string()),
+            read_at: Some(crate::now_rfc3339()),
             missing_namespaces: missing,
             ..Observed::default()
         };

@@ -167,7 +167,7 @@ fn event(
     revision: &str,
     uid: Option<String>,
 ) -> Value {
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let now = crate::now_rfc3339();
     let verb = match reason {
         "Created" => "created",
         "Updated" => "updated",

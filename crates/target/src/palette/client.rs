@@ -2,7 +2,6 @@
 //! pacing per endpoint prefix, retries of 429 and 5xx with backoff, and `v1Error` decoding.
 //! Private to the Palette target: the rest of the code sees only the `Target` trait.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,8 +10,10 @@ use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use super::throttle::{Backoff, Buckets};
+use super::throttle::Buckets;
 use super::{ApiKey, Error, PaletteConfig};
+use crate::pace::Backoff;
+use crate::requests::RequestCounts;
 use pbsync_core::guard::DeletePermit;
 
 /// Whether a request may be sent again after a failure that may have been carried out.
@@ -105,48 +106,6 @@ pub(super) struct Client {
     backoff: Backoff,
     max_retries: u32,
     counts: Mutex<RequestCounts>,
-}
-
-/// Requests sent, by operation and answer (`0` when none came), for `apply --stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestCounts {
-    counts: BTreeMap<(&'static str, u16), u64>,
-}
-
-impl RequestCounts {
-    /// Every request.
-    pub fn total(&self) -> u64 {
-        self.counts.values().sum()
-    }
-
-    /// Requests that change something (creates, updates, publishes, deletes).
-    pub fn writes(&self) -> u64 {
-        self.counts
-            .iter()
-            .filter(|((op, _), _)| !matches!(*op, "get" | "list"))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// `(operation, code, count)` in a stable order (the daemon's request metrics).
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u16, u64)> + '_ {
-        self.counts.iter().map(|((op, code), n)| (*op, *code, *n))
-    }
-}
-
-impl fmt::Display for RequestCounts {
-    /// `get 200: 3, list 200: 1, create 201: 1`, or `none`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.counts.is_empty() {
-            return f.write_str("none");
-        }
-        let parts: Vec<String> = self
-            .counts
-            .iter()
-            .map(|((op, code), n)| format!("{op} {code}: {n}"))
-            .collect();
-        f.write_str(&parts.join(", "))
-    }
 }
 
 /// The operation a request performs, for counting.
@@ -242,13 +201,10 @@ impl Client {
 
     fn count(&self, call: &Call<'_>, status: u16) {
         let op = operation(&call.method, &call.path);
-        *self
-            .counts
+        self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .counts
-            .entry((op, status))
-            .or_default() += 1;
+            .add(op, status);
     }
 
     fn headers(&self, project: bool) -> Result<HeaderMap, Error> {

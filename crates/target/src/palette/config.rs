@@ -1,42 +1,10 @@
 //! How to reach Palette: the base URL, the API key (never shown in debug output), the
 //! project, timeouts and retry pacing.
 
-use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
-use super::Error;
-
-/// A Palette API key. Its `Debug` output is redacted, and it is sent only as the `ApiKey`
-/// header, marked sensitive.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// A key (surrounding whitespace removed).
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into().trim().to_string())
-    }
-
-    /// Reads a key from a file (its whole content, trimmed).
-    pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::KeyFile {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(Self::new(text))
-    }
-
-    pub(super) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
+/// The Palette API key: the one secret type, sent only as the `ApiKey` header.
+pub type ApiKey = crate::Secret;
 
 /// How to reach Palette.
 #[derive(Debug, Clone)]
@@ -67,7 +35,8 @@ impl PaletteConfig {
     pub fn new(url: impl Into<String>, api_key: ApiKey) -> Self {
         Self {
             url: url.into(),
-            api_key,
+            // Surrounding whitespace (a key pasted with its newline) is never part of it.
+            api_key: ApiKey::new(api_key.expose().trim()),
             project_uid: None,
             timeout: Duration::from_secs(30),
             retry_base: Duration::from_secs(2),

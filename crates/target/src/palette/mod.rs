@@ -21,7 +21,6 @@ mod throttle;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-pub use client::RequestCounts;
 pub use config::{ApiKey, PaletteConfig, parse_timeout};
 
 use futures::StreamExt as _;
@@ -94,15 +93,6 @@ pub enum Error {
     /// The target refuses a change (ownership, profiles in use, immutable fields).
     #[error("{0}")]
     Refused(String),
-    /// The API key file could not be read.
-    #[error("cannot read the palette api key from {path}")]
-    KeyFile {
-        /// Path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The HTTP client could not be built.
     #[error("cannot build the palette http client")]
     Client(#[source] reqwest::Error),
@@ -172,31 +162,6 @@ pub struct PaletteTarget {
     known: Mutex<HashMap<ObjectKey, Known>>,
 }
 
-/// RFC 3339 (UTC, seconds) of the current time, for `Observed::read_at`.
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 fn write_error(verb: &'static str, change: &Change, e: Error) -> super::Error {
     super::Error::WriteFailed {
         verb,
@@ -223,7 +188,7 @@ impl PaletteTarget {
     }
 
     /// Requests sent so far, by operation and answer.
-    pub fn requests(&self) -> RequestCounts {
+    pub fn requests(&self) -> crate::requests::RequestCounts {
         self.client.counts()
     }
 
@@ -359,7 +324,7 @@ impl Target for PaletteTarget {
                 }
             }
         }
-        observed.read_at = Some(now_rfc3339());
+        observed.read_at = Some(crate::now_rfc3339());
         *self.known() = known;
         Ok(observed)
     }
@@ -518,6 +483,10 @@ impl Target for PaletteTarget {
         4
     }
 
+    fn request_counts(&self) -> Vec<(&'static str, crate::RequestCounts)> {
+        vec![("palette", self.requests())]
+    }
+
     /// Nothing recorded here: the hub-side target records the pass.
     async fn recorded(&self) -> ApplyResult<Option<super::Recorded>> {
         Ok(None)
@@ -591,7 +560,7 @@ mod tests {
 
     #[test]
     fn read_at_is_rfc3339() {
-        let t = now_rfc3339();
+        let t = crate::now_rfc3339();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
     }
