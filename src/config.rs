@@ -709,14 +709,6 @@ impl Config {
             },
         }
     }
-
-    /// The instance name.
-    pub fn instance(&self) -> String {
-        self.settings
-            .instance
-            .clone()
-            .unwrap_or_else(|| DEFAULT_INSTANCE.into())
-    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@
 //! to change and why; the *ChangeSet* what was done.
 
 pub mod cli;
-pub mod config;
-pub mod daemon;
+pub(crate) mod config;
+pub(crate) mod daemon;
 pub mod engine;
 pub mod import;
 pub mod review;

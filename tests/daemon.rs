@@ -321,7 +321,7 @@ fn signed_webhooks_trigger_a_fetch_and_forged_ones_are_rejected_and_counted() {
     let second = repo.commit("remove").to_string();
 
     let body = br#"{"ref":"refs/heads/main"}"#;
-    let forged = pbsync::daemon::webhook::sign(b"guess", body);
+    let forged = sign(b"guess", body);
     let (code, _) = http(
         d.addr,
         "POST",
@@ -353,7 +353,7 @@ fn signed_webhooks_trigger_a_fetch_and_forged_ones_are_rejected_and_counted() {
         1.0
     );
 
-    let signed = pbsync::daemon::webhook::sign(b"s3cr3t", body);
+    let signed = sign(b"s3cr3t", body);
     let (code, _) = http(
         d.addr,
         "POST",
@@ -366,7 +366,7 @@ fn signed_webhooks_trigger_a_fetch_and_forged_ones_are_rejected_and_counted() {
         revision(s) == second && s["result"] == "applied"
     });
     // The generic header works too.
-    let generic = pbsync::daemon::webhook::sign(b"s3cr3t", b"x");
+    let generic = sign(b"s3cr3t", b"x");
     let (code, _) = http(
         d.addr,
         "POST",
@@ -510,7 +510,7 @@ fn a_bad_config_file_exits_2_naming_file_and_line() {
 
 #[test]
 fn a_remote_clone_follows_new_commits_force_pushes_tags_and_pinned_commits() {
-    use pbsync::config::GitAuth;
+    use pbsync::source::remote::GitAuth;
     use pbsync::source::remote::Remote;
     let (mut repo, first) = small_repo();
     let state = tempfile::tempdir().expect("state");
@@ -794,4 +794,12 @@ fn an_api_server_killed_mid_reconcile_is_retried_until_the_daemon_converges() {
     );
     assert_eq!(count_bundles(&kc, &ns), 4);
     assert_eq!(d.stop(), Some(0));
+}
+
+/// What a forge sends: `sha256=<hex HMAC-SHA256 of the body>` (GitHub's `X-Hub-Signature-256`).
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit as _, Mac as _};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }

@@ -1102,6 +1102,69 @@ async fn a_deletion_whose_object_changed_hands_after_the_plan_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_object_changed_hands_after_the_plan_is_refused() {
+    let Some(env) = env("recheck-release").await else {
+        return;
+    };
+    let ns = &env.ns;
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &["charts-a", "charts-b"]))
+        .write("bundles/a.yaml", app(ns, "a", "orphan", &["charts-a"]))
+        .write("bundles/b.yaml", app(ns, "b", "delete", &["charts-b"]));
+    repo.commit("two bundles");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    repo.remove("bundles/a.yaml");
+    repo.write("shared.yaml", shared(ns, &["charts-b"]));
+    repo.commit("a leaves, orphaning its dependents");
+    let planned = env.plan(&repo, &target).await;
+    assert_eq!(
+        change(planned.plan(), Kind::HelmRepository, "charts-a").action,
+        Action::Orphan
+    );
+
+    // Between the plan and its apply, another instance takes the repository over.
+    env.edit(
+        "HelmRepository",
+        "charts-a",
+        json!({"metadata": {"labels": {"pbsync.dev/instance": "green"}}}),
+    )
+    .await;
+    let before = env.must_get("HelmRepository", "charts-a").await;
+    let stamp = pbsync::ownership::Stamp {
+        instance: &env.instance,
+        revision: &planned.revision,
+        adopted: false,
+    };
+    let (_, result) = target::run(
+        &target,
+        &planned.graph,
+        planned.plan(),
+        &stamp,
+        RunOptions::default(),
+    )
+    .await;
+    let Err(RunError::Prune { first, .. }) = &result else {
+        panic!("expected a refused release, got {result:?}");
+    };
+    assert!(
+        matches!(
+            first.refusal(),
+            Some(Refusal::NotOurs {
+                verb: "release",
+                ..
+            })
+        ),
+        "{}",
+        pbsync::error_chain(first)
+    );
+    let after = env.must_get("HelmRepository", "charts-a").await;
+    assert_eq!(rv(&after), rv(&before), "green's object is not touched");
+    assert_eq!(labels(&after)["pbsync.dev/instance"], "green");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_into_a_namespace_the_hub_lacks_is_refused_before_any_write() {
     let Some(env) = env("missing-ns").await else {
         return;

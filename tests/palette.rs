@@ -1294,3 +1294,85 @@ async fn adoption_never_takes_a_profile_another_instance_manages() {
     assert_eq!(p.uid, uid);
     assert_eq!(p.labels["pbsync.dev/instance"], json!("green"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_profile_changed_hands_after_the_plan_is_refused() {
+    let mut w = World::new().await;
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "keep.yaml",
+        full_cluster_profile("other", "1.0.0", "infra", "b: 1"),
+    );
+    w.repo.write(
+        "a.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "orphan"),
+    );
+    w.repo.write(
+        "k.yaml",
+        infrastructure_bundle(NAMESPACE, "k", &["other@1.0.0"], "delete"),
+    );
+    w.repo.commit("two bundles");
+    w.pass().await.expect("create");
+    w.repo.remove("a.yaml");
+    w.repo.remove("cp.yaml");
+    w.repo.commit("a leaves, orphaning its profile");
+    let target = w.target();
+    let ctx = w.context();
+    let snapshot = ctx.fetch().expect("fetch");
+    let planned = engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))
+        .await
+        .expect("plan");
+    assert_eq!(
+        action_of(planned.plan(), &key("edge", "1.0.0")),
+        Action::Orphan
+    );
+    let p = w.only("edge", "1.0.0");
+    let resp = http()
+        .patch(format!(
+            "{}/v1/clusterprofiles/{}/metadata",
+            w.sim.url(),
+            p.uid
+        ))
+        .header("ApiKey", KEY)
+        .header("ProjectUid", PROJECT)
+        .json(&json!({
+            "metadata": {"name": "edge", "labels": {
+                "app.kubernetes.io/managed-by": "pbsync", "pbsync.dev/instance": "green"},
+                "annotations": {}},
+            "spec": {"version": "1.0.0"}
+        }))
+        .send()
+        .await
+        .expect("relabel");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    w.sim.reset_stats();
+    let result = run_stale(&planned, &target).await;
+    let Err(RunError::Prune { first, .. }) = &result else {
+        panic!("expected a refused release, got {result:?}");
+    };
+    assert!(
+        matches!(
+            first.refusal(),
+            Some(Refusal::NotOurs {
+                verb: "release",
+                ..
+            })
+        ),
+        "{}",
+        pbsync::error_chain(first)
+    );
+    assert_eq!(
+        w.only("edge", "1.0.0").labels["pbsync.dev/instance"],
+        json!("green")
+    );
+    assert_eq!(
+        w.sim
+            .stats()
+            .count("PATCH /v1/clusterprofiles/{uid}/metadata"),
+        0,
+        "nothing written"
+    );
+}

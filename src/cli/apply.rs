@@ -9,7 +9,7 @@ use pbsync_target::{ChangeSet, Outcome, RunOptions};
 
 /// Arguments of `pbsync apply`.
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]

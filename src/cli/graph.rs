@@ -7,7 +7,7 @@ use crate::engine::{self, Error, Goal, Input, NoTarget};
 
 /// Arguments of `pbsync graph`.
 #[derive(Debug, Args)]
-pub struct GraphArgs {
+pub(crate) struct GraphArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// Output format (dot renders with Graphviz: `pbsync graph --format dot | dot -Tsvg`)

@@ -9,7 +9,7 @@ use crate::import::{self, Outcome, archive};
 
 /// Arguments of `pbsync import`.
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// The Studio archive (.tar.gz)
     archive: PathBuf,
     /// Namespace (PaletteAI project) every imported hub object is put in

@@ -11,7 +11,7 @@ mod status;
 mod target;
 mod validate;
 
-pub use target::TargetArgs;
+pub(crate) use target::TargetArgs;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ use pbsync_core::guard::MassDeletion;
 /// GitOps reconciliation for PaletteAI Profile Bundles and everything they reference
 #[derive(Debug, Parser)]
 #[command(name = "pbsync", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +52,7 @@ enum Command {
 
 /// Where the commit comes from.
 #[derive(Debug, Clone, Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// Git repository (a local path)
     #[arg(long, default_value = ".")]
     repo: PathBuf,
@@ -67,7 +67,7 @@ pub struct SourceArgs {
 /// A configuration error: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub String);
+pub(crate) struct ConfigError(pub String);
 
 /// A safety rule refused (the mass-deletion guard, a rollback, a deletion the guard did not
 /// permit): exit code 3. An explicit flag overrides each where one exists.

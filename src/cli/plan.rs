@@ -14,7 +14,7 @@ use pbsync_core::plan::{Plan, render_json, render_text};
 
 /// Arguments of `pbsync plan`.
 #[derive(Debug, Args)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]

@@ -14,7 +14,7 @@ use crate::daemon::{Daemon, Exit};
 
 /// Arguments of `pbsync run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Configuration file (YAML); every key is also a flag of the same name, and flags win
     #[arg(long, env = "PBSYNC_CONFIG")]
     pub(crate) config: Option<PathBuf>,

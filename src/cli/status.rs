@@ -16,7 +16,7 @@ use pbsync_target::Target as _;
 
 /// Arguments of `pbsync status`.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The daemon's configuration file (for its listen address and target)
     #[arg(long, env = "PBSYNC_CONFIG")]
     config: Option<PathBuf>,
@@ -42,7 +42,7 @@ pub struct StatusArgs {
 
 /// Arguments of `pbsync reconcile-now`.
 #[derive(Debug, Args)]
-pub struct ReconcileNowArgs {
+pub(crate) struct ReconcileNowArgs {
     /// The daemon's configuration file (for its listen address)
     #[arg(long, env = "PBSYNC_CONFIG")]
     config: Option<PathBuf>,

@@ -13,7 +13,7 @@ use pbsync_target::palette::{self, ApiKey, PaletteConfig, PaletteTarget};
 
 /// Where objects go and how pbsync decides.
 #[derive(Debug, Clone, Args)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     /// Target: dir:PATH (a local directory) or kube (the Kubernetes hub of the kubeconfig);
     /// cluster profiles go to Palette with --palette-url
     #[arg(long, default_value = "dir:./pbsync-state")]
@@ -43,7 +43,7 @@ pub struct TargetArgs {
 /// A target built from the arguments. Each variant is one concrete combination, so code
 /// generic over `Target` is monomorphised once per combination (see `with_target!`).
 #[derive(Debug)]
-pub enum Built {
+pub(crate) enum Built {
     /// `dir:PATH`: hub objects and cluster profiles as files.
     Dir(LocalDir),
     /// `kube`: hub objects on Kubernetes; a repository naming cluster profiles is refused.

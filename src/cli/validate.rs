@@ -8,7 +8,7 @@ use crate::engine::{self, Error, Goal, Input, NoTarget};
 
 /// Arguments of `pbsync validate`.
 #[derive(Debug, Args)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// Output format

@@ -176,13 +176,6 @@ impl Metrics {
             .inc();
     }
 
-    /// The number of webhook deliveries with `result` so far.
-    pub fn webhook_count(&self, result: &str) -> u64 {
-        self.webhooks
-            .get_or_create(&vec![("result", result.to_string())])
-            .get()
-    }
-
     /// Sets the revision lag.
     pub fn set_lag(&self, commits: i64) {
         self.lag_commits.set(commits);

@@ -135,11 +135,6 @@ impl Daemon {
         })
     }
 
-    /// The address the endpoints are served on.
-    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
-        self.listen
-    }
-
     /// Runs `config` against `target` until a stop signal (→ [`Exit::Stop`]) or a reload
     /// with a valid new configuration (→ [`Exit::Reload`]).
     pub async fn serve<T: Target>(&mut self, target: T, config: &Config) -> Result<Exit, Error> {

@@ -166,6 +166,7 @@ impl Scheduler {
         }
     }
 
+    #[cfg(test)]
     /// The same with a fixed random seed (tests).
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {

@@ -5,6 +5,7 @@
 //! Tests record the notifications instead of sending them (the daemon's end-to-end test
 //! checks the datagrams on a real socket).
 
+#[cfg(test)]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ enum Sink {
     Off,
     /// To systemd (`$NOTIFY_SOCKET`).
     Systemd,
+    #[cfg(test)]
     /// Into a list, one message per notification (tests).
     Record(Arc<Mutex<Vec<String>>>),
 }
@@ -40,6 +42,7 @@ impl Notifier {
         }
     }
 
+    #[cfg(test)]
     /// A notifier that records each message instead of sending it (tests).
     pub fn recording(watchdog: Option<Duration>) -> (Self, Arc<Mutex<Vec<String>>>) {
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -95,6 +98,7 @@ impl Notifier {
                     tracing::debug!(error = %e, "cannot notify systemd");
                 }
             }
+            #[cfg(test)]
             Sink::Record(list) => {
                 let text: String = states.iter().map(|s| format!("{s}\n")).collect();
                 list.lock()

@@ -48,7 +48,7 @@ impl ParseCache {
 
     /// Adds the files of the store at `path` (written by [`Self::save_store`]); returns how
     /// many. A store that is missing, damaged or from another version adds nothing.
-    pub fn load_store(&self, path: &Path, limits: &Limits) -> usize {
+    pub(crate) fn load_store(&self, path: &Path, limits: &Limits) -> usize {
         let Ok(bytes) = std::fs::read(path) else {
             return 0;
         };
@@ -71,7 +71,7 @@ impl ParseCache {
     /// Writes the files of `snapshots` that parsed without a violation to the store at
     /// `path`, atomically (a temporary file, then a rename), so concurrent runs never read a
     /// torn store.
-    pub fn save_store(
+    pub(crate) fn save_store(
         &self,
         path: &Path,
         limits: &Limits,

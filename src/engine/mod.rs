@@ -168,7 +168,7 @@ impl Error {
     }
 
     /// True when the commit's files did not all parse (YAML, shapes): a daemon is not ready.
-    pub fn is_parse_failure(&self) -> bool {
+    pub(crate) fn is_parse_failure(&self) -> bool {
         matches!(self, Self::Invalid { violations, .. } if violations.0.iter().any(|v| v.rule.is_parse()))
     }
 }
@@ -189,7 +189,7 @@ pub trait FileParser: Sync {
 
 /// Parses every file, every time.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Uncached;
+pub(crate) struct Uncached;
 
 impl FileParser for Uncached {
     fn parse_file(

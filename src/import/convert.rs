@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use pbsync_core::model::Kind;
 
 /// Annotation Palette keeps a cluster profile's description in (our choice for envelopes).
-pub const DESCRIPTION_ANNOTATION: &str = "description";
+pub(crate) const DESCRIPTION_ANNOTATION: &str = "description";
 
 /// Pack fields an envelope carries (`src/apply/palette/convert.rs`); others are dropped with a
 /// note.
@@ -37,7 +37,7 @@ const SERVER_METADATA: &[&str] = &[
 
 /// One document, classified.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Doc {
+pub(crate) enum Doc {
     /// A kind pbsync manages (hub object or an envelope already).
     Object(Kind, Value),
     /// A Palette cluster-profile export (`v1ClusterProfileImportEntity`).
@@ -56,7 +56,7 @@ pub enum Doc {
 }
 
 /// Tells what a document is from its content.
-pub fn classify(doc: &Value) -> Doc {
+pub(crate) fn classify(doc: &Value) -> Doc {
     let Some(map) = doc.as_object() else {
         return Doc::Other("not a mapping".into());
     };
@@ -190,7 +190,7 @@ pub fn envelope(export: &Value, scope: &str) -> (Value, Vec<String>) {
 }
 
 /// True when some pack of the envelope uses variable `name` (`{{.spectro.var.NAME}}`).
-pub fn uses_variable(envelope: &Value, name: &str) -> bool {
+pub(crate) fn uses_variable(envelope: &Value, name: &str) -> bool {
     let needle = format!(".spectro.var.{name}");
     envelope
         .pointer("/spec/template/packs")
@@ -211,7 +211,7 @@ pub fn uses_variable(envelope: &Value, name: &str) -> bool {
 
 /// Adds `var` to the envelope's `spec.variables`. `Err` names the clash when a variable of
 /// that name is already there with another definition.
-pub fn add_variable(envelope: &mut Value, var: &Value) -> Result<(), String> {
+pub(crate) fn add_variable(envelope: &mut Value, var: &Value) -> Result<(), String> {
     let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
     let Some(list) = envelope
         .pointer_mut("/spec/variables")
@@ -234,7 +234,7 @@ pub fn add_variable(envelope: &mut Value, var: &Value) -> Result<(), String> {
 
 /// Sets the namespace of a hub object, keeping `metadata.name` first, and removes the
 /// server-set fields and `status` an export may carry.
-pub fn set_namespace(doc: &Value, namespace: &str) -> Value {
+pub(crate) fn set_namespace(doc: &Value, namespace: &str) -> Value {
     let mut out = Map::new();
     for (k, v) in doc.as_object().into_iter().flatten() {
         match k.as_str() {

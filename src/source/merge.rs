@@ -46,13 +46,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The merge of head into base, read like a commit.
 #[derive(Debug, Clone)]
-pub struct Merged {
+pub(crate) struct Merged {
     /// Base commit.
     pub base: Oid,
     /// Head commit.
     pub head: Oid,
-    /// Their merge base, when they have one.
-    pub merge_base: Option<Oid>,
     /// The merged tree's YAML files; its revision is [`label`].
     pub snapshot: Snapshot,
 }
@@ -68,7 +66,7 @@ pub fn label(base: Oid, head: Oid) -> String {
 
 /// Merges `head` into `base` in memory and reads the merged tree's YAML files under `subpath`,
 /// taking the content of blobs `earlier` (base's snapshot, say) holds from there.
-pub fn read_merge(
+pub(crate) fn read_merge(
     repo: &Repository,
     base: Oid,
     head: Oid,
@@ -113,7 +111,6 @@ pub fn read_merge(
     Ok(Merged {
         base,
         head,
-        merge_base,
         snapshot,
     })
 }
@@ -216,7 +213,11 @@ mod tests {
         let merged = read_merge(&repo, base, head, "", 1 << 20, None).expect("merge");
         let paths: Vec<&str> = merged.snapshot.files.iter().map(|f| &*f.path).collect();
         assert_eq!(paths, ["a.yaml", "b.yaml", "c.yaml"]);
-        assert_eq!(merged.merge_base, Some(root));
+        assert_eq!(
+            repo.merge_base(base, head).ok(),
+            Some(root),
+            "a three-way merge"
+        );
         assert!(merged.snapshot.revision.starts_with("merge of "));
         assert_eq!(
             objects_on_disk(dir.path()),

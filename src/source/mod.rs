@@ -17,7 +17,7 @@ pub mod remote;
 pub use pbsync_core::snapshot::{Content, Snapshot, SourceFile};
 
 /// Name of the ignore file honoured at the root of the configured path (gitignore syntax).
-pub const IGNORE_FILE: &str = ".pbsyncignore";
+pub(crate) const IGNORE_FILE: &str = ".pbsyncignore";
 
 /// Errors of the source stage; all of them are about reaching the commit, not its content.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ pub fn read(cfg: &GitConfig) -> Result<Snapshot> {
 }
 
 /// Normalises a configured subdirectory: no leading `./`, no trailing `/`.
-pub fn normalize_path(path: &str) -> String {
+pub(crate) fn normalize_path(path: &str) -> String {
     let p = path.trim_start_matches("./").trim_matches('/');
     if p == "." {
         String::new()
@@ -174,7 +174,7 @@ pub fn read_tree(
 }
 
 /// [`read_tree`], reusing the content of blobs `earlier` holds (see [`read_commit_reusing`]).
-pub fn read_tree_reusing(
+pub(crate) fn read_tree_reusing(
     repo: &Repository,
     tree: Oid,
     subpath: &str,

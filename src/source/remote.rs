@@ -86,7 +86,7 @@ impl Location {
 }
 
 /// `url` without a password or token in its user part.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -366,7 +366,7 @@ fn callbacks(auth: &GitAuth) -> RemoteCallbacks<'static> {
 /// True when `known_hosts` lists `key` of type `kind` for `host` (plain host patterns,
 /// `[host]:port` and comma-separated lists; hashed entries are not matched, and
 /// `@revoked` lines never match).
-pub fn host_key_known(known_hosts: &str, host: &str, kind: &str, key: &[u8]) -> bool {
+pub(crate) fn host_key_known(known_hosts: &str, host: &str, kind: &str, key: &[u8]) -> bool {
     for line in known_hosts.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with('@') {

@@ -7,10 +7,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use pbsync::config::{GitAuth, Secret};
 use pbsync::engine::{self, Context, Goal, Input, history};
 use pbsync::plan::{Action, Plan};
+use pbsync::source::remote::GitAuth;
 use pbsync::source::remote::Remote;
+use pbsync::target::Secret;
 use pbsync::target::local_dir::LocalDir;
 use pbsync::target::{RunError, RunOptions};
 

@@ -12,8 +12,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use base64::Engine as _;
-use pbsync::config::{GitAuth, Secret};
+use pbsync::source::remote::GitAuth;
 use pbsync::source::remote::Remote;
+use pbsync::target::Secret;
 
 use pbsync_devkit::testkit::ScratchRepo;
 

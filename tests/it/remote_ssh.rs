@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pbsync::config::GitAuth;
+use pbsync::source::remote::GitAuth;
 use pbsync::source::remote::Remote;
 
 use pbsync_devkit::testkit::ScratchRepo;

@@ -342,7 +342,7 @@ impl ResourceGraph {
     }
 
     /// Declared objects of the desired set, in creation order.
-    pub fn creation_order(&self) -> impl Iterator<Item = &Node> {
+    pub(crate) fn creation_order(&self) -> impl Iterator<Item = &Node> {
         self.order.iter().map(|&i| &self.nodes[i])
     }
 

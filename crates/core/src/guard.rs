@@ -26,7 +26,7 @@ use crate::plan::{Action, Change, Executor, Plan};
 
 /// Kinds pbsync never deletes, whatever a plan says. pbsync's own kinds cannot name them;
 /// the check stays in the guard so that adding pass-through kinds cannot open a hole.
-pub const NEVER_DELETED_KINDS: [&str; 2] = ["Namespace", "CustomResourceDefinition"];
+pub(crate) const NEVER_DELETED_KINDS: [&str; 2] = ["Namespace", "CustomResourceDefinition"];
 /// Prefix of the status ConfigMaps (`pbsync-status-<instance>`): pbsync's own state.
 pub const STATUS_CONFIGMAP_PREFIX: &str = "pbsync-status-";
 /// Prefix of the Leases pbsync holds (`pbsync-<instance>`): pbsync's own state.
@@ -34,7 +34,7 @@ pub const LEASE_PREFIX: &str = "pbsync-";
 
 /// True for objects pbsync never deletes: Namespaces, CRDs, and its own state objects (the
 /// status ConfigMaps and the Leases).
-pub fn never_deleted(kind: &str, name: &str) -> bool {
+pub(crate) fn never_deleted(kind: &str, name: &str) -> bool {
     NEVER_DELETED_KINDS.contains(&kind)
         || (kind == "ConfigMap" && name.starts_with(STATUS_CONFIGMAP_PREFIX))
         || (kind == "Lease" && name.starts_with(LEASE_PREFIX))
@@ -304,7 +304,7 @@ pub fn may_write(change: &Change, now: &Ownership) -> Result<(), Refusal> {
 
 /// What the plan does with an existing object the commit declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Adoption {
+pub(crate) enum Adoption {
     /// This instance manages it (created or adopted earlier): compare and update.
     Own,
     /// This instance released it earlier: take it back.
@@ -316,7 +316,7 @@ pub enum Adoption {
 }
 
 /// The one adoption rule, for every target alike.
-pub fn adoption(now: &Ownership, adopt: bool) -> Adoption {
+pub(crate) fn adoption(now: &Ownership, adopt: bool) -> Adoption {
     match now {
         Ownership::Managed | Ownership::Adopted => Adoption::Own,
         Ownership::Released => Adoption::TakeBack,
@@ -425,7 +425,7 @@ pub struct GuardTrip {
 
 /// Trips when `changes` delete or orphan every managed ProfileBundle, or more than the
 /// thresholds' fraction of the managed objects when that is more than their minimum.
-pub fn mass_deletion(
+pub(crate) fn mass_deletion(
     changes: &[Change],
     observed: &Observed,
     limits: MassDeletion,

@@ -76,20 +76,11 @@ impl LiveObject {
     }
 
     /// Repository path recorded on the object when pbsync wrote it.
-    pub fn source_path(&self) -> Option<&str> {
+    pub(crate) fn source_path(&self) -> Option<&str> {
         self.manifest
             .as_ref()?
             .pointer("/metadata/annotations")?
             .get(crate::ownership::SOURCE_ANNOTATION)?
-            .as_str()
-    }
-
-    /// Commit recorded on the object when pbsync wrote it.
-    pub fn source_revision(&self) -> Option<&str> {
-        self.manifest
-            .as_ref()?
-            .pointer("/metadata/annotations")?
-            .get(crate::ownership::REVISION_ANNOTATION)?
             .as_str()
     }
 }

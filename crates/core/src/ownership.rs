@@ -107,7 +107,7 @@ pub fn read_manifest(manifest: &Value, instance: &str) -> Ownership {
 /// The labels and annotations pbsync adds to a hub object: the one definition both
 /// [`render`] and the plan's copy-free comparison use.
 #[derive(Debug, Clone)]
-pub struct Marks<'a> {
+pub(crate) struct Marks<'a> {
     instance: &'a str,
     adopted: bool,
     source: &'a str,

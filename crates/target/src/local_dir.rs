@@ -31,7 +31,7 @@ const PALETTE_DIR: &str = "palette";
 /// What one instance owns and last did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct InstanceRecord {
+pub(crate) struct InstanceRecord {
     /// Last revision applied completely.
     pub last_applied_revision: Option<String>,
     /// Last revision attempted.
@@ -45,7 +45,7 @@ pub struct InstanceRecord {
 
 /// One owned object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnedObject {
+pub(crate) struct OwnedObject {
     /// Adopted rather than created: released, never deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
@@ -53,7 +53,7 @@ pub struct OwnedObject {
 
 /// `PATH/.pbsync/inventory.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     /// Per pbsync instance.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceRecord>,
@@ -190,7 +190,7 @@ impl LocalDir {
     }
 
     /// Where an object lives.
-    pub fn path_of(&self, key: &ObjectKey) -> PathBuf {
+    pub(crate) fn path_of(&self, key: &ObjectKey) -> PathBuf {
         if key.kind == Kind::ClusterProfile {
             let version = key.version.as_deref().unwrap_or("");
             self.root
@@ -206,7 +206,7 @@ impl LocalDir {
     }
 
     /// Reads the inventory (empty when the directory is new).
-    pub fn read_inventory(&self) -> Result<Inventory> {
+    pub(crate) fn read_inventory(&self) -> Result<Inventory> {
         let path = self.root.join(STATE_DIR).join(INVENTORY);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::ObserveFailed {

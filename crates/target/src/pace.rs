@@ -11,7 +11,7 @@ use tokio::time::Instant;
 /// a request that finds none takes one on credit and waits until it would have arrived, so
 /// waiters queue in order. A rate of 0 (or less) means no limit.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     state: Mutex<(f64, Instant)>,
@@ -52,7 +52,7 @@ impl TokenBucket {
     }
 
     /// Waits for a token.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         let wait = self.reserve();
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -72,7 +72,7 @@ pub fn backoff(retry: u32, base: Duration, cap: Duration, rng: &mut fastrand::Rn
 /// [`backoff`] with its parameters and a random source of its own, for a client shared by
 /// concurrent requests.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     cap: Duration,
     rng: Mutex<fastrand::Rng>,

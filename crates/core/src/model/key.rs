@@ -91,12 +91,12 @@ impl Kind {
 
     /// True for the kinds that exist because bundles need them (domain §2): they are created
     /// only when some root's closure reaches them, and deleted by reference count.
-    pub fn is_shared(self) -> bool {
+    pub(crate) fn is_shared(self) -> bool {
         !self.is_root()
     }
 
     /// True for the kinds the desired set starts from: bundles, pools and workloads.
-    pub fn is_root(self) -> bool {
+    pub(crate) fn is_root(self) -> bool {
         matches!(
             self,
             Self::ProfileBundle | Self::ComputePool | Self::AiWorkload
@@ -110,7 +110,7 @@ impl Kind {
 
     /// True for kinds a bundle may name without the repository declaring them: they must then
     /// exist live (domain §3 rule 6).
-    pub fn may_be_external(self) -> bool {
+    pub(crate) fn may_be_external(self) -> bool {
         matches!(
             self,
             Self::ClusterProfile

@@ -24,7 +24,7 @@ impl Manifest {
 
     /// A manifest from JSON text [`Manifest::json`] gave, kept in a store whose integrity
     /// the caller checked (see `model::stored`). `None` for text that is not an object.
-    pub fn from_json(json: String) -> Option<Self> {
+    pub(crate) fn from_json(json: String) -> Option<Self> {
         (json.starts_with('{') && json.ends_with('}')).then(|| Self(Arc::from(json)))
     }
 

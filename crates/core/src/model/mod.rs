@@ -30,11 +30,11 @@ pub use workflow::{
 };
 
 /// Label marking a Model or Application bundle with its inference engine (seed document).
-pub const INFERENCE_ENGINE_LABEL: &str = "palette.ai/inference-engine";
+pub(crate) const INFERENCE_ENGINE_LABEL: &str = "palette.ai/inference-engine";
 /// Label telling an AIWorkload's deployment type (doc: `model`; `application` is our choice).
-pub const AIWORKLOAD_TYPE_LABEL: &str = "palette.ai/aiworkload-type";
+pub(crate) const AIWORKLOAD_TYPE_LABEL: &str = "palette.ai/aiworkload-type";
 /// Annotation listing extra ordering dependencies (`Kind/namespace/name`, comma separated).
-pub const DEPENDS_ON_ANNOTATION: &str = "pbsync.dev/depends-on";
+pub(crate) const DEPENDS_ON_ANNOTATION: &str = "pbsync.dev/depends-on";
 
 /// Where a document (or a field in it) was written.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub struct Location {
 
 impl Location {
     /// The same file at another line.
-    pub fn with_line(&self, line: u32) -> Self {
+    pub(crate) fn with_line(&self, line: u32) -> Self {
         Self {
             path: self.path.clone(),
             line,
@@ -266,28 +266,8 @@ pub enum ProfileType {
 
 impl ProfileType {
     /// True for Infrastructure and Full, the types a bundle may hold at most one of.
-    pub fn is_infrastructure(self) -> bool {
+    pub(crate) fn is_infrastructure(self) -> bool {
         matches!(self, Self::Infra | Self::Full)
-    }
-
-    /// The seed's name for the type.
-    pub fn seed_name(self) -> &'static str {
-        match self {
-            Self::Infra => "Infrastructure",
-            Self::AddOn => "Add-on",
-            Self::Full => "Full",
-            Self::System => "System",
-        }
-    }
-
-    /// Palette's API name.
-    pub fn api_name(self) -> &'static str {
-        match self {
-            Self::Infra => "infra",
-            Self::AddOn => "add-on",
-            Self::Full => "cluster",
-            Self::System => "system",
-        }
     }
 
     /// Parses Palette's API name.
@@ -329,7 +309,7 @@ impl Ref {
     }
 
     /// The preferred key, used when naming the reference in messages.
-    pub fn primary(&self) -> &ObjectKey {
+    pub(crate) fn primary(&self) -> &ObjectKey {
         &self.candidates[0]
     }
 }
@@ -529,7 +509,7 @@ impl DesiredState {
     }
 
     /// True when a rejected document claimed this identity (any version).
-    pub fn is_rejected(&self, key: &ObjectKey) -> bool {
+    pub(crate) fn is_rejected(&self, key: &ObjectKey) -> bool {
         !self.rejected.is_empty()
             && self.rejected.contains(&ObjectKey {
                 version: None,

@@ -31,7 +31,7 @@ pub enum Workflow {
 
 impl Workflow {
     /// The seed's name.
-    pub fn seed_name(self) -> &'static str {
+    pub(crate) fn seed_name(self) -> &'static str {
         match self {
             Self::ComputePool => "Compute Pool",
             Self::AppDeployment => "App Deployment",
@@ -111,7 +111,7 @@ pub fn accepted(workflow: Workflow, pool: PoolVariant) -> &'static [&'static [Bu
 
 /// True when `bundle` is the seed's "Supported Workflows" type for the workflow, i.e. the
 /// bundle is used in its primary workflow.
-pub fn is_primary(workflow: Workflow, pool: PoolVariant, bundle: BundleType) -> bool {
+pub(crate) fn is_primary(workflow: Workflow, pool: PoolVariant, bundle: BundleType) -> bool {
     accepted(workflow, pool)[0] == [bundle]
 }
 
@@ -150,7 +150,7 @@ pub enum Mismatch {
 
 /// Checks the bundle types of one deployment against the workflow tables. `None` when they
 /// are one accepted combination (in any order).
-pub fn check_combination(
+pub(crate) fn check_combination(
     workflow: Workflow,
     pool: PoolVariant,
     types: &[BundleType],

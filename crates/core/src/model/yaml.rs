@@ -21,6 +21,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most nodes a file may produce, counting alias expansions.
     pub max_nodes: usize,
+    /// Most bytes of keys and scalar values a file may produce, counting alias expansions:
+    /// an alias copies its anchor's text, so few nodes can still mean a lot of memory.
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -28,8 +31,20 @@ impl Default for Limits {
         Self {
             max_depth: 64,
             max_nodes: 1_000_000,
+            max_bytes: 64 << 20,
         }
     }
+}
+
+/// What an anchored node adds when an alias repeats it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Weight {
+    /// Nodes in it.
+    nodes: usize,
+    /// Collection levels in it (a scalar: 0).
+    height: usize,
+    /// Bytes of keys and scalars in it.
+    bytes: usize,
 }
 
 /// A YAML syntax or limit error.
@@ -107,8 +122,9 @@ struct MapFrame {
 pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
     let mut docs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    let mut anchors: HashMap<usize, (Node, Weight)> = HashMap::new();
     let mut nodes = 0usize;
+    let mut bytes = 0usize;
     let mut root: Option<Node> = None;
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| {
@@ -148,12 +164,25 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
                 None
             }
             Event::Alias(id) => {
-                let (node, count) = anchors.get(&id).ok_or_else(|| Error {
+                let (node, weight) = anchors.get(&id).ok_or_else(|| Error {
                     line,
                     message: "alias refers to an unknown anchor".into(),
                 })?;
-                nodes = nodes.saturating_add(*count);
+                nodes = nodes.saturating_add(weight.nodes);
                 check_nodes(nodes, limits, line)?;
+                bytes = bytes.saturating_add(weight.bytes);
+                check_bytes(bytes, limits, line)?;
+                // The depth is checked as collections open; an alias pastes a whole subtree
+                // at once, so its own height counts here.
+                if stack.len() + weight.height > limits.max_depth {
+                    return Err(Error {
+                        line,
+                        message: format!(
+                            "alias expands deeper than {} levels of nesting",
+                            limits.max_depth
+                        ),
+                    });
+                }
                 let mut node = node.clone();
                 node.line = line;
                 Some((node, 0usize))
@@ -161,6 +190,8 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
             Event::Scalar(value, style, anchor, tag) => {
                 nodes += 1;
                 check_nodes(nodes, limits, line)?;
+                bytes = bytes.saturating_add(value.len());
+                check_bytes(bytes, limits, line)?;
                 if let Some(Frame::Map(map)) = stack.last_mut()
                     && map.pending_key.is_none()
                 {
@@ -237,8 +268,8 @@ pub fn load_all(text: &str, limits: Limits) -> Result<Vec<Document>, Error> {
             continue;
         };
         if anchor != 0 {
-            // Counted only for anchored nodes: an alias adds this many nodes to the budget.
-            anchors.insert(anchor, (node.clone(), count_nodes(&node)));
+            // Measured only for anchored nodes: an alias adds this much to the budgets.
+            anchors.insert(anchor, (node.clone(), weigh(&node)));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -313,19 +344,42 @@ fn push_frame(stack: &mut Vec<Frame>, frame: Frame, limits: Limits) -> Result<()
     Ok(())
 }
 
-fn count_nodes(node: &Node) -> usize {
-    // Iterative, so that counting never recurses as deep as the document nests.
-    let mut count = 0;
-    let mut todo = vec![node];
-    while let Some(n) = todo.pop() {
-        count += 1;
+fn check_bytes(bytes: usize, limits: Limits, line: u32) -> Result<(), Error> {
+    if bytes > limits.max_bytes {
+        return Err(Error {
+            line,
+            message: format!(
+                "file expands to more than {} MiB of text (an alias bomb?); refusing to read further",
+                limits.max_bytes >> 20
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn weigh(node: &Node) -> Weight {
+    // Iterative, so that measuring never recurses as deep as the document nests.
+    let mut w = Weight::default();
+    let mut todo = vec![(node, 0usize)];
+    while let Some((n, level)) = todo.pop() {
+        w.nodes += 1;
         match &n.value {
-            Value::Seq(items) => todo.extend(items),
-            Value::Map(entries) => todo.extend(entries.iter().map(|(_, v)| v)),
-            _ => {}
+            Value::Seq(items) => {
+                w.height = w.height.max(level + 1);
+                todo.extend(items.iter().map(|i| (i, level + 1)));
+            }
+            Value::Map(entries) => {
+                w.height = w.height.max(level + 1);
+                for (k, v) in entries {
+                    w.bytes += k.len();
+                    todo.push((v, level + 1));
+                }
+            }
+            Value::Str(s) => w.bytes += s.len(),
+            _ => w.bytes += 8,
         }
     }
-    count
+    w
 }
 
 impl MapFrame {
@@ -557,10 +611,22 @@ pub fn to_string(value: &serde_json::Value) -> String {
     out
 }
 
+/// Longest key written as an implicit `key:` (YAML allows 1024 characters); a longer one
+/// is written in the explicit form `? key` / `:`.
+const MAX_IMPLICIT_KEY: usize = 1000;
+
 fn emit_map(m: &serde_json::Map<String, serde_json::Value>, indent: usize, out: &mut String) {
     for (k, v) in m {
         out.push_str(&" ".repeat(indent));
-        out.push_str(&plain_or_quoted(k));
+        let key = plain_or_quoted(k);
+        if key.chars().count() > MAX_IMPLICIT_KEY {
+            out.push_str("? ");
+            out.push_str(&key);
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+        } else {
+            out.push_str(&key);
+        }
         out.push(':');
         emit_child(v, indent, out);
     }
@@ -738,6 +804,54 @@ mod tests {
         }
         let err = load_all(&text, Limits::default()).unwrap_err();
         assert!(err.message.contains("alias bomb"), "{err}");
+    }
+
+    // Found by `scripts/fuzz` (fuzz/README.md): an alias pasted an anchored subtree deeper
+    // than the limit, and a chain of them made a 22 KB file nest ~10,000 levels deep, which
+    // overflowed the stack when the document was converted.
+    #[test]
+    fn an_alias_cannot_nest_a_document_deeper_than_the_limit() {
+        let mut text = String::from("a0: &a0 1\n");
+        for i in 1..160 {
+            let open = "[".repeat(62);
+            let close = "]".repeat(62);
+            text.push_str(&format!(
+                "a{i}: &a{i} {open}*a{prev}{close}\n",
+                prev = i - 1
+            ));
+        }
+        let err = load_all(&text, Limits::default()).unwrap_err();
+        assert!(
+            err.message.contains("alias expands deeper than 64"),
+            "{err}"
+        );
+        assert_eq!(err.line, 3, "the first alias that would go too deep");
+        // One level of aliasing within the limit is fine.
+        let ok = "a: &a [[1]]\nb: [*a]\n";
+        assert!(load_all(ok, Limits::default()).is_ok());
+    }
+
+    // Found by reading the loader after the fuzzer's report: few nodes can still copy a lot
+    // of text, so the text an alias repeats counts against a budget of its own.
+    #[test]
+    fn aliases_of_long_scalars_stop_at_the_text_budget() {
+        let long = "x".repeat(100_000);
+        let mut text = format!("a: &a {long}\nb: [");
+        text.push_str(&vec!["*a"; 1_000].join(", "));
+        text.push_str("]\n");
+        let err = load_all(&text, Limits::default()).unwrap_err();
+        assert!(err.message.contains("MiB of text"), "{err}");
+    }
+
+    // Found by `scripts/fuzz`: a key over YAML's 1024-character limit for implicit keys was
+    // written as `key:`, which no YAML parser reads back.
+    #[test]
+    fn a_key_longer_than_an_implicit_key_may_be_is_written_explicitly() {
+        let key = "k".repeat(1_100);
+        let value = serde_json::json!({&key: {"inner": 1}, "short": [{&key: 2}]});
+        let text = to_string(&value);
+        let back = load_all(&text, Limits::default()).expect("reads back");
+        assert_eq!(back[0].root.to_json(), value, "{text}");
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn render_comments(plan: &Plan, ctx: &Context) -> Vec<String> {
 
 /// The plan as comments of at most `limit` characters (at least 2,000), each starting with
 /// [`MARKER`] and, when there are several, saying "part i of n".
-pub fn render_comments_within(plan: &Plan, ctx: &Context, limit: usize) -> Vec<String> {
+pub(crate) fn render_comments_within(plan: &Plan, ctx: &Context, limit: usize) -> Vec<String> {
     let limit = limit.max(2_000);
     let footer = footer(plan, ctx);
     let widest_header = header(plan, ctx, 9_999, 9_999);

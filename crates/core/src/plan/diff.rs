@@ -62,13 +62,13 @@ fn prune_empty(meta: &mut Map<String, Value>, key: &str) {
 
 /// True when `live` and `desired` are equal once normalised (see [`normalize`]), decided
 /// without copying either: the common case of a plan over a large, unchanged repository.
-pub fn same_normalized(live: &Value, desired: &Value) -> bool {
+pub(crate) fn same_normalized(live: &Value, desired: &Value) -> bool {
     same_with_marks(live, desired, &[], &[])
 }
 
 /// [`same_normalized`] against `desired` with `labels` and `annotations` laid over its own,
 /// which is how pbsync renders an object: the comparison never builds the rendered copy.
-pub fn same_with_marks(
+pub(crate) fn same_with_marks(
     live: &Value,
     desired: &Value,
     labels: &[(&str, &str)],

@@ -38,7 +38,7 @@ pub struct Impact {
 
 impl Impact {
     /// The dependents of one kind.
-    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Dependent> {
+    pub(crate) fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Dependent> {
         self.dependents.iter().filter(move |d| d.key.kind == kind)
     }
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{FieldChange, Plan};
 
 /// What a masked value is replaced with.
-pub const MASK: &str = "(masked)";
+pub(crate) const MASK: &str = "(masked)";
 
 const SECRET_SUFFIXES: &[&str] = &[
     "password",
@@ -38,7 +38,7 @@ const SECRET_PREFIXES: &[&str] = &["password", "secret", "credential", "apikey",
 const POINTER_SUFFIXES: &[&str] = &["ref", "refs", "name", "names", "namespace", "path", "file"];
 
 /// True when a value under `key` is a secret (see the module documentation).
-pub fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let k: String = key
         .chars()
         .filter(|c| !matches!(c, '-' | '_' | '.'))
@@ -53,7 +53,7 @@ pub fn is_secret_key(key: &str) -> bool {
 
 /// True when the field at the dotted `path` (as in [`FieldChange::path`]) of an object of
 /// `kind` holds a secret: a secret key on the way, or the data of a Kubernetes Secret.
-pub fn is_secret_path(kind: &str, path: &str) -> bool {
+pub(crate) fn is_secret_path(kind: &str, path: &str) -> bool {
     let mut segments = path
         .split('.')
         .map(|s| s.split('[').next().unwrap_or(s))
@@ -71,7 +71,7 @@ pub fn is_secret_path(kind: &str, path: &str) -> bool {
 
 /// `v` with every secret inside it masked: values under secret keys, the data of embedded
 /// Kubernetes Secrets, and secret lines of string values.
-pub fn mask_value(v: &Value) -> Value {
+pub(crate) fn mask_value(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
             let secret_kind = m.get("kind").and_then(Value::as_str) == Some("Secret");
@@ -98,7 +98,7 @@ pub fn mask_value(v: &Value) -> Value {
 
 /// `text` with the value of every `key: value` or `key=value` line whose key is secret
 /// masked; other lines unchanged.
-pub fn mask_text(text: &str) -> String {
+pub(crate) fn mask_text(text: &str) -> String {
     if !text.contains(':') && !text.contains('=') {
         return text.to_string();
     }
@@ -132,7 +132,7 @@ fn mask_line(line: &str) -> String {
 }
 
 /// Masks one field change of an object of `kind`.
-pub fn mask_change(kind: &str, change: &FieldChange) -> FieldChange {
+pub(crate) fn mask_change(kind: &str, change: &FieldChange) -> FieldChange {
     let whole = is_secret_path(kind, &change.path);
     let hide = |v: &Option<Value>| {
         v.as_ref().map(|v| {

@@ -62,7 +62,7 @@ impl Action {
     }
 
     /// True for actions that change something.
-    pub fn is_change(self) -> bool {
+    pub(crate) fn is_change(self) -> bool {
         matches!(
             self,
             Self::Create | Self::Update | Self::Delete | Self::Orphan

@@ -133,7 +133,7 @@ impl Candidate {
     }
 
     /// The holder of the record last seen, if another one holds it.
-    pub fn other_holder(&self) -> Option<&str> {
+    pub(crate) fn other_holder(&self) -> Option<&str> {
         self.observed
             .as_ref()
             .and_then(|((holder, _), _)| holder.as_deref())
