@@ -669,8 +669,17 @@ async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() 
         charts.reasons
     );
     ok(env.apply(&repo, &target).await);
-    let l = labels(&env.must_get("HelmRepository", "charts").await);
-    assert_eq!(l["pbsync.dev/instance"], env.instance);
+    let taken = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(labels(&taken)["pbsync.dev/instance"], env.instance);
+    // Found by scripts/chaos: the release's note stayed beside the ownership labels.
+    assert_eq!(
+        annotation(&taken, "pbsync.dev/released-by"),
+        None,
+        "a taken-back object no longer says it was released"
+    );
+    // And a later pass has nothing to do.
+    let after = env.plan(&repo, &target).await;
+    assert!(!after.plan().has_changes(), "{}", render(after.plan()));
     env.cleanup().await;
 }
 

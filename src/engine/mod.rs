@@ -693,6 +693,12 @@ impl Target for NoTarget {
     async fn recorded(&self) -> pbsync_target::Result<Option<pbsync_target::Recorded>> {
         match *self {}
     }
+    async fn record_pending(
+        &self,
+        _: &[(pbsync_core::model::ObjectKey, pbsync_core::live::Removal)],
+    ) -> pbsync_target::Result<()> {
+        match *self {}
+    }
     async fn lock(&self, _: &str, _: Duration) -> pbsync_target::Result<pbsync_target::PassLock> {
         match *self {}
     }

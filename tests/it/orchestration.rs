@@ -10,7 +10,7 @@ use pbsync::graph::ResourceGraph;
 use pbsync::guard::{DeletePermit, Now, ReleasePermit};
 use pbsync::live::Observed;
 use pbsync::ownership::Stamp;
-use pbsync::plan::Change;
+use pbsync::plan::{Action, Change};
 use pbsync::target::local_dir::LocalDir;
 use pbsync::target::{Outcome, RunError, RunOptions, Status, Target};
 use serde_json::Value;
@@ -78,6 +78,12 @@ impl Target for Flaky {
     }
     async fn recorded(&self) -> pbsync::target::Result<Option<pbsync::target::Recorded>> {
         self.inner.recorded().await
+    }
+    async fn record_pending(
+        &self,
+        removals: &[(pbsync::model::ObjectKey, pbsync::live::Removal)],
+    ) -> pbsync::target::Result<()> {
+        self.inner.record_pending(removals).await
     }
     async fn lock(
         &self,
@@ -278,4 +284,81 @@ fn invalid_commit_applies_nothing_and_deletes_nothing() {
         "an invalid commit is final until a new commit arrives"
     );
     assert_eq!(list_files(state.path()), before);
+}
+
+/// Found by scripts/chaos: a pass killed after it deleted a WorkloadProfile but before the
+/// definition only that profile used left the definition unreachable from its (still live,
+/// still leaving) bundle, and the next pass took it for an object whose bundle was removed out
+/// of band: orphaned for good, never deleted. A failed delete of the definition cuts the pass
+/// at the same point.
+#[test]
+fn a_pass_cut_short_between_a_profile_and_its_definition_is_finished_by_the_next() {
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", SHARED);
+    repo.write("shop.yaml", bundle("shop", &["site"]));
+    repo.write(
+        "blog.yaml",
+        format!(
+            "{}---\napiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata: {{name: blog-wp, namespace: ns}}\nspec: {{type: Application, workload: {{components: [{{name: m, type: blog-def}}]}}}}\n---\napiVersion: core.oam.dev/v1beta1\nkind: ComponentDefinition\nmetadata: {{name: blog-def, namespace: ns}}\nspec: {{workload: {{type: autodetects.core.oam.dev}}}}\n",
+            bundle("blog", &["blog-wp"])
+        ),
+    );
+    repo.commit("two bundles");
+    let state = tempfile::tempdir().unwrap();
+    let target = Flaky {
+        inner: LocalDir::new(state.path(), "default"),
+        fail_writes: Mutex::default(),
+        fail_deletes: Mutex::default(),
+    };
+    let ctx = engine::Context::new(repo.path(), "HEAD", "");
+    apply(&ctx, &target).expect("first apply");
+    repo.remove("blog.yaml");
+    repo.commit("blog leaves");
+    target
+        .fail_deletes
+        .lock()
+        .unwrap()
+        .insert("ComponentDefinition ns/blog-def".into());
+    apply(&ctx, &target).expect_err("the definition's delete fails");
+    let files = list_files(state.path());
+    assert!(!files.iter().any(|f| f.contains("blog-wp")), "{files:?}");
+    assert!(files.iter().any(|f| f.contains("blog-def")), "{files:?}");
+    assert!(files.iter().any(|f| f.ends_with("profilebundle/blog.yaml")));
+
+    // The next pass can no longer trace blog -> blog-wp -> blog-def, but the decision the
+    // cut-short pass recorded before its first removal says delete.
+    target.fail_deletes.lock().unwrap().clear();
+    let report = apply(&ctx, &target).expect("the next pass finishes");
+    let def = report
+        .plan()
+        .changes
+        .iter()
+        .find(|c| &*c.key.name == "blog-def")
+        .expect("the definition is planned");
+    assert_eq!(def.action, Action::Delete, "{:?}", def.reasons);
+    assert!(
+        def.reasons.iter().any(|r| r.contains("interrupted")),
+        "{:?}",
+        def.reasons
+    );
+    assert!(
+        !report
+            .plan()
+            .warnings
+            .iter()
+            .any(|w| w.contains("orphaned, not deleted")),
+        "{:?}",
+        report.plan().warnings
+    );
+    let files = list_files(state.path());
+    assert!(!files.iter().any(|f| f.contains("blog")), "{files:?}");
+    // A completed pass clears the record.
+    let inv: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.path().join(".pbsync/inventory.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        inv["instances"]["default"].get("pendingRemovals").is_none(),
+        "{inv}"
+    );
 }

@@ -100,6 +100,25 @@ pub struct Observed {
     /// Namespaces the commit writes into that the hub does not have: their objects are
     /// planned as `unknown`, and the apply writes nothing at all.
     pub missing_namespaces: std::collections::BTreeSet<String>,
+    /// Removals an earlier pass decided and recorded before it began removing, and did not
+    /// finish (it was killed, or a removal failed): see [`Removal`].
+    pub pending: BTreeMap<ObjectKey, Removal>,
+}
+
+/// A removal a pass decided, recorded by the target before the first one is carried out.
+///
+/// A pass that is killed after deleting a WorkloadProfile but before the definition only
+/// that profile used leaves the definition unreachable from the bundle that is still
+/// leaving: the next pass could no longer tell it from an object whose bundle was removed
+/// out of band (which is orphaned, never deleted). The record keeps the decision made with
+/// the whole chain in view, so the next pass finishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removal {
+    /// To be deleted.
+    Delete,
+    /// To be released.
+    Orphan,
 }
 
 impl Observed {

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{self, DeletePermit, Now, Refusal, ReleasePermit};
-use pbsync_core::live::Observed;
+use pbsync_core::live::{Observed, Removal};
 use pbsync_core::model::{Kind, ObjectKey};
 use pbsync_core::ownership::Stamp;
 use pbsync_core::plan::{Action, Change, Executor, Phase, Plan};
@@ -245,8 +245,16 @@ pub trait Target: Send + Sync {
         change: &Change,
         permit: DeletePermit,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Records the outcome of the pass.
+    /// Records the outcome of the pass. A pass that applied its revision completely clears
+    /// the removals [`Target::record_pending`] recorded.
     fn record(&self, status: &Status) -> impl Future<Output = Result<()>> + Send;
+    /// Records, before the first removal of a pass, every removal the pass is about to carry
+    /// out (see [`pbsync_core::live::Removal`]); `observe` reads them back into
+    /// `Observed::pending` until a pass completes.
+    fn record_pending(
+        &self,
+        removals: &[(ObjectKey, Removal)],
+    ) -> impl Future<Output = Result<()>> + Send;
     /// What the last passes of this instance recorded (`None`: nothing yet).
     fn recorded(&self) -> impl Future<Output = Result<Option<Recorded>>> + Send;
     /// Takes the lock of this target and instance for one applying pass, as `holder`,
@@ -581,6 +589,22 @@ async fn run_steps<T: Target>(
             );
         }
         return Err(RunError::Unknown(unknown));
+    }
+    // The decisions, recorded before the first of them is carried out, so a pass cut short
+    // between removals leaves them for the next one to finish.
+    let pending: Vec<(ObjectKey, Removal)> = removals
+        .iter()
+        .filter_map(|c| match (c.action, c.executor) {
+            (Action::Delete, Executor::Pbsync) => Some((c.key.clone(), Removal::Delete)),
+            (Action::Orphan, _) => Some((c.key.clone(), Removal::Orphan)),
+            _ => None,
+        })
+        .collect();
+    if !pending.is_empty() {
+        target
+            .record_pending(&pending)
+            .await
+            .map_err(RunError::Write)?;
     }
     let mut failures: Vec<Error> = Vec::new();
     for change in removals {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{Error, Result, Status, Target};
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{self, DeletePermit, Now, ReleasePermit};
-use pbsync_core::live::{LiveObject, Observed};
+use pbsync_core::live::{LiveObject, Observed, Removal};
 use pbsync_core::model::{Kind, Manifest, Object, ObjectKey, ProfileType, yaml};
 use pbsync_core::ownership::{self, Ownership, Stamp};
 use pbsync_core::plan::Change;
@@ -41,6 +41,9 @@ pub(crate) struct InstanceRecord {
     /// Objects this instance manages (key string -> record).
     #[serde(default)]
     pub objects: BTreeMap<String, OwnedObject>,
+    /// Removals a pass recorded before carrying them out, until a pass completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_removals: Vec<(ObjectKey, Removal)>,
 }
 
 /// One owned object.
@@ -508,7 +511,10 @@ impl Target for LocalDir {
     /// unchanged. Any other file is parsed, for a full comparison.
     async fn observe(&self, graph: &ResourceGraph, stamp: &Stamp<'_>) -> Result<Observed> {
         let inv = self.read_inventory()?;
-        let observed = self.scan(&inv, graph, stamp)?;
+        let mut observed = self.scan(&inv, graph, stamp)?;
+        if let Some(rec) = inv.instances.get(&self.instance) {
+            observed.pending = rec.pending_removals.iter().cloned().collect();
+        }
         *self.inventory() = inv;
         Ok(observed)
     }
@@ -609,9 +615,24 @@ impl Target for LocalDir {
         }
         rec.last_attempted_revision = Some(status.attempted.clone());
         rec.last_outcome = Some(status.outcome.clone());
+        if status.applied.is_some() {
+            rec.pending_removals.clear();
+        }
         if *inv == before {
             return Ok(());
         }
+        self.save_inventory(&inv).map_err(|e| Error::StatusFailed {
+            source: Box::new(e),
+        })
+    }
+
+    /// Read from disk, so what it writes back is only its own change.
+    async fn record_pending(&self, removals: &[(ObjectKey, Removal)]) -> Result<()> {
+        let on_disk = self.read_inventory()?;
+        let mut inv = self.inventory();
+        *inv = on_disk;
+        let rec = inv.instances.entry(self.instance.clone()).or_default();
+        rec.pending_removals = removals.to_vec();
         self.save_inventory(&inv).map_err(|e| Error::StatusFailed {
             source: Box::new(e),
         })

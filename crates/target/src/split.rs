@@ -56,6 +56,7 @@ impl<H: Target, P: Target> Target for Split<H, P> {
                 .filter(|(k, _)| k.kind == Kind::ClusterProfile),
         );
         observed.read_at = observed.read_at.or(palette.read_at);
+        // The hub side keeps the record of pending removals of both sides.
         Ok(observed)
     }
 
@@ -119,6 +120,14 @@ impl<H: Target, P: Target> Target for Split<H, P> {
     async fn record(&self, status: &Status) -> Result<()> {
         self.hub.record(status).await?;
         self.palette.record(status).await
+    }
+
+    /// The hub side records the pass, and what it is about to remove on both sides.
+    async fn record_pending(
+        &self,
+        removals: &[(pbsync_core::model::ObjectKey, pbsync_core::live::Removal)],
+    ) -> Result<()> {
+        self.hub.record_pending(removals).await
     }
 
     /// The hub side records the pass.

@@ -594,6 +594,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 &desired_keys,
                 &effective_policy,
                 gone,
+                observed.pending.get(key).copied(),
                 &mut warnings,
             );
         }
@@ -678,9 +679,25 @@ fn decide_shared(
     desired: &dyn Fn(&ObjectKey) -> bool,
     effective_policy: &dyn Fn(&ObjectKey) -> Effective,
     gone: &str,
+    pending: Option<crate::live::Removal>,
     warnings: &mut Vec<String>,
 ) {
     let referrers: Vec<&ObjectKey> = live_refs.referrers.get(key).into_iter().flatten().collect();
+    if referrers.is_empty()
+        && let Some(decided) = pending
+    {
+        // An earlier pass decided this with the whole chain in view, then was cut short
+        // after removing what linked it to its leaving bundle: finish that decision.
+        change.action = match decided {
+            crate::live::Removal::Delete => Action::Delete,
+            crate::live::Removal::Orphan => Action::Orphan,
+        };
+        change.reasons.push(format!(
+            "{gone}; an earlier pass decided to {} it and was interrupted before it did (what linked it to its leaving bundle is already gone): finishing that decision",
+            if decided == crate::live::Removal::Delete { "delete" } else { "orphan" }
+        ));
+        return;
+    }
     if referrers.is_empty() {
         change.action = Action::Orphan;
         change.reasons.push(format!(

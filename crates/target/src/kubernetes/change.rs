@@ -111,6 +111,11 @@ impl KubeTarget {
         );
         let uid = seen.uid.clone();
         lock(&self.seen).insert(key.clone(), seen);
+        if change.observed == Some(Ownership::Released) {
+            // Taken back: the release's note was set with a merge patch, which server-side
+            // apply never removes (another operation owns it).
+            self.forget_release(api, collection, change).await?;
+        }
         let reason = if change.action == Action::Create {
             "Created"
         } else {
@@ -118,6 +123,26 @@ impl KubeTarget {
         };
         self.bundle_changed(api, key, reason, uid).await;
         Ok(())
+    }
+
+    /// Removes the `released-by` note of an object this instance took back.
+    async fn forget_release(
+        &self,
+        api: &ApiClient,
+        collection: &str,
+        change: &Change,
+    ) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {ownership::RELEASED_BY_ANNOTATION: null}}});
+        match api.merge_patch(collection, &change.key.name, &patch).await {
+            Ok(answer) => {
+                // The write's cache entry is for the object before this patch: drop it, so
+                // the next pass compares afresh.
+                lock(&self.compared).remove(&change.key);
+                self.remember(&change.key, &answer);
+                Ok(())
+            }
+            Err(e) => Err(write_failed("take back", change, Error::Request(e))),
+        }
     }
 
     /// Reads the object as it is now; its uid and resourceVersion become the preconditions

@@ -420,6 +420,13 @@ impl Target for KubeTarget {
         self.read_status().await
     }
 
+    async fn record_pending(
+        &self,
+        removals: &[(ObjectKey, pbsync_core::live::Removal)],
+    ) -> Result<()> {
+        self.record_pending(removals).await
+    }
+
     /// The Lease `pbsync-<instance>` in the status namespace, the one the daemon's leader
     /// election holds.
     async fn lock(&self, holder: &str, wait: Duration) -> Result<crate::PassLock> {

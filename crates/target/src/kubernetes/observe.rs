@@ -371,6 +371,7 @@ impl KubeTarget {
         }
         *lock(&self.seen) = seen;
         *lock(&self.compared) = cache;
+        observed.pending = self.read_pending().await?;
         Ok(observed)
     }
 

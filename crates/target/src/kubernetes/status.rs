@@ -15,6 +15,8 @@ use pbsync_core::guard::STATUS_CONFIGMAP_PREFIX as CONFIGMAP_PREFIX;
 use pbsync_core::model::{Kind, ObjectKey};
 use pbsync_core::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
+/// The key of the removals a pass recorded before carrying them out (JSON).
+const PENDING_KEY: &str = "pendingRemovals";
 /// Outcome words of a pass that changed (or tried to change) something.
 const ACTED: [&str; 5] = ["created", "configured", "deleted", "orphaned", "failed"];
 
@@ -30,6 +32,9 @@ fn next_data(previous: &BTreeMap<String, String>, status: &Status) -> BTreeMap<S
         data.insert("lastAppliedRevision".into(), applied.clone());
     }
     data.insert("outcome".into(), status.outcome.clone());
+    if status.applied.is_some() {
+        data.remove(PENDING_KEY);
+    }
     let acted = ACTED
         .iter()
         .any(|w| status.counts.get(*w).is_some_and(|n| *n > 0));
@@ -85,6 +90,42 @@ impl KubeTarget {
         }))
     }
 
+    /// The removals a pass recorded before carrying them out (`Observed::pending`).
+    pub(super) async fn read_pending(
+        &self,
+    ) -> Result<std::collections::BTreeMap<ObjectKey, pbsync_core::live::Removal>> {
+        self.read_status().await?;
+        let recorded = self.recorded.lock().await;
+        Ok(recorded
+            .as_ref()
+            .and_then(|d| d.get(PENDING_KEY))
+            .and_then(|text| {
+                serde_json::from_str::<Vec<(ObjectKey, pbsync_core::live::Removal)>>(text).ok()
+            })
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default())
+    }
+
+    /// Records the removals a pass is about to carry out, in the status ConfigMap.
+    pub(super) async fn record_pending(
+        &self,
+        removals: &[(ObjectKey, pbsync_core::live::Removal)],
+    ) -> Result<()> {
+        let api = self.api().await?;
+        let failed = |e: Error| crate::Error::StatusFailed {
+            source: Box::new(e),
+        };
+        let mut recorded = self.recorded.lock().await;
+        let mut data = recorded.clone().unwrap_or_default();
+        data.insert(
+            PENDING_KEY.into(),
+            serde_json::to_string(removals).expect("invariant: keys serialize"),
+        );
+        self.write_configmap(api, &data).await.map_err(failed)?;
+        *recorded = Some(data);
+        Ok(())
+    }
+
     pub(super) async fn record_status(&self, status: &Status) -> Result<()> {
         let api = self.api().await?;
         let failed = |e: Error| crate::Error::StatusFailed {
@@ -103,37 +144,46 @@ impl KubeTarget {
         };
         let data = next_data(&previous, status);
         if data != previous {
-            let body = json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": self.configmap_name(),
-                    "namespace": self.options.status_namespace,
-                    // Not the instance label: the status object is never one of the objects
-                    // this instance manages, so no deletion rule can ever reach it.
-                    "labels": {
-                        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
-                        "app.kubernetes.io/component": "status",
-                    },
-                },
-                "data": data,
-            });
-            api.apply(&self.configmaps(), &self.configmap_name(), &body)
-                .await
-                .map_err(|e| {
-                    let namespace_missing = e.code() == Some(404);
-                    failed(if namespace_missing {
-                        Error::StatusNamespaceMissing {
-                            namespace: self.options.status_namespace.clone(),
-                            source: e,
-                        }
-                    } else {
-                        Error::Request(e)
-                    })
-                })?;
+            self.write_configmap(api, &data).await.map_err(failed)?;
         }
         *recorded = Some(data);
         Ok(())
+    }
+
+    /// Writes the status ConfigMap with `data` (server-side apply).
+    async fn write_configmap(
+        &self,
+        api: &ApiClient,
+        data: &BTreeMap<String, String>,
+    ) -> std::result::Result<(), Error> {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.configmap_name(),
+                "namespace": self.options.status_namespace,
+                // Not the instance label: the status object is never one of the objects
+                // this instance manages, so no deletion rule can ever reach it.
+                "labels": {
+                    MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                    "app.kubernetes.io/component": "status",
+                },
+            },
+            "data": data,
+        });
+        api.apply(&self.configmaps(), &self.configmap_name(), &body)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                if e.code() == Some(404) {
+                    Error::StatusNamespaceMissing {
+                        namespace: self.options.status_namespace.clone(),
+                        source: e,
+                    }
+                } else {
+                    Error::Request(e)
+                }
+            })
     }
 
     /// The Event of a bundle this pass created, updated, deleted or released, emitted as soon

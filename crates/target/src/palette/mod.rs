@@ -488,6 +488,14 @@ impl Target for PaletteTarget {
     }
 
     /// Nothing recorded here: the hub-side target records the pass.
+    async fn record_pending(
+        &self,
+        _removals: &[(ObjectKey, pbsync_core::live::Removal)],
+    ) -> ApplyResult<()> {
+        Ok(())
+    }
+
+    /// Nothing recorded here: the hub-side target records the pass.
     async fn recorded(&self) -> ApplyResult<Option<super::Recorded>> {
         Ok(None)
     }
