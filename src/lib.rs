@@ -20,9 +20,9 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod daemon;
 pub mod engine;
-pub mod import;
 pub mod review;
 pub mod source;
 
 pub use pbsync_core::{error_chain, graph, guard, live, model, ownership, plan};
+pub use pbsync_studio as import;
 pub use pbsync_target as target;

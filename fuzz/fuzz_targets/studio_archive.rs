@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use pbsync::import::{self, archive};
+use pbsync_studio::{self as import, archive};
 
 /// Small limits, so the size refusals are reachable from small inputs: the checks are the
 /// same at any size.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::Status;
-use crate::import::{self, Outcome, archive};
+use pbsync_studio::{self as import, Outcome, archive};
 
 /// Arguments of `pbsync import`.
 #[derive(Debug, Args)]

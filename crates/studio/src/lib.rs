@@ -1,4 +1,4 @@
-//! `pbsync import`: a PaletteAI Studio archive (`.tar.gz`) unpacked into the repository
+//! `pbsync import` (pbsync-studio crate): a PaletteAI Studio archive (`.tar.gz`) unpacked into the repository
 //! layout of `examples/repo-layout/`. Every member is checked before anything is read into
 //! the model (see [`archive`]), every document is classified by content (see [`convert`]),
 //! every object is compared with what the directory already holds, and files are written,
@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::source::{Content, SourceFile};
 use convert::Doc;
 use pbsync_core::model::{self, Kind, ObjectKey, Violation, yaml};
+use pbsync_core::snapshot::{Content, SourceFile};
 
 /// A failed import; nothing was written unless the error is [`Error::Write`].
 #[derive(Debug, thiserror::Error)]
