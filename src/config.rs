@@ -100,7 +100,8 @@ pub struct Settings {
     /// SSH: known_hosts file; the server's host key must be listed (default ~/.ssh/known_hosts)
     #[arg(long)]
     pub git_known_hosts_file: Option<PathBuf>,
-    /// Fetch only the tip commit (history look-ups of removed bundles then see less)
+    /// Fetch only the tip commit; the clone deepens itself when a leaving bundle's last
+    /// version lies further back
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub git_shallow: Option<bool>,
     /// Directory for the persistent clone (systemd StateDirectory)

@@ -803,3 +803,103 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
+
+/// The scenario of the shallow-history issue, end to end: commit 1 applies bundle app-a
+/// (deletionPolicy delete) through a daemon whose clone is shallow; commit 2 sets orphan on
+/// it and commit 3 removes it, both fetched in one pass. The shallow clone cannot see commit
+/// 2, so the daemon deepens it until it finds that last version, and app-a's exclusive
+/// dependents are orphaned (released), as a full clone would decide, never deleted.
+#[test]
+fn a_shallow_daemon_clone_deepens_itself_to_find_a_leaving_bundles_last_version() {
+    use pbsync_devkit::testkit::git_http::serve;
+    let keep = "apiVersion: core.oam.dev/v1beta1\nkind: ComponentDefinition\nmetadata: {name: web, namespace: ns}\nspec: {workload: {type: autodetects.core.oam.dev}}\n---\napiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata: {name: keep-wp, namespace: ns}\nspec: {type: Application, workload: {components: [{name: m, type: web}]}}\n---\napiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {name: keep, namespace: ns}\nspec: {type: Application, workloadProfiles: [{name: keep-wp}]}\n";
+    let app_a = |policy: &str| {
+        format!(
+            "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata: {{name: app-a, namespace: ns}}\nspec: {{type: Application, deletionPolicy: {policy}, workloadProfiles: [{{name: a-wp}}], workloadProfileDependencies: {{helmRepositories: [{{name: charts-a}}]}}}}\n"
+        )
+    };
+    let deps = "apiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata: {name: a-wp, namespace: ns}\nspec: {type: Application, workload: {components: [{name: m, type: web}]}}\n---\napiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata: {name: charts-a, namespace: ns}\nspec: {url: https://charts-a.example.com, interval: 1h}\n";
+    let mut repo = ScratchRepo::new();
+    repo.write("keep.yaml", keep);
+    repo.write("app-a.yaml", app_a("delete"));
+    repo.write("a-deps.yaml", deps);
+    let first = repo.commit("1: app-a, policy delete").to_string();
+    let served = tempfile::tempdir().expect("served");
+    let bare = served.path().join("bundles.git");
+    let git = |args: &[&str]| {
+        let status = Command::new("git").args(args).status().expect("git");
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&[
+        "clone",
+        "-q",
+        "--bare",
+        &repo.path().display().to_string(),
+        &bare.display().to_string(),
+    ]);
+    let work = repo.path().display().to_string();
+    let publish = || {
+        git(&[
+            "-C",
+            &bare.display().to_string(),
+            "fetch",
+            "-q",
+            &work,
+            "+refs/heads/*:refs/heads/*",
+        ]);
+    };
+    let url = format!(
+        "{}bundles.git",
+        serve(served.path().to_path_buf(), "deploy", "s3cret")
+    );
+    let state = tempfile::tempdir().expect("state");
+    let password = state.path().join("password");
+    std::fs::write(&password, "s3cret\n").expect("password file");
+    let out = state.path().join("out");
+    let d = Daemon::start(
+        &[
+            "--repo",
+            &url,
+            "--git-username",
+            "deploy",
+            "--git-password-file",
+            &password.display().to_string(),
+            "--git-shallow",
+            "true",
+            "--state-dir",
+            &state.path().join("var").display().to_string(),
+            "--target",
+            &format!("dir:{}", out.display()),
+            "--interval",
+            "1s",
+        ],
+        &[],
+    );
+    let s = d.wait_status(Duration::from_secs(30), |s| {
+        revision(s) == first && s["result"] == "applied"
+    });
+    assert_eq!(revision(&s), first);
+    let charts = out.join("ns/helmrepository/charts-a.yaml");
+    assert!(charts.exists());
+
+    repo.write("app-a.yaml", app_a("orphan"));
+    repo.commit("2: app-a says orphan");
+    repo.remove("app-a.yaml");
+    repo.remove("a-deps.yaml");
+    let third = repo.commit("3: app-a removed").to_string();
+    publish();
+    let s = d.wait_status(Duration::from_secs(30), |s| {
+        revision(s) == third && s["result"] == "applied"
+    });
+    assert!(
+        s["message"].as_str().unwrap_or("").contains("orphaned"),
+        "{s}"
+    );
+    assert!(charts.exists(), "orphaned, not deleted");
+    let text = std::fs::read_to_string(&charts).expect("charts-a");
+    assert!(text.contains("pbsync.dev/released-by"), "{text}");
+    assert!(!out.join("ns/profilebundle/app-a.yaml").exists());
+    let log = d.log();
+    assert!(log.contains("deepening the shallow clone"), "{log}");
+    assert_eq!(d.stop(), Some(0));
+}

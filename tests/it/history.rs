@@ -15,7 +15,7 @@ use pbsync::target::Secret;
 use pbsync::target::local_dir::LocalDir;
 use pbsync::target::{RunError, RunOptions};
 
-use crate::remote_http::serve;
+use pbsync_devkit::testkit::git_http::serve;
 use pbsync_devkit::testkit::{ScratchRepo, block_on};
 
 const SHARED: &str = "
@@ -216,7 +216,10 @@ fn a_shallow_remote_clone_is_deepened_until_it_finds_the_last_version() {
         .status()
         .expect("git clone --bare");
     assert!(status.success());
-    let url = serve(served.path().to_path_buf(), "deploy", "s3cret");
+    let url = format!(
+        "{}bundles.git",
+        serve(served.path().to_path_buf(), "deploy", "s3cret")
+    );
     let mirror = tempfile::tempdir().unwrap();
     let auth = GitAuth::Basic {
         username: "deploy".into(),

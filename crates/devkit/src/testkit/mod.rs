@@ -15,6 +15,7 @@
 //! Everything here panics on failure with a message naming what failed: it is test code.
 
 pub mod cluster;
+pub mod git_http;
 pub mod repo;
 pub mod yaml;
 
