@@ -683,6 +683,41 @@ async fn orphan_policy_releases_dependents_and_a_later_commit_takes_them_back() 
     env.cleanup().await;
 }
 
+/// Found by scripts/chaos: a take-back is two requests (the apply, then the removal of the
+/// release's note); a pass killed between them left a managed object that still said it was
+/// released, and no later pass saw anything to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_back_cut_short_before_the_note_went_is_finished_by_the_next_pass() {
+    let Some(env) = env("takeback-note").await else {
+        return;
+    };
+    let repo = one_bundle_repo(&env.ns);
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    // What the cut-short take-back leaves: this instance's labels and the release's note.
+    env.edit(
+        "HelmRepository",
+        "charts",
+        json!({"metadata": {"annotations": {"pbsync.dev/released-by": env.instance}}}),
+    )
+    .await;
+    let fresh = env.target();
+    let planned = env.plan(&repo, &fresh).await;
+    let charts = change(planned.plan(), Kind::HelmRepository, "charts");
+    assert_eq!(charts.action, Action::Update, "{}", render(planned.plan()));
+    assert!(
+        charts.reasons.iter().any(|r| r.contains("released-by")),
+        "{:?}",
+        charts.reasons
+    );
+    ok(env.apply(&repo, &fresh).await);
+    let now = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(annotation(&now, "pbsync.dev/released-by"), None);
+    let again = env.plan(&repo, &env.target()).await;
+    assert!(!again.plan().has_changes(), "{}", render(again.plan()));
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dependent_whose_bundle_was_removed_out_of_band_is_orphaned_with_a_warning() {
     let Some(env) = env("out-of-band").await else {

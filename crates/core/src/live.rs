@@ -75,6 +75,15 @@ impl LiveObject {
         }
     }
 
+    /// True when the object carries the note a release leaves (`pbsync.dev/released-by`).
+    pub fn released_note(&self) -> bool {
+        self.manifest
+            .as_ref()
+            .and_then(|m| m.pointer("/metadata/annotations"))
+            .and_then(|a| a.get(crate::ownership::RELEASED_BY_ANNOTATION))
+            .is_some()
+    }
+
     /// Repository path recorded on the object when pbsync wrote it.
     pub(crate) fn source_path(&self) -> Option<&str> {
         self.manifest

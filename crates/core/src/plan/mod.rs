@@ -490,6 +490,18 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                         adopted,
                     };
                     compare(&mut change, live, obj, &stamp);
+                    // A take-back cut short between its write and the removal of the
+                    // release's note leaves a managed object that still says it was released.
+                    if change.action == Action::Unchanged
+                        && decision == Adoption::Own
+                        && live.released_note()
+                    {
+                        change.action = Action::Update;
+                        change.reasons.push(format!(
+                            "still carries {} from an earlier release, which a take-back cut short left behind",
+                            ownership::RELEASED_BY_ANNOTATION
+                        ));
+                    }
                     match decision {
                         Adoption::Adopt => {
                             change.action = Action::Update;

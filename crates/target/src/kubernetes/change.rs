@@ -65,6 +65,8 @@ impl KubeTarget {
             self.seen(&change.key).and_then(|s| s.resource_version)
         };
         let key = &change.key;
+        // A note of an earlier release on the object as observed (a take-back cut short).
+        let noted = self.seen(key).is_some_and(|s| s.released_note);
         let precondition = Mutex::new(precondition);
         let (collection, desired_ref, precondition) = (&collection, &desired, &precondition);
         let answer = retry_on_conflict(
@@ -111,7 +113,7 @@ impl KubeTarget {
         );
         let uid = seen.uid.clone();
         lock(&self.seen).insert(key.clone(), seen);
-        if change.observed == Some(Ownership::Released) {
+        if change.observed == Some(Ownership::Released) || noted {
             // Taken back: the release's note was set with a merge patch, which server-side
             // apply never removes (another operation owns it).
             self.forget_release(api, collection, change).await?;

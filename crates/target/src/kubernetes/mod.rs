@@ -169,6 +169,8 @@ struct Seen {
     api_version: String,
     /// For bundles: the live `spec.deletionPolicy`.
     deletion_policy: Option<DeletionPolicy>,
+    /// It carries the note of an earlier release (`pbsync.dev/released-by`).
+    released_note: bool,
 }
 
 impl Seen {
@@ -179,6 +181,7 @@ impl Seen {
         Self {
             uid: identity.uid,
             resource_version: identity.resource_version,
+            released_note: false,
             ..Self::of(desired)
         }
     }
@@ -198,6 +201,10 @@ impl Seen {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
+            released_note: manifest
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(pbsync_core::ownership::RELEASED_BY_ANNOTATION))
+                .is_some(),
             deletion_policy: manifest
                 .pointer("/spec/deletionPolicy")
                 .and_then(Value::as_str)
