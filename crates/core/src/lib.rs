@@ -16,6 +16,7 @@
 
 pub mod graph;
 pub mod guard;
+pub mod health;
 pub mod live;
 pub mod model;
 pub mod ownership;

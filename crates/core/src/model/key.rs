@@ -96,7 +96,7 @@ impl Kind {
     }
 
     /// True for the kinds the desired set starts from: bundles, pools and workloads.
-    pub(crate) fn is_root(self) -> bool {
+    pub fn is_root(self) -> bool {
         matches!(
             self,
             Self::ProfileBundle | Self::ComputePool | Self::AiWorkload

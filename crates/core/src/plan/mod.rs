@@ -627,8 +627,8 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         deletions.push(change);
     }
     deletions.sort_by(|a, b| {
-        deletion_rank(a.key.kind)
-            .cmp(&deletion_rank(b.key.kind))
+        deletion_wave(a.key.kind)
+            .cmp(&deletion_wave(b.key.kind))
             .then_with(|| a.key.cmp(&b.key))
     });
     changes.extend(deletions);
@@ -800,10 +800,12 @@ fn decide_shared(
     }
 }
 
-/// Deletion order: workloads and pools, then the bundles' dependents (profiles before the
-/// definitions and repositories they use), then the bundles themselves, so a crash between
-/// the steps leaves the bundle as the record of what still has to go.
-fn deletion_rank(kind: Kind) -> u8 {
+/// The deletion wave of a kind: removals run wave by wave, lowest first: workloads and pools,
+/// then the bundles' dependents (profiles before the definitions and repositories they use),
+/// then the bundles themselves, so a crash between the steps leaves the bundle as the record
+/// of what still has to go. A wave starts only once the objects the previous one deleted are
+/// gone (finalizers included).
+pub fn deletion_wave(kind: Kind) -> u8 {
     match kind {
         Kind::AiWorkload => 0,
         Kind::ComputePool => 1,
