@@ -128,6 +128,10 @@ pub struct Settings {
     /// Longest one reconcile may take before it is abandoned and retried
     #[arg(long)]
     pub reconcile_timeout: Option<String>,
+    /// How long a pass waits for one deletion wave's objects to be gone (finalizers) before
+    /// the next wave; past it the pass stops and the next one continues
+    #[arg(long)]
+    pub deletion_timeout: Option<String>,
     /// Longest a graceful stop may wait for the current reconcile
     #[arg(long)]
     pub shutdown_timeout: Option<String>,
@@ -241,6 +245,7 @@ impl Settings {
             webhook_secret_file,
             webhook_header,
             reconcile_timeout,
+            deletion_timeout,
             shutdown_timeout,
             backoff_min,
             backoff_max,
@@ -389,6 +394,7 @@ fn flags_set(flags: &Settings) -> Vec<&'static str> {
         repo => "repo", reference => "ref", path => "path", interval => "interval",
         resync_interval => "resync-interval", listen => "listen",
         reconcile_timeout => "reconcile-timeout", shutdown_timeout => "shutdown-timeout",
+        deletion_timeout => "deletion-timeout",
         backoff_min => "backoff-min", backoff_max => "backoff-max",
         lease_duration => "lease-duration", target => "target", leader_elect => "leader-elect",
         palette_timeout => "palette-timeout", webhook_secret_file => "webhook-secret-file",
@@ -436,6 +442,8 @@ pub struct DaemonConfig {
     pub webhook_header: String,
     /// Bound on one reconcile.
     pub reconcile_timeout: Duration,
+    /// Bound on the wait for one deletion wave to be gone.
+    pub deletion_timeout: Duration,
     /// Bound on a graceful stop.
     pub shutdown_timeout: Duration,
     /// First retry delay.
@@ -503,6 +511,11 @@ impl Config {
             "reconcile-timeout",
             &s.reconcile_timeout,
             Duration::from_secs(300),
+        );
+        let deletion_timeout = duration(
+            "deletion-timeout",
+            &s.deletion_timeout,
+            pbsync_target::DEFAULT_DELETION_TIMEOUT,
         );
         let shutdown_timeout = duration(
             "shutdown-timeout",
@@ -683,6 +696,7 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_WEBHOOK_HEADER.into()),
                 reconcile_timeout,
+                deletion_timeout,
                 shutdown_timeout,
                 backoff_min,
                 backoff_max,

@@ -23,6 +23,6 @@ pub mod engine;
 pub mod review;
 pub mod source;
 
-pub use pbsync_core::{error_chain, graph, guard, live, model, ownership, plan};
+pub use pbsync_core::{error_chain, graph, guard, health, live, model, ownership, plan};
 pub use pbsync_studio as import;
 pub use pbsync_target as target;

@@ -1966,3 +1966,327 @@ async fn a_rejected_write_names_the_file_line_and_the_servers_message() {
     );
     env.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Readiness: health followed with watches, `--wait`, deletion waves. PaletteAI's controllers
+// are proprietary: the tests play them, writing conditions through the status subresource.
+// ---------------------------------------------------------------------------------------
+
+impl Env {
+    /// Writes `status` on an object as its controller would (status subresource).
+    async fn set_status(&self, kind: &str, name: &str, status: Value) {
+        let pp = PatchParams {
+            field_manager: Some("paletteai-controller".into()),
+            ..PatchParams::default()
+        };
+        self.api(kind)
+            .patch_status(name, &pp, &Patch::Merge(json!({ "status": status })))
+            .await
+            .expect("write status");
+    }
+
+    /// The object's `metadata.generation`.
+    async fn generation(&self, kind: &str, name: &str) -> i64 {
+        self.must_get(kind, name)
+            .await
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .expect("generation")
+    }
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"type": kind, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": "2026-12-07T10:00:00Z"})
+}
+
+/// A repository of bundles without Flux sources (no controller runs for them here), each
+/// with its own WorkloadProfile using the ComponentDefinition `web`.
+fn bundles_repo(ns: &str, names: &[&str]) -> ScratchRepo {
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(ns, &[]));
+    for name in names {
+        repo.write(
+            &format!("bundles/{name}.yaml"),
+            app(ns, name, "delete", &[]),
+        );
+    }
+    repo.commit("bundles");
+    repo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_follows_a_bundle_until_its_controller_reports_it_ready() {
+    let Some(env) = env("wait-ready").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let repo = bundles_repo(&ns, &["chat"]);
+    let target = env.target();
+    let report = ok(env.apply(&repo, &target).await);
+    // The controller starts working on it: Reconciling, not ready yet.
+    env.set_status(
+        "ProfileBundle",
+        "chat",
+        json!({"conditions": [
+            condition("Reconciling", "True", "Progressing", "deploying workloads"),
+            condition("Ready", "False", "Progressing", "deploying workloads"),
+        ]}),
+    )
+    .await;
+    // ...and reports it ready a moment later, for the generation it saw.
+    let generation = env.generation("ProfileBundle", "chat").await;
+    let controller = {
+        let client = env.client.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client, &ns, &resource("ProfileBundle"));
+            let status = json!({"status": {"observedGeneration": generation, "conditions": [
+                condition("Ready", "True", "Ready", "all workloads deployed"),
+            ]}});
+            api.patch_status("chat", &PatchParams::default(), &Patch::Merge(status))
+                .await
+                .expect("status");
+        })
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let waited = engine::wait::wait(
+        &target,
+        &report.graph,
+        report.changes(),
+        Duration::from_secs(60),
+        |p| {
+            seen.extend(
+                p.waiting
+                    .iter()
+                    .map(|(k, s, why)| format!("{k} {s}: {why}")),
+            );
+        },
+    )
+    .await;
+    controller.await.expect("controller");
+    assert_eq!(waited.ending, engine::wait::Ending::Healthy, "{seen:?}");
+    let working = format!("ProfileBundle {ns}/chat in-progress: deploying workloads (since ");
+    assert!(
+        seen.iter().any(|s| s.starts_with(&working)),
+        "the bundle was waited on while its controller worked: {seen:?}"
+    );
+    // Everything the commit created was waited on: the bundle, its profile, the definition.
+    let waited_on: Vec<String> = waited.waited_on.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        waited_on,
+        vec![
+            format!("ComponentDefinition {ns}/web"),
+            format!("WorkloadProfile {ns}/chat-wp"),
+            format!("ProfileBundle {ns}/chat"),
+        ]
+    );
+    assert!(waited.report.healthy());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_fails_with_the_cause_traced_to_every_bundle_the_shared_object_holds_back() {
+    let Some(env) = env("wait-failed").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let mut repo = ScratchRepo::new();
+    // Two bundles sharing one WorkloadProfile.
+    repo.write("shared.yaml", shared(&ns, &[]))
+        .write(
+            "profile.yaml",
+            yaml::workload_profile(&ns, "shared-wp", "web", "chat"),
+        )
+        .write(
+            "bundles.yaml",
+            yaml::stream(["chat", "rag"].map(|b| {
+                yaml::profile_bundle(&ns, b, "Application")
+                    .workload_profiles(&["shared-wp"])
+                    .to_string()
+            })),
+        );
+    repo.commit("two bundles, one profile");
+    let target = env.target();
+    let report = ok(env.apply(&repo, &target).await);
+    env.set_status(
+        "WorkloadProfile",
+        "shared-wp",
+        json!({"conditions": [condition("Stalled", "True", "RenderFailed", "component main: chart chat not found")]}),
+    )
+    .await;
+    let waited = engine::wait::wait(
+        &target,
+        &report.graph,
+        report.changes(),
+        Duration::from_secs(60),
+        |_| {},
+    )
+    .await;
+    assert_eq!(waited.ending, engine::wait::Ending::Failed);
+    let now: jiff::Timestamp = "2026-12-07T10:03:12Z".parse().expect("time");
+    // The shared profile is named once, with both bundles it holds back.
+    assert_eq!(
+        waited.causes(now),
+        vec![format!(
+            "WorkloadProfile {ns}/shared-wp failed: component main: chart chat not found (since 3m12s)\n    holds back ProfileBundle {ns}/chat, ProfileBundle {ns}/rag"
+        )]
+    );
+    let chat = waited
+        .report
+        .root(&pbsync::model::ObjectKey::new(
+            Kind::ProfileBundle,
+            &*ns,
+            "chat",
+        ))
+        .expect("root");
+    assert_eq!(
+        chat.chains(now),
+        vec![format!(
+            "ProfileBundle {ns}/chat not ready: WorkloadProfile {ns}/shared-wp failed: component main: chart chat not found (since 3m12s)"
+        )]
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_times_out_naming_what_is_still_in_progress() {
+    let Some(env) = env("wait-timeout").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let repo = bundles_repo(&ns, &["slow"]);
+    let target = env.target();
+    let report = ok(env.apply(&repo, &target).await);
+    env.set_status(
+        "ProfileBundle",
+        "slow",
+        json!({"conditions": [condition("Reconciling", "True", "Progressing", "waiting for a compute pool")]}),
+    )
+    .await;
+    let waited = engine::wait::wait(
+        &target,
+        &report.graph,
+        report.changes(),
+        Duration::from_secs(3),
+        |_| {},
+    )
+    .await;
+    assert_eq!(waited.ending, engine::wait::Ending::TimedOut);
+    assert!(waited.elapsed >= Duration::from_secs(3));
+    let now: jiff::Timestamp = "2026-12-07T10:00:05Z".parse().expect("time");
+    assert_eq!(
+        waited.causes(now),
+        vec![format!(
+            "ProfileBundle {ns}/slow in-progress: waiting for a compute pool (since 5s)"
+        )]
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finalizer_that_holds_a_deletion_keeps_the_next_wave_waiting() {
+    let Some(env) = env("deletion-waves").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let mut repo = bundles_repo(&ns, &["gone", "stays"]);
+    repo.write("shared.yaml", shared(&ns, &[]))
+        .write(
+            "extra-def.yaml",
+            yaml::component_definition(&ns, "gone-def"),
+        )
+        .write(
+            "bundles/gone.yaml",
+            yaml::stream([
+                yaml::profile_bundle(&ns, "gone", "Application")
+                    .deletion_policy("delete")
+                    .workload_profiles(&["gone-wp"])
+                    .to_string(),
+                yaml::workload_profile(&ns, "gone-wp", "gone-def", "gone"),
+            ]),
+        );
+    repo.commit("gone uses a definition of its own");
+    let target = env.target();
+    ok(env.apply(&repo, &target).await);
+    // Another controller holds the profile with a finalizer.
+    env.edit(
+        "WorkloadProfile",
+        "gone-wp",
+        json!({"metadata": {"finalizers": ["example.com/hold"]}}),
+    )
+    .await;
+    repo.remove("bundles/gone.yaml").remove("extra-def.yaml");
+    repo.commit("gone leaves");
+    let opts = RunOptions {
+        deletion_timeout: Duration::from_secs(2),
+        ..RunOptions::default()
+    };
+    let result = env.apply_with(&env.ctx(&repo), &target, opts).await;
+    let Err(Error::Apply {
+        source, changes, ..
+    }) = result
+    else {
+        panic!("expected the pass to stop on the held deletion, got {result:?}");
+    };
+    let RunError::DeletionsPending { waiting, .. } = &*source else {
+        panic!("expected DeletionsPending, got {source}");
+    };
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(
+        waiting[0].0.to_string(),
+        format!("WorkloadProfile {ns}/gone-wp")
+    );
+    assert!(waiting[0].1.contains("example.com/hold"), "{waiting:?}");
+    // The next waves did not start: the definition and the bundle are still there.
+    assert!(env.get("ComponentDefinition", "gone-def").await.is_some());
+    assert!(env.get("ProfileBundle", "gone").await.is_some());
+    let skipped: Vec<String> = changes
+        .entries
+        .iter()
+        .filter(|e| e.outcome == Outcome::Skipped)
+        .map(|e| e.key.to_string())
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            format!("ComponentDefinition {ns}/gone-def"),
+            format!("ProfileBundle {ns}/gone")
+        ]
+    );
+
+    // The finalizer goes while the next pass waits: that pass finishes the deletions.
+    let release = {
+        let client = env.client.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client, &ns, &resource("WorkloadProfile"));
+            api.patch(
+                "gone-wp",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .expect("remove the finalizer");
+        })
+    };
+    let opts = RunOptions {
+        deletion_timeout: Duration::from_secs(60),
+        ..RunOptions::default()
+    };
+    ok(env.apply_with(&env.ctx(&repo), &target, opts).await);
+    release.await.expect("release");
+    for (kind, name) in [
+        ("WorkloadProfile", "gone-wp"),
+        ("ComponentDefinition", "gone-def"),
+        ("ProfileBundle", "gone"),
+    ] {
+        assert!(env.get(kind, name).await.is_none(), "{kind} {name} is gone");
+    }
+    assert!(env.get("ProfileBundle", "stays").await.is_some());
+    env.cleanup().await;
+}

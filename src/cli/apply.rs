@@ -25,6 +25,17 @@ pub(crate) struct ApplyArgs {
     /// release the target's lock (e.g. 30s, 2m; 0: fail at once)
     #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
     lock_wait: std::time::Duration,
+    /// After the writes, wait until everything the commit created or changed is current
+    /// (exit 0), or something failed (exit 1, with its causes), or --timeout passed (exit 1)
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (e.g. 90s, 5m)
+    #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration, requires = "wait")]
+    timeout: std::time::Duration,
+    /// How long to wait for one deletion wave's objects to be gone (their finalizers done)
+    /// before the next wave; past it the apply stops, and the next one continues
+    #[arg(long, default_value = "2m", value_parser = crate::config::parse_duration)]
+    deletion_timeout: std::time::Duration,
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -81,27 +92,58 @@ pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::
     let opts = RunOptions {
         allow_mass_deletion: args.allow_mass_deletion,
         allow_rollback: args.allow_rollback,
+        deletion_timeout: args.deletion_timeout,
     };
-    let outcome = with_target!(args.target.build()?, t => {
+    let (outcome, waited) = with_target!(args.target.build()?, t => {
         let outcome = engine::run(&ctx, Input::of(&snapshot), Goal::Apply(&t, opts)).await;
+        let waited = match (&outcome, args.wait) {
+            (Ok(report), true) => {
+                let changes = report.changes.as_ref().expect("invariant: apply reports changes");
+                // The changes first, so the wait's progress follows what was done (JSON: one
+                // document at the end).
+                if !json {
+                    print_changes(changes, json);
+                }
+                let mut display = super::progress::WaitDisplay::new();
+                let waited = engine::wait::wait(&t, &report.graph, changes, args.timeout, |p| {
+                    display.update(p);
+                })
+                .await;
+                display.finish();
+                Some(waited)
+            }
+            _ => None,
+        };
         if let Some(stats) = args.stats.then(|| request_stats(&t)).flatten() {
             eprintln!("requests: {stats}");
         }
-        outcome
+        (outcome, waited)
     });
     match outcome {
         Ok(outcome) => {
             for w in &outcome.plan().warnings {
                 eprintln!("warning: {w}");
             }
-            print_changes(
-                outcome
-                    .changes
-                    .as_ref()
-                    .expect("invariant: apply reports changes"),
+            let Some(waited) = waited else {
+                print_changes(
+                    outcome
+                        .changes
+                        .as_ref()
+                        .expect("invariant: apply reports changes"),
+                    json,
+                );
+                return Ok(Status::Success);
+            };
+            let changes = outcome
+                .changes
+                .as_ref()
+                .expect("invariant: apply reports changes");
+            Ok(super::progress::print_waited(
+                &waited,
+                changes,
+                args.timeout,
                 json,
-            );
-            Ok(Status::Success)
+            ))
         }
         Err(Error::Invalid {
             revision,

@@ -6,6 +6,7 @@ mod apply;
 mod graph;
 mod import;
 mod plan;
+mod progress;
 mod run;
 mod status;
 mod target;

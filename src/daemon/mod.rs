@@ -196,6 +196,7 @@ impl Daemon {
                     // The daemon follows its branch as Git has it (as Flux does); a move back is
                     // planned with reasons that say so, under the mass-deletion guard.
                     allow_rollback: true,
+                    deletion_timeout: config.daemon.deletion_timeout,
                 },
                 cache: self.cache.clone(),
             },

@@ -16,6 +16,7 @@
 
 mod cache;
 pub mod history;
+pub mod wait;
 
 pub use cache::ParseCache;
 
@@ -138,7 +139,12 @@ impl Error {
                 }
             }
             Self::Observe(_) | Self::Lock(_) | Self::Refused(_) => Stage::Observe,
-            Self::Apply { source, .. } if matches!(**source, RunError::Prune { .. }) => {
+            Self::Apply { source, .. }
+                if matches!(
+                    **source,
+                    RunError::Prune { .. } | RunError::DeletionsPending { .. }
+                ) =>
+            {
                 Stage::Prune
             }
             Self::Apply { .. } => Stage::Apply,
@@ -700,6 +706,13 @@ impl Target for NoTarget {
         match *self {}
     }
     async fn lock(&self, _: &str, _: Duration) -> pbsync_target::Result<pbsync_target::PassLock> {
+        match *self {}
+    }
+    fn follow<'a>(
+        &'a self,
+        _: &'a ResourceGraph,
+        _: Vec<pbsync_core::model::ObjectKey>,
+    ) -> pbsync_target::Follow<'a> {
         match *self {}
     }
 }

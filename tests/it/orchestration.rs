@@ -92,6 +92,13 @@ impl Target for Flaky {
     ) -> pbsync::target::Result<pbsync::target::PassLock> {
         self.inner.lock(holder, wait).await
     }
+    fn follow<'a>(
+        &'a self,
+        graph: &'a ResourceGraph,
+        keys: Vec<pbsync::model::ObjectKey>,
+    ) -> pbsync::target::Follow<'a> {
+        self.inner.follow(graph, keys)
+    }
 }
 
 const SHARED: &str = "

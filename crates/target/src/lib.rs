@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{self, DeletePermit, Now, Refusal, ReleasePermit};
+use pbsync_core::health::Health;
 use pbsync_core::live::{Observed, Removal};
 use pbsync_core::model::{Kind, ObjectKey};
 use pbsync_core::ownership::Stamp;
@@ -269,6 +270,25 @@ pub trait Target: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
+    /// Follows the health of `keys` (objects of `graph`): yields a first [`Reading`] of every
+    /// key as soon as it is known, then every change, until dropped. The hub watches (one
+    /// watch per kind and namespace, re-listed only when the server says the watch expired);
+    /// Palette, which has no watch, is read again every few seconds; the directory's objects
+    /// are current once written. A failed read yields an error and the target keeps trying:
+    /// it never reads as "gone".
+    fn follow<'a>(&'a self, graph: &'a ResourceGraph, keys: Vec<ObjectKey>) -> Follow<'a>;
+}
+
+/// What [`Target::follow`] yields.
+pub type Follow<'a> = futures::stream::BoxStream<'a, Result<(ObjectKey, Reading)>>;
+
+/// One reading of an object followed by [`Target::follow`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// The object exists; its own health.
+    Present(Health),
+    /// The object does not exist (deleted, or never created).
+    Gone,
 }
 
 /// Outcome of one object, in Flux's words.
@@ -369,6 +389,19 @@ pub enum RunError {
         #[source]
         first: Error,
     },
+    /// Objects a deletion wave deleted were still there when the wait ran out (finalizers
+    /// hold them): the later waves were not started; the next pass continues.
+    #[error(
+        "{} deleted object(s) still present after {waited:?} (finalizers pending): {}; later deletions wait for the next pass",
+        waiting.len(),
+        waiting.iter().map(|(k, why)| format!("{k} ({why})")).collect::<Vec<_>>().join(", ")
+    )]
+    DeletionsPending {
+        /// How long the pass waited.
+        waited: Duration,
+        /// What is still there, with its health's message.
+        waiting: Vec<(ObjectKey, String)>,
+    },
     /// The status could not be recorded.
     #[error("apply finished")]
     Status(#[source] Error),
@@ -380,7 +413,7 @@ impl RunError {
         match self {
             Self::Refused(r) => Some(r),
             Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.refusal(),
-            Self::Unknown(_) | Self::MissingNamespaces(_) => None,
+            Self::Unknown(_) | Self::MissingNamespaces(_) | Self::DeletionsPending { .. } => None,
         }
     }
 
@@ -389,14 +422,18 @@ impl RunError {
         match self {
             Self::Refused(_) => false,
             // Someone may create the namespace; the same commit then applies.
-            Self::Unknown(_) | Self::MissingNamespaces(_) => true,
+            Self::Unknown(_) | Self::MissingNamespaces(_) | Self::DeletionsPending { .. } => true,
             Self::Write(e) | Self::Status(e) | Self::Prune { first: e, .. } => e.is_retryable(),
         }
     }
 }
 
+/// How long a pass waits, by default, for the objects one deletion wave deleted to be gone
+/// before it starts the next wave.
+pub const DEFAULT_DELETION_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Options of one apply.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
     /// Apply even when the mass-deletion guard trips.
     pub allow_mass_deletion: bool,
@@ -404,6 +441,19 @@ pub struct RunOptions {
     /// daemon follows its branch as Git has it and sets it; a one-shot apply needs
     /// `--allow-rollback`.
     pub allow_rollback: bool,
+    /// How long to wait for one wave's deletions to be gone (finalizers run) before the next
+    /// wave; past it the pass stops, and the next pass continues from the recorded removals.
+    pub deletion_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            allow_mass_deletion: false,
+            allow_rollback: false,
+            deletion_timeout: DEFAULT_DELETION_TIMEOUT,
+        }
+    }
 }
 
 /// Applies `plan`: creates and updates in dependency order, stopping at the first failure;
@@ -420,15 +470,7 @@ pub async fn run<T: Target>(
     if let Err(refusal) = guard::within_mass_deletion_guard(plan, opts.allow_mass_deletion) {
         return (set, Err(RunError::Refused(Box::new(refusal))));
     }
-    let result = run_steps(
-        target,
-        graph,
-        plan,
-        stamp,
-        opts.allow_mass_deletion,
-        &mut set,
-    )
-    .await;
+    let result = run_steps(target, graph, plan, stamp, opts, &mut set).await;
     let status = Status {
         instance: stamp.instance.to_string(),
         applied: result.is_ok().then(|| plan.revision.clone()),
@@ -455,9 +497,10 @@ async fn run_steps<T: Target>(
     graph: &ResourceGraph,
     plan: &Plan,
     stamp: &Stamp<'_>,
-    allow_mass_deletion: bool,
+    opts: RunOptions,
     set: &mut ChangeSet,
 ) -> Result<(), RunError> {
+    let allow_mass_deletion = opts.allow_mass_deletion;
     if !plan.missing_namespaces.is_empty() {
         let names: Vec<String> = plan
             .missing_namespaces
@@ -607,7 +650,35 @@ async fn run_steps<T: Target>(
             .map_err(RunError::Write)?;
     }
     let mut failures: Vec<Error> = Vec::new();
-    for change in removals {
+    // Deleted in this wave, to wait for before the next one starts.
+    let mut deleted: Vec<ObjectKey> = Vec::new();
+    let mut wave = None;
+    for (i, change) in removals.iter().enumerate() {
+        let this_wave = pbsync_core::plan::deletion_wave(change.key.kind);
+        if wave != Some(this_wave) {
+            wave = Some(this_wave);
+            if !deleted.is_empty()
+                && let Err(waiting) = await_gone(
+                    target,
+                    graph,
+                    std::mem::take(&mut deleted),
+                    opts.deletion_timeout,
+                )
+                .await
+            {
+                for rest in &removals[i..] {
+                    set.push(
+                        &rest.key,
+                        Outcome::Skipped,
+                        Some("not reached: the previous deletion wave is not gone yet".into()),
+                    );
+                }
+                return Err(RunError::DeletionsPending {
+                    waited: opts.deletion_timeout,
+                    waiting,
+                });
+            }
+        }
         if change.key.kind == Kind::ProfileBundle && !failures.is_empty() {
             // The bundle is the record of what still has to go: keep it until its
             // dependents are gone.
@@ -637,7 +708,12 @@ async fn run_steps<T: Target>(
             }
         };
         match done {
-            Ok(outcome) => set.push(&change.key, outcome, None),
+            Ok(outcome) => {
+                if outcome == Outcome::Deleted {
+                    deleted.push(change.key.clone());
+                }
+                set.push(&change.key, outcome, None);
+            }
             Err(e) => {
                 set.push(
                     &change.key,
@@ -648,6 +724,15 @@ async fn run_steps<T: Target>(
             }
         }
     }
+    // The last wave too: a pass is applied when what it deleted is gone.
+    if !deleted.is_empty()
+        && let Err(waiting) = await_gone(target, graph, deleted, opts.deletion_timeout).await
+    {
+        return Err(RunError::DeletionsPending {
+            waited: opts.deletion_timeout,
+            waiting,
+        });
+    }
     if failures.is_empty() {
         Ok(())
     } else {
@@ -656,6 +741,55 @@ async fn run_steps<T: Target>(
             count,
             first: failures.remove(0),
         })
+    }
+}
+
+/// Waits until every object of `keys` is gone (its finalizers done), up to `timeout`.
+/// `Err` lists what is still there, each with its health's message.
+async fn await_gone<T: Target>(
+    target: &T,
+    graph: &ResourceGraph,
+    keys: Vec<ObjectKey>,
+    timeout: Duration,
+) -> std::result::Result<(), Vec<(ObjectKey, String)>> {
+    // A Palette DELETE removes the profile before it answers (Palette has no finalizers).
+    let keys: Vec<ObjectKey> = keys.into_iter().filter(|k| !k.kind.is_palette()).collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut waiting: BTreeMap<ObjectKey, String> = keys
+        .iter()
+        .map(|k| (k.clone(), "not read yet".to_string()))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut stream = target.follow(graph, keys);
+    let wait = async {
+        while let Some(reading) = stream.next().await {
+            match reading {
+                Ok((key, Reading::Gone)) => {
+                    waiting.remove(&key);
+                }
+                Ok((key, Reading::Present(health))) => {
+                    if let Some(w) = waiting.get_mut(&key) {
+                        *w = health.message;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %pbsync_core::error_chain(&e),
+                    "cannot read whether deleted objects are gone; still waiting"
+                ),
+            }
+            if waiting.is_empty() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, wait).await;
+    tracing::debug!(elapsed = ?started.elapsed(), left = waiting.len(), "deletion wave awaited");
+    if waiting.is_empty() {
+        Ok(())
+    } else {
+        Err(waiting.into_iter().collect())
     }
 }
 

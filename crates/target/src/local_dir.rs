@@ -14,9 +14,12 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Error, Result, Status, Target};
+use futures::StreamExt as _;
+
+use super::{Error, Reading, Result, Status, Target};
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{self, DeletePermit, Now, ReleasePermit};
+use pbsync_core::health::Health;
 use pbsync_core::live::{LiveObject, Observed, Removal};
 use pbsync_core::model::{Kind, Manifest, Object, ObjectKey, ProfileType, yaml};
 use pbsync_core::ownership::{self, Ownership, Stamp};
@@ -505,6 +508,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Target for LocalDir {
+    /// A file has no status: an object is current once its file exists.
+    fn follow<'a>(&'a self, _graph: &'a ResourceGraph, keys: Vec<ObjectKey>) -> crate::Follow<'a> {
+        let readings: Vec<Result<(ObjectKey, Reading)>> = keys
+            .into_iter()
+            .map(|key| {
+                let reading = if self.path_of(&key).is_file() {
+                    Reading::Present(Health::current())
+                } else {
+                    Reading::Gone
+                };
+                Ok((key, reading))
+            })
+            .collect();
+        Box::pin(futures::stream::iter(readings).chain(futures::stream::pending()))
+    }
+
     /// Lists every object file. A file holding exactly what pbsync would write for its
     /// desired object is recognised by its bytes and neither parsed nor kept; one an earlier
     /// observe recognised is not even read again while it and its desired document are

@@ -8,7 +8,7 @@ use super::{Result, Status, Target};
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{DeletePermit, Now, ReleasePermit};
 use pbsync_core::live::Observed;
-use pbsync_core::model::Kind;
+use pbsync_core::model::{Kind, ObjectKey};
 use pbsync_core::ownership::Stamp;
 use pbsync_core::plan::Change;
 
@@ -138,5 +138,22 @@ impl<H: Target, P: Target> Target for Split<H, P> {
     /// The hub side's lock covers both sides.
     async fn lock(&self, holder: &str, wait: std::time::Duration) -> Result<crate::PassLock> {
         self.hub.lock(holder, wait).await
+    }
+
+    fn follow<'a>(&'a self, graph: &'a ResourceGraph, keys: Vec<ObjectKey>) -> crate::Follow<'a> {
+        let (palette, hub): (Vec<ObjectKey>, Vec<ObjectKey>) = keys
+            .into_iter()
+            .partition(|k| k.kind == Kind::ClusterProfile);
+        let mut streams = Vec::new();
+        if !hub.is_empty() {
+            streams.push(self.hub.follow(graph, hub));
+        }
+        if !palette.is_empty() {
+            streams.push(self.palette.follow(graph, palette));
+        }
+        if streams.is_empty() {
+            return Box::pin(futures::stream::pending());
+        }
+        Box::pin(futures::stream::select_all(streams))
     }
 }

@@ -17,6 +17,7 @@ mod change;
 mod client;
 mod discovery;
 mod fields;
+mod follow;
 pub mod lease;
 mod observe;
 mod status;
@@ -417,6 +418,10 @@ impl Target for KubeTarget {
 
     async fn delete(&self, change: &Change, permit: DeletePermit) -> Result<()> {
         self.delete_change(change, permit).await
+    }
+
+    fn follow<'a>(&'a self, graph: &'a ResourceGraph, keys: Vec<ObjectKey>) -> crate::Follow<'a> {
+        self.follow_hub(graph, keys)
     }
 
     async fn record(&self, status: &Status) -> Result<()> {

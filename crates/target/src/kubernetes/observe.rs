@@ -513,7 +513,11 @@ impl KubeTarget {
 
     /// Discovery, cached for the target's life; read again when a needed kind is missing
     /// (its CRD may have been installed since).
-    async fn discover(&self, api: &ApiClient, needed: &BTreeSet<Kind>) -> Result<Resources> {
+    pub(super) async fn discover(
+        &self,
+        api: &ApiClient,
+        needed: &BTreeSet<Kind>,
+    ) -> Result<Resources> {
         if let Some(r) = lock(&self.resources).as_ref()
             && needed.iter().all(|k| r.get(*k).is_some())
         {

@@ -20,15 +20,17 @@ mod throttle;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 pub use config::{ApiKey, PaletteConfig, parse_timeout};
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::{Result as ApplyResult, Status, Target};
+use super::{Reading, Result as ApplyResult, Status, Target};
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{self, DeletePermit, Now, ReleasePermit};
+use pbsync_core::health::{self, Health, Publication};
 use pbsync_core::live::{LiveObject, Observed};
 use pbsync_core::model::{Kind, ObjectKey, ProfileType};
 use pbsync_core::ownership::{self, Ownership, Stamp};
@@ -36,6 +38,9 @@ use pbsync_core::plan::Change;
 
 use client::{Call, Client, Verb, encode_segment};
 use profiles::{Listed, PROFILES_PATH};
+
+/// How often [`Target::follow`] reads followed profiles again (Palette has no watch).
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Errors of the Palette target.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Palette's own message (`v1Error.message`) when it answered with one, else this
+    /// error's text.
+    fn palette_message(&self) -> String {
+        match self {
+            Self::Api { message, .. } if !message.is_empty() => message.clone(),
+            Self::Retried { source, .. } => source.palette_message(),
+            other => pbsync_core::error_chain(other),
+        }
+    }
+
     /// 429: refused before it was carried out.
     fn is_throttled(&self) -> bool {
         match self {
@@ -160,6 +175,9 @@ pub struct PaletteTarget {
     instance: String,
     page_size: u32,
     known: Mutex<HashMap<ObjectKey, Known>>,
+    /// Palette's message for the last publish of a profile (by uid) that failed; removed
+    /// when a publish succeeds. A profile's health names it.
+    publish_failures: Mutex<HashMap<String, String>>,
 }
 
 fn write_error(verb: &'static str, change: &Change, e: Error) -> super::Error {
@@ -184,7 +202,80 @@ impl PaletteTarget {
             instance: instance.into(),
             page_size: config.page_size.clamp(1, 50),
             known: Mutex::new(HashMap::new()),
+            publish_failures: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn publish_failures(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.publish_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One reading of the health of `keys`: the profiles read as `observe` reads them (so
+    /// the published version is compared with the commit's exactly as a plan compares it).
+    async fn read_health(
+        &self,
+        graph: &ResourceGraph,
+        keys: &[ObjectKey],
+    ) -> Vec<ApplyResult<(ObjectKey, Reading)>> {
+        let stamp = Stamp {
+            instance: &self.instance,
+            revision: graph.revision(),
+            adopted: false,
+        };
+        let observed = match self.observe(graph, &stamp).await {
+            Ok(o) => o,
+            Err(e) => return vec![Err(e)],
+        };
+        let plan = pbsync_core::plan::plan(
+            graph,
+            &observed,
+            &pbsync_core::plan::History::default(),
+            &pbsync_core::plan::Options {
+                instance: self.instance.clone(),
+                ..pbsync_core::plan::Options::default()
+            },
+        );
+        let unchanged: BTreeSet<&ObjectKey> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == pbsync_core::plan::Action::Unchanged)
+            .map(|c| &c.key)
+            .collect();
+        keys.iter()
+            .map(|key| {
+                let Some(live) = observed.objects.get(key) else {
+                    return Ok((key.clone(), Reading::Gone));
+                };
+                if let Some(error) = &live.error {
+                    return Ok((
+                        key.clone(),
+                        Reading::Present(Health::unknown(error.clone())),
+                    ));
+                }
+                let failure = self
+                    .known()
+                    .get(key)
+                    .and_then(|k| self.publish_failures().get(&k.uid).cloned());
+                let publication = if unchanged.contains(key) {
+                    Publication::Matches
+                } else if live
+                    .manifest
+                    .as_ref()
+                    .and_then(|m| m.pointer("/spec/template"))
+                    .is_none_or(Value::is_null)
+                {
+                    Publication::DraftOnly
+                } else {
+                    Publication::Differs
+                };
+                Ok((
+                    key.clone(),
+                    Reading::Present(health::of_profile(publication, failure.as_deref())),
+                ))
+            })
+            .collect()
     }
 
     /// Requests sent so far, by operation and answer.
@@ -508,6 +599,28 @@ impl Target for PaletteTarget {
         _wait: std::time::Duration,
     ) -> ApplyResult<super::PassLock> {
         Ok(super::PassLock::None)
+    }
+
+    /// Palette has no watch: the profiles are read again every [`FOLLOW_INTERVAL`].
+    fn follow<'a>(&'a self, graph: &'a ResourceGraph, keys: Vec<ObjectKey>) -> crate::Follow<'a> {
+        let keys: Vec<ObjectKey> = keys
+            .into_iter()
+            .filter(|k| k.kind == Kind::ClusterProfile)
+            .collect();
+        if keys.is_empty() {
+            return Box::pin(futures::stream::pending());
+        }
+        let state = (graph, keys, true);
+        Box::pin(
+            futures::stream::unfold(state, move |(graph, keys, first)| async move {
+                if !first {
+                    tokio::time::sleep(FOLLOW_INTERVAL).await;
+                }
+                let readings = self.read_health(graph, &keys).await;
+                Some((futures::stream::iter(readings), (graph, keys, false)))
+            })
+            .flatten(),
+        )
     }
 }
 

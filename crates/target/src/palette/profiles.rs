@@ -201,10 +201,21 @@ impl PaletteTarget {
 
     pub(super) async fn publish(&self, uid: &str, project: bool) -> Result<(), Error> {
         let path = format!("{PROFILES_PATH}/{}/publish", encode_segment(uid));
-        self.client
+        let result = self
+            .client
             .send(&Call::new(Verb::Patch, path, project))
             .await
-            .map(drop)
+            .map(drop);
+        match &result {
+            Ok(()) => {
+                self.publish_failures().remove(uid);
+            }
+            Err(e) => {
+                self.publish_failures()
+                    .insert(uid.to_string(), e.palette_message());
+            }
+        }
+        result
     }
 
     /// Brings an existing profile to `desired`, sending only the parts that differ.
