@@ -10,12 +10,20 @@
 //!   rule for a test that needs it ([`cluster::require`]: no cluster fails the test unless
 //!   `PBSYNC_TEST_SKIP_CLUSTER=1`), and [`cluster::Namespace`], a namespace of the test's own
 //!   that is deleted when it is dropped, also when the test fails.
+//! - Flux sources on loopback: [`helm_repo`] (a Helm chart repository served from memory),
+//!   [`oci_registry`] (a real OCI registry, and pushing Flux artifacts to it), [`flux`] (the
+//!   test cluster's source-controller: its label, its kinds, waiting for `Ready`), [`archive`]
+//!   (tar.gz and SHA-256 for them).
 //! - [`block_on`], [`copy_dir`], [`list_files`]: small helpers every binary needs.
 //!
 //! Everything here panics on failure with a message naming what failed: it is test code.
 
+pub mod archive;
 pub mod cluster;
+pub mod flux;
 pub mod git_http;
+pub mod helm_repo;
+pub mod oci_registry;
 pub mod repo;
 pub mod yaml;
 
