@@ -28,3 +28,6 @@ mod remote_http;
 mod remote_ssh;
 // History of leaving bundles: full, shallow and deepened clones.
 mod history;
+// The real Flux source-controller of the test cluster against a Helm repository and an OCI
+// registry on loopback: Ready, and the failures it reports.
+mod flux_source;
