@@ -1,18 +1,23 @@
 //! The Palette target against the Palette API simulator on 127.0.0.1:0: the whole pipeline
 //! (`reconcile::run_once` with hub objects in a local directory and cluster profiles in
-//! Palette) on git repositories built in temp dirs. Each test has its own simulator.
+//! Palette) on git repositories built in temp dirs, and the health the target follows
+//! afterwards (`apply --wait`). Each test has its own simulator.
 
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use pbsync::engine::wait::{Ending, Waited};
 use pbsync::engine::{self, Context, Error, Goal, Input, Report};
+use pbsync::graph::ResourceGraph;
 use pbsync::guard::Refusal;
+use pbsync::health::{Health, State};
 use pbsync::live::Observed;
 use pbsync::model::{ObjectKey, Rule};
 use pbsync::plan::{Action, Plan};
 use pbsync::target::local_dir::LocalDir;
 use pbsync::target::palette::{ApiKey, PaletteConfig, PaletteTarget};
-use pbsync::target::{Outcome, RunError, RunOptions, Split, Target as _};
+use pbsync::target::{Outcome, Reading, RunError, RunOptions, Split, Target as _};
 use pbsync_devkit::palette_sim::{self, Fault, RateLimit, Scope, SeedProfile, Simulator};
 use pbsync_devkit::testkit::ScratchRepo;
 use pbsync_devkit::testkit::yaml::{full_cluster_profile, infrastructure_bundle};
@@ -1374,5 +1379,233 @@ async fn a_release_whose_profile_changed_hands_after_the_plan_is_refused() {
             .count("PATCH /v1/clusterprofiles/{uid}/metadata"),
         0,
         "nothing written"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Health: a profile is current when its published version matches the commit, failed when
+// only a draft exists or a publish was refused (with Palette's message)
+// ---------------------------------------------------------------------------------------
+
+/// Palette's refusal of a publish, in its words, as the tests inject it.
+const REFUSED: &str = "pack edge-k8s 1.32.3 is not available in any registry of this project";
+
+fn refuse_publish() -> Fault {
+    // The only PATCH a create or a template-only update sends is the publish.
+    Fault::refusal(400, "ClusterProfilePublishRefused", REFUSED).on("PATCH", "/v1/clusterprofiles/")
+}
+
+/// The labels pbsync writes on a profile it creates as instance [`INSTANCE`].
+fn ours() -> serde_json::Map<String, Value> {
+    let mut labels = serde_json::Map::new();
+    labels.insert("app.kubernetes.io/managed-by".into(), json!("pbsync"));
+    labels.insert("pbsync.dev/instance".into(), json!(INSTANCE));
+    labels
+}
+
+impl World {
+    /// The commit's graph, as a plan (against a fresh target) builds it.
+    async fn graph(&self) -> ResourceGraph {
+        let ctx = self.context();
+        let snapshot = ctx.fetch().expect("fetch");
+        engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&self.target()))
+            .await
+            .expect("plan")
+            .graph
+    }
+
+    fn edge_and_its_bundle(&mut self, values: &str) {
+        self.repo.write(
+            "cp.yaml",
+            full_cluster_profile("edge", "1.0.0", "infra", values),
+        );
+        self.repo.write(
+            "b.yaml",
+            infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+        );
+        self.repo.commit("edge and its bundle");
+    }
+}
+
+/// The first reading `Target::follow` yields for `key` (it reads at once, then every few
+/// seconds).
+async fn health_of(target: &PaletteTarget, graph: &ResourceGraph, key: &ObjectKey) -> Health {
+    let mut stream = target.follow(graph, vec![key.clone()]);
+    let reading = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a first reading at once")
+        .expect("the stream goes on")
+        .expect("a readable profile");
+    match reading {
+        (k, Reading::Present(h)) if k == *key => h,
+        other => panic!("expected a health reading of {key}, got {other:?}"),
+    }
+}
+
+fn wait_causes(waited: &Waited) -> Vec<String> {
+    waited.causes(jiff::Timestamp::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_and_published_profile_reads_current_and_the_wait_ends_healthy() {
+    let mut w = World::new().await;
+    w.edge_and_its_bundle("a: 1");
+    let target = w.target();
+    let report = w.pass_with(&target).await.expect("pass");
+    assert_eq!(outcome_of(&report, &key("edge", "1.0.0")), "created");
+
+    let waited = engine::wait::wait(
+        &target,
+        &report.graph,
+        report.changes(),
+        Duration::from_secs(30),
+        |_| {},
+    )
+    .await;
+    assert_eq!(waited.ending, Ending::Healthy, "{:?}", wait_causes(&waited));
+    assert!(
+        waited.waited_on.contains(&key("edge", "1.0.0")),
+        "{:?}",
+        waited.waited_on
+    );
+    assert_eq!(
+        waited.report.objects[&key("edge", "1.0.0")].state,
+        State::Current
+    );
+    assert_eq!(
+        health_of(&target.palette, &report.graph, &key("edge", "1.0.0")).await,
+        Health::current()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_of_ours_that_was_never_published_reads_failed() {
+    let mut w = World::new().await;
+    // What a pass that stopped between the create and the publish leaves behind: a draft
+    // with this instance's labels and no published version.
+    let mut draft = seed("edge", "1.0.0", "infra");
+    draft.draft_only = true;
+    draft.labels = ours();
+    w.sim.seed(draft).expect("seed");
+    w.edge_and_its_bundle("a: 1");
+    let graph = w.graph().await;
+    assert_eq!(
+        action_of(&w.plan().await, &key("edge", "1.0.0")),
+        Action::Update,
+        "the draft is ours: the next pass publishes it"
+    );
+
+    let health = health_of(&w.target().palette, &graph, &key("edge", "1.0.0")).await;
+    assert_eq!(health.state, State::Failed, "{health:?}");
+    assert_eq!(health.reason.as_deref(), Some("NotPublished"));
+    assert_eq!(health.message, "a draft that was never published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_palette_refuses_reads_failed_with_palettes_message() {
+    let mut w = World::new().await;
+    w.sim.inject(refuse_publish());
+    w.edge_and_its_bundle("a: 1");
+    let target = w.target();
+    let err = w.pass_with(&target).await.expect_err("publish refused");
+    let Error::Apply { changes, .. } = &err else {
+        panic!("expected an apply error, got {err:?}");
+    };
+    assert_eq!(outcome_of_set(changes, &key("edge", "1.0.0")), "failed");
+    assert!(w.sim.pending_faults().is_empty(), "the publish was sent");
+    let p = w.only("edge", "1.0.0");
+    assert!(p.draft.is_some() && p.published.is_none(), "{p:#?}");
+
+    let graph = w.graph().await;
+    let health = health_of(&target.palette, &graph, &key("edge", "1.0.0")).await;
+    assert_eq!(health.state, State::Failed, "{health:?}");
+    assert_eq!(health.reason.as_deref(), Some("PublishFailed"));
+    assert_eq!(health.message, format!("publish failed: {REFUSED}"));
+
+    // Another process never saw the publish fail; it still reads the profile as failed.
+    let health = health_of(&w.target().palette, &graph, &key("edge", "1.0.0")).await;
+    assert_eq!(health.state, State::Failed, "{health:?}");
+    assert_eq!(health.message, "a draft that was never published");
+
+    // The next pass publishes it, and the failure is forgotten.
+    w.pass_with(&target).await.expect("publish goes through");
+    assert_eq!(
+        health_of(&target.palette, &graph, &key("edge", "1.0.0")).await,
+        Health::current()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_version_that_differs_from_the_commit_reads_failed() {
+    let mut w = World::new().await;
+    w.edge_and_its_bundle("a: 1");
+    let target = w.target();
+    w.pass_with(&target).await.expect("create");
+
+    // The commit changes the template; Palette takes the draft and refuses its publish, so
+    // the published version stays the old one.
+    w.edge_and_its_bundle("a: 2");
+    w.sim.inject(refuse_publish());
+    let err = w.pass_with(&target).await.expect_err("publish refused");
+    assert!(matches!(err, Error::Apply { .. }), "{err:?}");
+    let p = w.only("edge", "1.0.0");
+    assert_eq!(
+        p.draft.as_ref().expect("draft")["packs"][0]["values"],
+        json!("a: 2")
+    );
+    assert_eq!(
+        p.published.as_ref().expect("published")["packs"][0]["values"],
+        json!("a: 1")
+    );
+
+    let graph = w.graph().await;
+    let health = health_of(&target.palette, &graph, &key("edge", "1.0.0")).await;
+    assert_eq!(health.state, State::Failed, "{health:?}");
+    assert_eq!(health.message, format!("publish failed: {REFUSED}"));
+
+    // Without the failure in memory (another process), the difference itself is the
+    // finding: pbsync publishes synchronously, so nothing is still working towards the
+    // commit's version and waiting would only run into the timeout.
+    let health = health_of(&w.target().palette, &graph, &key("edge", "1.0.0")).await;
+    assert_eq!(health.state, State::Failed, "{health:?}");
+    assert_eq!(health.reason.as_deref(), Some("PublishedDiffers"));
+    assert_eq!(
+        health.message,
+        "the published version differs from the commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_on_a_profile_only_palette_holds_waits_healthy() {
+    let mut w = World::new().await;
+    // Someone else's published profile, which the repository names but does not declare:
+    // there is no commit version to compare it with.
+    w.sim
+        .seed(seed("base-infra", "2.0.0", "cluster"))
+        .expect("seed");
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["base-infra@2.0.0"], "delete"),
+    );
+    w.repo.commit("a bundle on an external profile");
+    let target = w.target();
+    let report = w.pass_with(&target).await.expect("pass");
+    let waited = engine::wait::wait(
+        &target,
+        &report.graph,
+        report.changes(),
+        Duration::from_secs(30),
+        |_| {},
+    )
+    .await;
+    assert!(
+        waited.followed.contains(&key("base-infra", "2.0.0")),
+        "the bundle's closure is followed: {:?}",
+        waited.followed
+    );
+    assert_eq!(waited.ending, Ending::Healthy, "{:?}", wait_causes(&waited));
+    assert_eq!(
+        health_of(&target.palette, &report.graph, &key("base-infra", "2.0.0")).await,
+        Health::current()
     );
 }

@@ -6,10 +6,11 @@
 //! (`PUT` writes the draft, `PATCH …/publish` promotes it), project and tenant scope through
 //! the `ProjectUid` header, paging with `continue` tokens (limit ≤ 50), `status.inUseClusters`,
 //! the `v1Error` body, the `ApiKey` header (401 without it), per-IP rate limits answered with
-//! 429, and injectable faults (latency, error statuses, 429 bursts, dropped connections, also
-//! after the request was carried out). Every request body is validated against the Swagger
-//! 2.0 definitions of the vendored API subset and a mismatch is answered 400 naming the first
-//! mismatching field, so a client that drifts from the real API fails its tests.
+//! 429, and injectable faults (latency, error statuses, 429 bursts, refusals in Palette's own
+//! words, dropped connections, also after the request was carried out). Every request body is
+//! validated against the Swagger 2.0 definitions of the vendored API subset and a mismatch is
+//! answered 400 naming the first mismatching field, so a client that drifts from the real API
+//! fails its tests.
 //!
 //! Use it from tests through [`Simulator`]; the `pbsync-palette-sim` binary wraps the same
 //! thing and adds admin endpoints under `/__sim/` (see the README, "The Palette target and the Palette API simulator").
@@ -158,6 +159,10 @@ pub enum FaultKind {
     Status {
         /// HTTP status.
         status: u16,
+        /// `v1Error.code` and `message` (a refusal in Palette's words, e.g. a publish it
+        /// turns down); a generic pair for the status when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<InjectedError>,
     },
     /// Close the connection without answering and without carrying out the request.
     Drop,
@@ -170,6 +175,15 @@ pub enum FaultKind {
         /// Milliseconds.
         millis: u64,
     },
+}
+
+/// The `v1Error` an injected status answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectedError {
+    /// `code`, e.g. `ClusterProfilePublishFailed`.
+    pub code: String,
+    /// `message`.
+    pub message: String,
 }
 
 /// A fault injected into the next `times` requests that match `method` and `path`.
@@ -196,7 +210,22 @@ fn one() -> u32 {
 impl Fault {
     /// Answer `status` once.
     pub fn status(status: u16) -> Self {
-        Self::new(FaultKind::Status { status })
+        Self::new(FaultKind::Status {
+            status,
+            error: None,
+        })
+    }
+
+    /// Answer `status` once with this `v1Error` code and message: Palette refusing the
+    /// request in its own words.
+    pub fn refusal(status: u16, code: &str, message: &str) -> Self {
+        Self::new(FaultKind::Status {
+            status,
+            error: Some(InjectedError {
+                code: code.into(),
+                message: message.into(),
+            }),
+        })
     }
 
     /// Drop the connection once, before carrying out the request.

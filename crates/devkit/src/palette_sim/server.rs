@@ -298,16 +298,17 @@ async fn gate(
             conn.cut();
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
-        Some(FaultKind::Status { status }) => {
-            let (code, msg) = match status {
-                429 => (
+        Some(FaultKind::Status { status, error }) => {
+            let (code, msg) = match (&error, status) {
+                (Some(e), _) => (e.code.as_str(), e.message.as_str()),
+                (None, 429) => (
                     "TooManyRequests",
                     "too many requests; retry after a few moments",
                 ),
-                500 => ("InternalError", "internal server error (injected)"),
-                502 => ("BadGateway", "bad gateway (injected)"),
-                503 => ("ServiceUnavailable", "service unavailable (injected)"),
-                _ => ("InjectedFault", "injected fault"),
+                (None, 500) => ("InternalError", "internal server error (injected)"),
+                (None, 502) => ("BadGateway", "bad gateway (injected)"),
+                (None, 503) => ("ServiceUnavailable", "service unavailable (injected)"),
+                (None, _) => ("InjectedFault", "injected fault"),
             };
             let resp = s.error(status, code, msg, json!({}));
             lock(&s.stats).record_response(&route, resp.status().as_u16());

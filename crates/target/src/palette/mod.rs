@@ -214,6 +214,7 @@ impl PaletteTarget {
 
     /// One reading of the health of `keys`: the profiles read as `observe` reads them (so
     /// the published version is compared with the commit's exactly as a plan compares it).
+    /// A profile the commit only names, not declares, is current once it is published.
     async fn read_health(
         &self,
         graph: &ResourceGraph,
@@ -258,14 +259,18 @@ impl PaletteTarget {
                     .known()
                     .get(key)
                     .and_then(|k| self.publish_failures().get(&k.uid).cloned());
-                let publication = if unchanged.contains(key) {
-                    Publication::Matches
-                } else if live
+                let published = live
                     .manifest
                     .as_ref()
                     .and_then(|m| m.pointer("/spec/template"))
-                    .is_none_or(Value::is_null)
-                {
+                    .is_some_and(|t| !t.is_null());
+                // A profile the bundles name but the commit does not declare (it must exist
+                // in Palette, domain §1) has no version of the commit to differ from: the
+                // plan never lists it, so "not unchanged" says nothing about it.
+                let declared = graph.node(key).is_some_and(|n| n.object.is_some());
+                let publication = if unchanged.contains(key) || (published && !declared) {
+                    Publication::Matches
+                } else if !published {
                     Publication::DraftOnly
                 } else {
                     Publication::Differs
