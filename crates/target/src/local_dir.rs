@@ -41,6 +41,9 @@ pub(crate) struct InstanceRecord {
     pub last_attempted_revision: Option<String>,
     /// Outcome of the last attempt.
     pub last_outcome: Option<String>,
+    /// The last revision whose objects all became current, and when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_healthy: Option<(String, String)>,
     /// Objects this instance manages (key string -> record).
     #[serde(default)]
     pub objects: BTreeMap<String, OwnedObject>,
@@ -663,7 +666,36 @@ impl Target for LocalDir {
             last_applied_revision: r.last_applied_revision.clone(),
             last_attempted_revision: r.last_attempted_revision.clone(),
             outcome: r.last_outcome.clone(),
+            last_healthy_revision: r.last_healthy.as_ref().map(|h| h.0.clone()),
+            last_healthy_at: r.last_healthy.as_ref().map(|h| h.1.clone()),
         }))
+    }
+
+    /// The revision that became fully healthy, in the inventory. Under the directory's lock
+    /// (no pass is half-way through the inventory then), read from disk first, so what it
+    /// writes back is only its own change.
+    async fn record_health(&self, record: &super::HealthRecord) -> Result<()> {
+        let Some(healthy) = &record.healthy else {
+            return Ok(());
+        };
+        let lock = self
+            .lock("health", std::time::Duration::from_secs(30))
+            .await?;
+        let saved = (|| {
+            let on_disk = self.read_inventory()?;
+            let mut inv = self.inventory();
+            *inv = on_disk;
+            let rec = inv.instances.entry(self.instance.clone()).or_default();
+            if rec.last_healthy.as_ref() == Some(healthy) {
+                return Ok(());
+            }
+            rec.last_healthy = Some(healthy.clone());
+            self.save_inventory(&inv).map_err(|e| Error::StatusFailed {
+                source: Box::new(e),
+            })
+        })();
+        lock.release().await;
+        saved
     }
 
     /// A `flock` on `PATH/.pbsync/lock`, for every instance of the directory (they share its

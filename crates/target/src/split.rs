@@ -131,6 +131,11 @@ impl<H: Target, P: Target> Target for Split<H, P> {
     }
 
     /// The hub side records the pass.
+    /// The hub holds the Events and the status record.
+    async fn record_health(&self, record: &crate::HealthRecord) -> Result<()> {
+        self.hub.record_health(record).await
+    }
+
     async fn recorded(&self) -> Result<Option<crate::Recorded>> {
         self.hub.recorded().await
     }

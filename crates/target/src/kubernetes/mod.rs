@@ -432,6 +432,10 @@ impl Target for KubeTarget {
         self.read_status().await
     }
 
+    async fn record_health(&self, record: &crate::HealthRecord) -> Result<()> {
+        self.record_health(record).await
+    }
+
     async fn record_pending(
         &self,
         removals: &[(ObjectKey, pbsync_core::live::Removal)],

@@ -17,6 +17,9 @@ use pbsync_core::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// The key of the removals a pass recorded before carrying them out (JSON).
 const PENDING_KEY: &str = "pendingRemovals";
+/// The keys of the last revision that became fully healthy, and when.
+const HEALTHY_REVISION_KEY: &str = "lastHealthyRevision";
+const HEALTHY_AT_KEY: &str = "lastHealthyAt";
 /// Outcome words of a pass that changed (or tried to change) something.
 const ACTED: [&str; 5] = ["created", "configured", "deleted", "orphaned", "failed"];
 
@@ -87,6 +90,8 @@ impl KubeTarget {
             last_applied_revision: d.get("lastAppliedRevision").cloned(),
             last_attempted_revision: d.get("lastAttemptedRevision").cloned(),
             outcome: d.get("outcome").cloned(),
+            last_healthy_revision: d.get(HEALTHY_REVISION_KEY).cloned(),
+            last_healthy_at: d.get(HEALTHY_AT_KEY).cloned(),
         }))
     }
 
@@ -131,22 +136,64 @@ impl KubeTarget {
         let failed = |e: Error| crate::Error::StatusFailed {
             source: Box::new(e),
         };
+        self.update_configmap(api, |previous| next_data(previous, status))
+            .await
+            .map_err(failed)
+    }
+
+    /// Writes the status ConfigMap's data as `next` makes it from what it held (read once per
+    /// process, then remembered), only when that changes it.
+    async fn update_configmap(
+        &self,
+        api: &ApiClient,
+        next: impl FnOnce(&BTreeMap<String, String>) -> BTreeMap<String, String>,
+    ) -> std::result::Result<(), Error> {
         let mut recorded = self.recorded.lock().await;
         let previous = match recorded.as_ref() {
             Some(d) => d.clone(),
             None => api
                 .get(&self.configmaps(), &self.configmap_name())
                 .await
-                .map_err(|e| failed(Error::Request(e)))?
+                .map_err(Error::Request)?
                 .and_then(|cm| cm.get("data").cloned())
                 .and_then(|d| serde_json::from_value(d).ok())
                 .unwrap_or_default(),
         };
-        let data = next_data(&previous, status);
+        let data = next(&previous);
         if data != previous {
-            self.write_configmap(api, &data).await.map_err(failed)?;
+            self.write_configmap(api, &data).await?;
         }
         *recorded = Some(data);
+        Ok(())
+    }
+
+    /// An Event on each bundle whose health changed (Warning when it failed), and the
+    /// revision that became fully healthy in the status ConfigMap. Events are best effort,
+    /// as the pass's are.
+    pub(super) async fn record_health(&self, record: &crate::HealthRecord) -> Result<()> {
+        let api = self.api().await?;
+        for change in &record.changes {
+            if change.key.kind != Kind::ProfileBundle {
+                continue;
+            }
+            let body = health_event(change, &self.options.instance);
+            let path = format!("/api/v1/namespaces/{}/events", change.key.namespace);
+            if let Err(e) = api.create(&path, &body).await {
+                tracing::warn!(bundle = %change.key, error = %pbsync_core::error_chain(&e), "cannot emit event");
+            }
+        }
+        if let Some((revision, at)) = &record.healthy {
+            self.update_configmap(api, |previous| {
+                let mut data = previous.clone();
+                data.insert(HEALTHY_REVISION_KEY.into(), revision.clone());
+                data.insert(HEALTHY_AT_KEY.into(), at.clone());
+                data
+            })
+            .await
+            .map_err(|e| crate::Error::StatusFailed {
+                source: Box::new(e),
+            })?;
+        }
         Ok(())
     }
 
@@ -217,7 +264,6 @@ fn event(
     revision: &str,
     uid: Option<String>,
 ) -> Value {
-    let now = crate::now_rfc3339();
     let verb = match reason {
         "Created" => "created",
         "Updated" => "updated",
@@ -225,6 +271,36 @@ fn event(
         "Orphaned" => "released",
         _ => "changed",
     };
+    let message = format!("pbsync instance {instance} {verb} this bundle at revision {revision}");
+    event_body(key, "Normal", reason, &message, instance, uid)
+}
+
+/// The Event of a bundle whose health changed: `Healthy` (Normal) when it became current,
+/// `Unhealthy` (Warning) when it failed, `Progressing` or `HealthUnknown` (Normal) otherwise;
+/// the message is the cause chain.
+fn health_event(change: &crate::HealthChange, instance: &str) -> Value {
+    use pbsync_core::health::State;
+    let (type_, reason) = match change.to {
+        State::Current => ("Normal", "Healthy"),
+        State::Failed => ("Warning", "Unhealthy"),
+        State::InProgress => ("Normal", "Progressing"),
+        State::Unknown => ("Normal", "HealthUnknown"),
+    };
+    let message = format!("{} (was {})", change.message, change.from);
+    // The API server refuses messages over 1 KiB in events.k8s.io; keep well under it.
+    let message: String = message.chars().take(1000).collect();
+    event_body(&change.key, type_, reason, &message, instance, None)
+}
+
+fn event_body(
+    key: &ObjectKey,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    instance: &str,
+    uid: Option<String>,
+) -> Value {
+    let now = crate::now_rfc3339();
     let prefix: String = key.name.chars().take(200).collect();
     let mut involved = json!({
         "apiVersion": Kind::ProfileBundle.api_versions()[0],
@@ -244,9 +320,9 @@ fn event(
             "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
         },
         "involvedObject": involved,
-        "type": "Normal",
+        "type": type_,
         "reason": reason,
-        "message": format!("pbsync instance {instance} {verb} this bundle at revision {revision}"),
+        "message": message,
         "source": {"component": "pbsync"},
         "reportingComponent": "pbsync",
         "reportingInstance": instance,
