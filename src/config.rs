@@ -180,6 +180,9 @@ pub struct Settings {
     /// Apply plans that exceed the mass-deletion guard
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub allow_mass_deletion: Option<bool>,
+    /// Serve the read-only health page on `/` of the listen address
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ui: Option<bool>,
     /// Kubeconfig file (kube target)
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -262,6 +265,7 @@ impl Settings {
             guard_percent,
             guard_min,
             allow_mass_deletion,
+            ui,
             kubeconfig,
             context,
             status_namespace,
@@ -284,6 +288,7 @@ const DURATION_KEYS: &[&str] = &[
     "resync-interval",
     "reconcile-timeout",
     "shutdown-timeout",
+    "deletion-timeout",
     "backoff-min",
     "backoff-max",
     "lease-duration",
@@ -454,6 +459,8 @@ pub struct DaemonConfig {
     pub leader: Option<LeaderConfig>,
     /// Apply plans over the mass-deletion guard.
     pub allow_mass_deletion: bool,
+    /// Serve the read-only health page on `/`.
+    pub ui: bool,
 }
 
 /// The whole validated configuration.
@@ -702,6 +709,7 @@ impl Config {
                 backoff_max,
                 leader,
                 allow_mass_deletion: s.allow_mass_deletion.unwrap_or(false),
+                ui: s.ui.unwrap_or(false),
             },
             log_format: s.log_format.unwrap_or_default(),
             settings: s,

@@ -903,3 +903,199 @@ fn a_shallow_daemon_clone_deepens_itself_to_find_a_leaving_bundles_last_version(
     assert!(log.contains("deepening the shallow clone"), "{log}");
     assert_eq!(d.stop(), Some(0));
 }
+
+// ---------------------------------------------------------------------------------------
+// Health: the daemon follows what it applied (PaletteAI's controllers are played by the
+// test, writing conditions through the status subresource)
+// ---------------------------------------------------------------------------------------
+
+/// The API of ProfileBundles in `ns`.
+async fn bundles_api(kubeconfig: &Path, ns: &str) -> kube::Api<kube::api::DynamicObject> {
+    let client = cluster::connect(kubeconfig).await.expect("client");
+    let gvk = kube::api::GroupVersionKind::gvk("spectrocloud.com", "v1beta1", "ProfileBundle");
+    kube::Api::namespaced_with(client, ns, &kube::api::ApiResource::from_gvk(&gvk))
+}
+
+/// Writes `conditions` on bundle `name` as its controller would.
+fn set_bundle_conditions(kubeconfig: &Path, ns: &str, name: &str, conditions: serde_json::Value) {
+    block_on(async {
+        let api = bundles_api(kubeconfig, ns).await;
+        let pp = kube::api::PatchParams {
+            field_manager: Some("paletteai-controller".into()),
+            ..Default::default()
+        };
+        api.patch_status(
+            name,
+            &pp,
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"conditions": conditions}})),
+        )
+        .await
+        .expect("write status");
+    });
+}
+
+/// The Events on bundle `name`: (type, reason, message), oldest first.
+fn bundle_events(kubeconfig: &Path, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    block_on(async {
+        let client = cluster::connect(kubeconfig).await.expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(client, ns);
+        let lp = kube::api::ListParams::default().fields(&format!(
+            "involvedObject.name={name},involvedObject.kind=ProfileBundle"
+        ));
+        let mut events = api.list(&lp).await.expect("events").items;
+        events.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+        events
+            .into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// The status ConfigMap's data of instance `ns` (its namespace is `ns` too).
+fn status_data(kubeconfig: &Path, ns: &str) -> std::collections::BTreeMap<String, String> {
+    block_on(async {
+        let client = cluster::connect(kubeconfig).await.expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client, ns);
+        api.get(&format!("pbsync-status-{ns}"))
+            .await
+            .expect("status configmap")
+            .data
+            .unwrap_or_default()
+    })
+}
+
+fn root<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    s["health"]["roots"]
+        .as_array()
+        .and_then(|roots| {
+            roots
+                .iter()
+                .find(|r| r["key"]["kind"] == "ProfileBundle" && r["key"]["name"] == name)
+        })
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+#[test]
+fn status_metrics_events_the_page_and_the_configmap_follow_a_bundles_health() {
+    let test = "daemon_follows_health";
+    let Some(kc) = cluster::require(test) else {
+        return;
+    };
+    let namespace = Namespace::create_blocking(&kc, test);
+    let ns = namespace.name().to_string();
+    let repo = kube_repo(&ns, &["a", "b"]);
+    let repo_arg = repo.path().display().to_string();
+    let kc_arg = kc.display().to_string();
+    let mut args = kube_args(&repo_arg, &kc_arg, &ns);
+    args.push("--ui");
+    let d = Daemon::start(&args, &[]);
+
+    // Applied, then followed: no controller has written anything, so every object is current
+    // (kstatus: no conditions) and the revision is recorded as healthy.
+    let s = d.wait_status(Duration::from_secs(60), |s| {
+        s["result"] == "applied" && s["health"]["state"] == "current"
+    });
+    let applied = revision(&s).to_string();
+    assert_eq!(s["health"]["healthyRevision"], applied.as_str(), "{s}");
+    assert_eq!(
+        status_data(&kc, &ns).get("lastHealthyRevision"),
+        Some(&applied),
+        "the status ConfigMap records the revision that became fully healthy"
+    );
+
+    // The controller stalls on bundle a.
+    set_bundle_conditions(
+        &kc,
+        &ns,
+        "a",
+        serde_json::json!([{"type": "Stalled", "status": "True", "reason": "RenderFailed",
+            "message": "component main: chart chat not found",
+            "lastTransitionTime": "2026-12-07T10:00:00Z"}]),
+    );
+    let s = d.wait_status(Duration::from_secs(30), |s| {
+        root(s, "a")["state"] == "failed"
+    });
+    assert_eq!(s["health"]["state"], "failed");
+    assert_eq!(root(&s, "b")["state"], "current", "b is not held back: {s}");
+    let chains = root(&s, "a")["chains"].to_string();
+    assert!(
+        chains.contains(&format!(
+            "ProfileBundle {ns}/a failed: component main: chart chat not found (since "
+        )),
+        "{chains}"
+    );
+    let metrics = d.get("/metrics").1;
+    for line in [
+        "pbsync_health_objects{kind=\"ProfileBundle\",health=\"failed\"} 1",
+        "pbsync_health_objects{kind=\"ProfileBundle\",health=\"current\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(
+        metrics.contains("pbsync_last_healthy_age_seconds ")
+            && !metrics.contains("pbsync_last_healthy_age_seconds -1"),
+        "{metrics}"
+    );
+    let (code, page) = d.get("/");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&format!(
+            r#"data-key="ProfileBundle {ns}/a" data-state="failed""#
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("component main: chart chat not found"),
+        "{page}"
+    );
+    // One Warning Event on a saying why; none on b.
+    let events = || bundle_events(&kc, &ns, "a");
+    let start = Instant::now();
+    while !events().iter().any(|e| e.1 == "Unhealthy") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", events());
+        wait(Duration::from_millis(100));
+    }
+    let unhealthy: Vec<_> = events()
+        .into_iter()
+        .filter(|e| e.1 == "Unhealthy")
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{unhealthy:?}");
+    assert_eq!(unhealthy[0].0, "Warning");
+    assert!(
+        unhealthy[0].2.contains("chart chat not found")
+            && unhealthy[0].2.ends_with("(was current)"),
+        "{unhealthy:?}"
+    );
+    assert!(
+        !bundle_events(&kc, &ns, "b")
+            .iter()
+            .any(|e| e.1 == "Unhealthy"),
+        "b's health did not change"
+    );
+
+    // The controller recovers: current again, a Normal Event says so.
+    set_bundle_conditions(
+        &kc,
+        &ns,
+        "a",
+        serde_json::json!([{"type": "Ready", "status": "True", "reason": "Ready", "message": "deployed",
+            "lastTransitionTime": "2026-12-07T10:05:00Z"}]),
+    );
+    d.wait_status(Duration::from_secs(30), |s| {
+        s["health"]["state"] == "current"
+    });
+    let start = Instant::now();
+    while !events().iter().any(|e| e.1 == "Healthy") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", events());
+        wait(Duration::from_millis(100));
+    }
+    assert!(events().iter().any(|e| e.0 == "Normal" && e.1 == "Healthy"));
+    assert_eq!(d.stop(), Some(0));
+}

@@ -35,9 +35,18 @@ pub(crate) struct StatusArgs {
     /// Namespace of the status ConfigMap
     #[arg(long)]
     status_namespace: Option<String>,
-    /// Print JSON
-    #[arg(long)]
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Same as --format json (kept for scripts)
+    #[arg(long, hide = true)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 /// Arguments of `pbsync reconcile-now`.
@@ -92,6 +101,7 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, 
 }
 
 pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error::Error>> {
+    let json = args.json || args.format == Format::Json;
     let s = settings(args.config.as_deref());
     let addr = address(args.listen.as_ref(), &s)?;
     let mut found = false;
@@ -101,7 +111,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
             Ok((200, body)) => {
                 found = true;
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                if !args.json {
+                if !json {
                     println!("daemon ({addr}):");
                     for key in [
                         "result",
@@ -117,6 +127,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
                             println!("  {key}: {text}");
                         }
                     }
+                    print!("{}", health_tree(&v["health"], super::color()));
                 }
                 doc.insert("daemon".into(), v);
             }
@@ -162,7 +173,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
     };
     if let Some(rec) = recorded {
         found = true;
-        if !args.json {
+        if !json {
             println!(
                 "target {} (instance {instance}):",
                 target.as_deref().unwrap_or("")
@@ -176,7 +187,7 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
         }
         doc.insert("target".into(), rec);
     }
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::Value::Object(doc)).unwrap_or_default()
@@ -188,6 +199,119 @@ pub(super) async fn run(args: &StatusArgs) -> Result<Status, Box<dyn std::error:
         eprintln!("no status found: give --listen, --target or --config");
         Ok(Status::Failure)
     }
+}
+
+/// Paints `text` in the colour of health `state` (on a terminal).
+fn paint(state: &str, text: &str, color: bool) -> String {
+    if !color {
+        return text.to_string();
+    }
+    let code = match state {
+        "current" => "32",
+        "in-progress" => "33",
+        "failed" => "31",
+        _ => "90",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// The daemon's `health` section as trees like `pbsync graph`'s: each root with its state,
+/// each object it needs below it with its own, the cause of what is not current after it,
+/// and the culprits at the end.
+fn health_tree(health: &serde_json::Value, color: bool) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let Some(state) = health["state"].as_str() else {
+        out.push_str("  health: not read yet\n");
+        return out;
+    };
+    let _ = write!(out, "  health: {}", paint(state, state, color));
+    if let Some(r) = health["healthyRevision"].as_str() {
+        let at = health["healthyAt"].as_str().unwrap_or("");
+        let _ = write!(
+            out,
+            " (last fully healthy: {} at {at})",
+            &r[..r.len().min(12)]
+        );
+    }
+    out.push('\n');
+    let objects: BTreeMap<&str, &serde_json::Value> = health["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["id"].as_str()?, o)))
+        .collect();
+    fn node(
+        out: &mut String,
+        objects: &BTreeMap<&str, &serde_json::Value>,
+        id: &str,
+        depth: usize,
+        path: &mut Vec<String>,
+        color: bool,
+    ) {
+        let Some(o) = objects.get(id) else { return };
+        let state = o["state"].as_str().unwrap_or("unknown");
+        let message = o["message"].as_str().unwrap_or("");
+        let _ = write!(
+            out,
+            "{}{id}  {}",
+            "  ".repeat(depth + 1),
+            paint(state, state, color)
+        );
+        if state != "current" && !message.is_empty() {
+            let _ = write!(out, ": {message}");
+        }
+        out.push('\n');
+        if path.iter().any(|p| p == id) {
+            return;
+        }
+        path.push(id.to_string());
+        for next in o["needs"].as_array().into_iter().flatten() {
+            if let Some(next) = next.as_str() {
+                node(out, objects, next, depth + 1, path, color);
+            }
+        }
+        path.pop();
+    }
+    for root in health["roots"].as_array().into_iter().flatten() {
+        let Some(id) = root["id"].as_str() else {
+            continue;
+        };
+        let state = root["state"].as_str().unwrap_or("unknown");
+        let _ = writeln!(out, "  {id}  {}", paint(state, state, color));
+        let needs = objects.get(id).map(|o| &o["needs"]);
+        for next in needs.and_then(|n| n.as_array()).into_iter().flatten() {
+            if let Some(next) = next.as_str() {
+                node(
+                    &mut out,
+                    &objects,
+                    next,
+                    1,
+                    &mut vec![id.to_string()],
+                    color,
+                );
+            }
+        }
+        for chain in root["chains"].as_array().into_iter().flatten() {
+            if let Some(chain) = chain.as_str() {
+                let _ = writeln!(out, "    why: {chain}");
+            }
+        }
+    }
+    let culprits: Vec<&str> = health["culprits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["line"].as_str())
+        .collect();
+    if !culprits.is_empty() {
+        out.push_str("  held back by:\n");
+        for line in culprits {
+            let _ = writeln!(out, "    {}", line.replace('\n', "\n    "));
+        }
+    }
+    out
 }
 
 pub(super) async fn reconcile_now(
@@ -208,5 +332,51 @@ pub(super) async fn reconcile_now(
     } else {
         eprintln!("daemon answered {code}: {}", body.trim());
         Ok(Status::Failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_tree_puts_each_object_under_its_root_with_its_state_and_cause() {
+        let health = serde_json::json!({
+            "state": "failed",
+            "healthyRevision": "0123456789abcdef",
+            "healthyAt": "2026-12-07T10:00:00Z",
+            "roots": [{"id": "ProfileBundle a/chat", "state": "failed",
+                       "chains": ["ProfileBundle a/chat not ready: HelmRepository a/charts failed: 404"]}],
+            "objects": [
+                {"id": "ProfileBundle a/chat", "state": "current", "message": "",
+                 "needs": ["HelmRepository a/charts", "WorkloadProfile a/app"]},
+                {"id": "HelmRepository a/charts", "state": "failed", "message": "404", "needs": []},
+                {"id": "WorkloadProfile a/app", "state": "current", "message": "", "needs": []},
+            ],
+            "culprits": [{"line": "HelmRepository a/charts failed: 404\n    holds back ProfileBundle a/chat"}],
+        });
+        assert_eq!(
+            health_tree(&health, false),
+            "  health: failed (last fully healthy: 0123456789ab at 2026-12-07T10:00:00Z)
+  ProfileBundle a/chat  failed
+    HelmRepository a/charts  failed: 404
+    WorkloadProfile a/app  current
+    why: ProfileBundle a/chat not ready: HelmRepository a/charts failed: 404
+  held back by:
+    HelmRepository a/charts failed: 404
+        holds back ProfileBundle a/chat
+"
+        );
+        let painted = health_tree(&health, true);
+        assert!(painted.contains("\x1b[31mfailed\x1b[0m"), "{painted}");
+        assert!(painted.contains("\x1b[32mcurrent\x1b[0m"), "{painted}");
+    }
+
+    #[test]
+    fn a_daemon_that_has_not_read_health_yet_says_so() {
+        assert_eq!(
+            health_tree(&serde_json::json!({"state": null}), false),
+            "  health: not read yet\n"
+        );
     }
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, watch};
 
+use super::board::Board;
 use super::health::Health;
 use super::metrics::Metrics;
 use super::scheduler::{Trigger, send};
@@ -36,17 +37,22 @@ pub struct WebhookSettings {
 pub struct Shared {
     /// Liveness, readiness, last outcome.
     pub health: Health,
+    /// The health of what the daemon manages.
+    pub board: Board,
     /// Metrics.
     pub metrics: Metrics,
     /// Where triggers go.
     pub triggers: mpsc::Sender<Trigger>,
     /// Webhook settings.
     pub webhook: Mutex<WebhookSettings>,
+    /// The instance, and whether the page on `/` is served (`ui`; replaced on reload).
+    pub page: Mutex<(String, bool)>,
 }
 
 /// The router (also used by tests without a socket).
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -80,8 +86,36 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The read-only page (`ui: true`), else 404 with how to turn it on.
+async fn page(State(s): State<Arc<Shared>>) -> Response {
+    let (instance, on) = s
+        .page
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if !on {
+        return (
+            StatusCode::NOT_FOUND,
+            "the health page is off: set `ui: true` in the configuration (or --ui)\n",
+        )
+            .into_response();
+    }
+    let html = super::page::render(&instance, &s.health.last(), &s.board);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// The last outcome, and the health of what the daemon manages (`health`).
 async fn status(State(s): State<Arc<Shared>>) -> Response {
-    axum::Json(s.health.last()).into_response()
+    let mut doc = serde_json::to_value(s.health.last()).unwrap_or_default();
+    doc["health"] = s.board.to_json();
+    axum::Json(doc).into_response()
 }
 
 async fn webhook_delivery(

@@ -30,6 +30,9 @@ pub struct Metrics {
     webhooks: Family<Labels, Counter>,
     lag_commits: Gauge,
     leader: Gauge,
+    health_objects: Family<Labels, Gauge>,
+    healthy_timestamp: Gauge,
+    healthy_age: Gauge,
     /// Request counts already added, per (target, verb, code).
     seen_requests: Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
     last_revision: Mutex<Option<String>>,
@@ -56,6 +59,9 @@ impl Metrics {
         let webhooks = Family::<Labels, Counter>::default();
         let lag_commits = Gauge::default();
         let leader = Gauge::default();
+        let health_objects = Family::<Labels, Gauge>::default();
+        let healthy_timestamp = Gauge::default();
+        let healthy_age = Gauge::default();
         registry.register(
             "reconcile_duration_seconds",
             "Duration of each stage of a reconcile (fetch, parse, observe, plan, apply) and of the whole pass (total)",
@@ -101,8 +107,27 @@ impl Metrics {
             "1 when this daemon may apply (leader, or leader election off), else 0",
             leader.clone(),
         );
+        registry.register(
+            "health_objects",
+            "Objects of the followed revision by kind and health (current, in-progress, unknown, failed)",
+            health_objects.clone(),
+        );
+        registry.register(
+            "last_healthy_timestamp_seconds",
+            "When a revision last became fully healthy (Unix time; 0: not yet)",
+            healthy_timestamp.clone(),
+        );
+        registry.register(
+            "last_healthy_age_seconds",
+            "Seconds since a revision last became fully healthy (-1: not yet)",
+            healthy_age.clone(),
+        );
+        healthy_age.set(-1);
         Self {
             registry,
+            health_objects,
+            healthy_timestamp,
+            healthy_age,
             stage_seconds,
             reconciles,
             applied_revision,
@@ -119,6 +144,11 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        let healthy = self.healthy_timestamp.get();
+        if healthy > 0 {
+            let now = jiff::Timestamp::now().as_second();
+            self.healthy_age.set((now - healthy).max(0));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -167,6 +197,31 @@ impl Metrics {
                 ])
                 .inc();
         }
+    }
+
+    /// Sets the objects by kind and health from `report` (labels: the kinds and the four
+    /// states, a bounded set; kinds without objects drop out).
+    pub fn set_health(&self, report: &pbsync_core::health::Report) {
+        let mut counts: std::collections::BTreeMap<(String, pbsync_core::health::State), i64> =
+            std::collections::BTreeMap::new();
+        for (key, h) in &report.objects {
+            *counts.entry((key.kind.to_string(), h.state)).or_default() += 1;
+        }
+        self.health_objects.clear();
+        let kinds: std::collections::BTreeSet<&String> = counts.keys().map(|k| &k.0).collect();
+        for kind in kinds {
+            for state in pbsync_core::health::State::ALL {
+                let n = counts.get(&(kind.clone(), state)).copied().unwrap_or(0);
+                self.health_objects
+                    .get_or_create(&vec![("kind", kind.clone()), ("health", state.to_string())])
+                    .set(n);
+            }
+        }
+    }
+
+    /// Records that a revision became fully healthy at `unix_seconds`.
+    pub fn healthy(&self, unix_seconds: i64) {
+        self.healthy_timestamp.set(unix_seconds);
     }
 
     /// Counts one webhook delivery.

@@ -5,10 +5,12 @@
 //!
 //! The loop itself is [`scheduler`]; one pass is [`pass`]; the endpoints are [`http`].
 
+pub mod board;
 pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod page;
 pub mod pass;
 pub mod scheduler;
 pub mod signal;
@@ -98,9 +100,11 @@ impl Daemon {
         let (trigger_tx, triggers) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             health: health::Health::default(),
+            board: board::Board::default(),
             metrics: Metrics::new(),
             triggers: trigger_tx.clone(),
             webhook: Mutex::new(webhook_settings(config)),
+            page: Mutex::new(page_settings(config)),
         });
         let (stop_tx, stop_rx) = channel::channel(false);
         let mut listen = None;
@@ -137,12 +141,21 @@ impl Daemon {
 
     /// Runs `config` against `target` until a stop signal (→ [`Exit::Stop`]) or a reload
     /// with a valid new configuration (→ [`Exit::Reload`]).
-    pub async fn serve<T: Target>(&mut self, target: T, config: &Config) -> Result<Exit, Error> {
+    pub async fn serve<T: Target + 'static>(
+        &mut self,
+        target: T,
+        config: &Config,
+    ) -> Result<Exit, Error> {
         *self
             .shared
             .webhook
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = webhook_settings(config);
+        *self
+            .shared
+            .page
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = page_settings(config);
         let origin = origin(config);
         let mut ctx = Context::new(origin.repo_dir(), "HEAD", &config.source.path);
         ctx.plan = config.plan_options();
@@ -183,9 +196,19 @@ impl Daemon {
             }
             None => (None, None),
         };
+        // The health board follows what each pass applied, until this run ends.
+        let target = Arc::new(target);
+        let (graphs, graphs_rx) = channel::channel(None);
+        let board_task = tokio::spawn(board::follow(
+            Arc::clone(&target),
+            graphs_rx,
+            self.shared.clone(),
+            run_stop_rx.clone(),
+        ));
         let mut reconciler = Reconciler::new(
             target,
             Parts {
+                graphs,
                 origin,
                 ctx,
                 shared: self.shared.clone(),
@@ -258,6 +281,7 @@ impl Daemon {
         };
         self.triggers = Some(scheduler.into_triggers());
         let _ = run_stop_tx.send(true);
+        let _ = board_task.await;
         if let Some(task) = leader_task {
             // Releasing the lease is bounded by the client's own timeouts.
             let _ = tokio::time::timeout(config.daemon.shutdown_timeout, task).await;
@@ -270,6 +294,10 @@ impl Daemon {
         }
         Ok(exit)
     }
+}
+
+fn page_settings(config: &Config) -> (String, bool) {
+    (config.plan_options().instance, config.daemon.ui)
 }
 
 fn webhook_settings(config: &Config) -> WebhookSettings {

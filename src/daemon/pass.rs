@@ -94,7 +94,11 @@ fn fetch(
 
 /// The daemon's [`Pass`].
 pub struct Reconciler<T> {
-    target: T,
+    target: Arc<T>,
+    /// Where each applied revision's graph goes, for the health board to follow.
+    graphs: watch::Sender<Option<Arc<pbsync_core::graph::ResourceGraph>>>,
+    /// The revision the board follows.
+    followed: Option<String>,
     origin: Origin,
     ctx: Context,
     cache: Arc<ParseCache>,
@@ -136,15 +140,19 @@ pub struct Parts {
     pub opts: RunOptions,
     /// The parse cache (kept across reloads).
     pub cache: Arc<ParseCache>,
+    /// Where each applied revision's graph goes (see [`super::board::follow`]).
+    pub graphs: watch::Sender<Option<Arc<pbsync_core::graph::ResourceGraph>>>,
 }
 
 impl<T: Target> Reconciler<T> {
     /// A reconciler applying to `target`.
-    pub fn new(target: T, parts: Parts) -> Self {
+    pub fn new(target: Arc<T>, parts: Parts) -> Self {
         let mut ctx = parts.ctx;
         ctx.git.repo = parts.origin.repo_dir();
         Self {
             target,
+            graphs: parts.graphs,
+            followed: None,
             origin: parts.origin,
             ctx,
             cache: parts.cache,
@@ -270,7 +278,7 @@ impl<T: Target> Reconciler<T> {
             parser: self.cache.as_ref(),
             timings: Some(&timings),
         };
-        let result = engine::run(&self.ctx, input, Goal::Apply(&self.target, self.opts)).await;
+        let result = engine::run(&self.ctx, input, Goal::Apply(&*self.target, self.opts)).await;
         for (stage, took) in timings.take() {
             metrics.observe_stage(stage, took.as_secs_f64());
         }
@@ -279,11 +287,13 @@ impl<T: Target> Reconciler<T> {
             self.shared.health.set_ready();
         }
         metrics.observe_stage("total", started.elapsed().as_secs_f64());
-        metrics.count_requests(&self.target);
+        metrics.count_requests(&*self.target);
         self.cache.retain(&snapshot);
 
         match result {
             Ok(outcome) => {
+                // The board follows the revision applied (again after a pass that acted: its
+                // objects may have changed under the same revision).
                 let changes = outcome
                     .changes
                     .as_ref()
@@ -298,12 +308,17 @@ impl<T: Target> Reconciler<T> {
                 self.final_failure = None;
                 let counts = summary(changes);
                 metrics.count_reconcile(if acted { "applied" } else { "unchanged" }, None);
+                self.shared.board.set_plan(outcome.plan().clone());
                 for w in &outcome.plan().warnings {
                     tracing::warn!(warning = %w, "plan warning");
                 }
                 tracing::info!(changes = %counts, elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");
                 let o = self.outcome("applied", Some(&revision), counts);
                 self.finish(o);
+                if acted || self.followed.as_deref() != Some(&revision) {
+                    self.followed = Some(revision.clone());
+                    self.graphs.send_replace(Some(Arc::new(outcome.graph)));
+                }
                 Verdict::Done
             }
             Err(e) => {
