@@ -2290,3 +2290,150 @@ async fn a_finalizer_that_holds_a_deletion_keeps_the_next_wave_waiting() {
     assert!(env.get("ProfileBundle", "stays").await.is_some());
     env.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Readiness with the real Flux source-controller of the test cluster: `pbsync apply --wait`
+// as a user runs it, against a Helm repository served on loopback (or not).
+// ---------------------------------------------------------------------------------------
+
+/// A HelmRepository at `url` that the test cluster's source-controller reconciles (it
+/// watches only objects with its shard label, see `testkit::flux`).
+fn reconciled_helm_repository(ns: &str, name: &str, url: &str) -> String {
+    let labels = pbsync_devkit::testkit::flux::watched_labels();
+    let (key, value) = labels
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .expect("one label");
+    format!(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    {key}: {}\nspec:\n  url: {url}\n  interval: 1m\n  timeout: 15s\n---\n",
+        value.as_str().expect("label value")
+    )
+}
+
+/// Runs `pbsync apply --wait` on `repo` into the test's namespace; (exit code, stdout).
+async fn apply_wait(env: &Env, repo: &ScratchRepo, extra: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbsync"))
+        .args(["apply", "--repo"])
+        .arg(repo.path())
+        .args(["--target", "kube", "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .args(["--instance", &env.instance, "--status-namespace", &env.ns])
+        .args(["--wait", "--timeout", "90s"])
+        .args(extra)
+        .output()
+        .await
+        .expect("run pbsync");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{stdout}\n--- stderr ---\n{stderr}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_exits_0_once_source_controller_has_fetched_the_served_index() {
+    let Some(env) = env("wait-flux-ready").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let charts = pbsync_devkit::testkit::helm_repo::HelmRepoServer::with_chart("chat", "0.1.0");
+    let mut repo = ScratchRepo::new();
+    repo.write(
+        "shared.yaml",
+        format!(
+            "{}{}",
+            shared(&ns, &[]),
+            reconciled_helm_repository(&ns, "charts", charts.url())
+        ),
+    )
+    .write("bundles/chat.yaml", app(&ns, "chat", "delete", &["charts"]));
+    repo.commit("a bundle on a served Helm repository");
+    let (code, out) = apply_wait(&env, &repo, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("healthy: 4 object(s) current after"),
+        "the bundle, its profile, the definition and the repository: {out}"
+    );
+    // It really was the controller's verdict: the index was fetched.
+    assert!(
+        charts.requests().iter().any(|r| r.contains("index.yaml")),
+        "{:?}",
+        charts.requests()
+    );
+    let live = env.must_get("HelmRepository", "charts").await;
+    assert_eq!(live["status"]["conditions"][0]["type"], "Ready", "{live}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_fails_naming_the_missing_index_once_with_every_bundle_it_holds_back() {
+    let Some(env) = env("wait-flux-404").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    // A Helm repository without an index: every path answers 404.
+    let charts = pbsync_devkit::testkit::helm_repo::HelmRepoServer::start();
+    let mut repo = ScratchRepo::new();
+    repo.write(
+        "shared.yaml",
+        format!(
+            "{}{}",
+            shared(&ns, &[]),
+            reconciled_helm_repository(&ns, "charts", charts.url())
+        ),
+    )
+    .write("bundles/chat.yaml", app(&ns, "chat", "delete", &["charts"]))
+    .write("bundles/rag.yaml", app(&ns, "rag", "delete", &["charts"]));
+    repo.commit("two bundles on a Helm repository with no index");
+    let (code, out) = apply_wait(&env, &repo, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("failed after "), "{out}");
+    // The repository is named once, with the controller's own words and both bundles.
+    let culprit = format!("  HelmRepository {ns}/charts failed: ");
+    assert_eq!(out.matches(&culprit).count(), 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&culprit))
+        .expect("culprit line");
+    assert!(line.contains("404"), "Flux's message names the 404: {line}");
+    assert!(
+        out.contains(&format!(
+            "holds back ProfileBundle {ns}/chat, ProfileBundle {ns}/rag"
+        )),
+        "{out}"
+    );
+    // Applied again, nothing changed: nothing to wait for (only what a commit creates or
+    // changes is waited on).
+    let (code, again) = apply_wait(&env, &repo, &[]).await;
+    assert_eq!(code, 0, "{again}");
+    assert!(
+        again.contains("nothing created or changed: nothing to wait for"),
+        "{again}"
+    );
+    // A commit that changes both bundles: --format json says the same to a script.
+    for b in ["chat", "rag"] {
+        repo.write(
+            &format!("bundles/{b}.yaml"),
+            app(&ns, b, "orphan", &["charts"]),
+        );
+    }
+    repo.commit("both bundles: orphan");
+    let (code, json_out) = apply_wait(&env, &repo, &["--format", "json"]).await;
+    assert_eq!(code, 1, "{json_out}");
+    let doc: Value = serde_json::from_str(json_out.split("\n--- stderr ---").next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {json_out}"));
+    assert_eq!(doc["ending"], "failed");
+    assert_eq!(
+        doc["health"]["culprits"][0]["key"]["kind"],
+        "HelmRepository"
+    );
+    assert_eq!(
+        doc["health"]["culprits"][0]["holdsBack"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{doc}"
+    );
+    env.cleanup().await;
+}

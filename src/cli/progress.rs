@@ -110,6 +110,7 @@ pub(super) fn print_waited(
     }
     let n = waited.waited_on.len();
     match waited.ending {
+        Ending::Healthy if n == 0 => println!("nothing created or changed: nothing to wait for"),
         Ending::Healthy => println!(
             "healthy: {n} object(s) current after {:.1}s",
             waited.elapsed.as_secs_f64()

@@ -5,7 +5,8 @@
 //! its source), in its order:
 //! 1. `metadata.deletionTimestamp` set: in progress (kstatus: Terminating).
 //! 2. `status.observedGeneration` present and not `metadata.generation`: in progress (the
-//!    controller has not seen the latest spec).
+//!    controller has not seen the latest spec), unless a condition was set for the current
+//!    generation (its own `observedGeneration`, see the refinements below).
 //! 3. A `Reconciling` condition `True`: in progress; a `Stalled` condition `True`: failed.
 //! 4. A `Ready` condition: `True` current, `False` or `Unknown` in progress.
 //! 5. No condition at all: current.
@@ -18,6 +19,10 @@
 //!   failed: the controller finished with this spec and says it is not ready. Flux writes
 //!   `Reconciling` with reason `ProgressingWithRetry` after an attempt failed; that is failed
 //!   too (the message is `Ready`'s, with "retrying").
+//! - A condition's own `observedGeneration` (metav1.Condition) equal to `metadata.generation`
+//!   counts as observed: Flux's source-controller leaves `status.observedGeneration` at -1
+//!   until a first fetch succeeds, while its `Ready False` condition for the generation says
+//!   why the fetch fails.
 //! - A kind whose controller always reports status (Flux's HelmRepository and OCIRepository)
 //!   is in progress until its controller has observed it once: kstatus would call a fresh
 //!   object without conditions current before source-controller ever looked at it.
@@ -235,8 +240,20 @@ pub fn of_object(kind: Kind, obj: &Value) -> Health {
     let observed = obj
         .pointer("/status/observedGeneration")
         .and_then(Value::as_i64);
+    // A condition set for this generation (metav1.Condition.observedGeneration) says the
+    // controller saw it even when `status.observedGeneration` lags: Flux moves that one only
+    // on success (it is -1 while a new source has never been fetched).
+    let conditions_saw_it = generation.is_some_and(|g| {
+        obj.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.get("observedGeneration").and_then(Value::as_i64) == Some(g))
+            })
+    });
     if let (Some(g), Some(o)) = (generation, observed)
         && o != g
+        && !conditions_saw_it
     {
         let mut h = Health::in_progress(format!(
             "generation {g} not yet observed by its controller (it has seen {o})"

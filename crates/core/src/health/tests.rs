@@ -42,6 +42,34 @@ fn a_generation_the_controller_has_not_observed_is_in_progress() {
 }
 
 #[test]
+fn a_source_flux_never_fetched_fails_with_the_controllers_words() {
+    // As source-controller v1.9.6 writes it for an index that answers 404.
+    let failing = json!({"type": "Ready", "status": "False", "reason": "Failed", "observedGeneration": 1,
+        "message": "failed to fetch Helm repository index: failed to fetch http://127.0.0.1:1/index.yaml : 404 Not Found",
+        "lastTransitionTime": "2026-12-07T21:05:00Z"});
+    let retrying = json!({"type": "Reconciling", "status": "True", "reason": "ProgressingWithRetry",
+        "observedGeneration": 1, "message": "building artifact"});
+    let h = of_object(
+        Kind::HelmRepository,
+        &obj(
+            1,
+            json!({"observedGeneration": -1, "conditions": [retrying, failing]}),
+        ),
+    );
+    assert_eq!(h.state, State::Failed, "{h:?}");
+    assert!(h.message.ends_with("404 Not Found (retrying)"), "{h:?}");
+    // Without a condition for the generation, -1 is still "not observed yet".
+    let h = of_object(
+        Kind::HelmRepository,
+        &obj(
+            2,
+            json!({"observedGeneration": -1, "conditions": [ready("False", "Failed", "x")]}),
+        ),
+    );
+    assert_eq!(h.state, State::InProgress, "{h:?}");
+}
+
+#[test]
 fn reconciling_is_in_progress_and_stalled_is_failed() {
     let reconciling = json!({"type": "Reconciling", "status": "True", "reason": "Progressing", "message": "fetching"});
     let h = of_object(
