@@ -971,6 +971,34 @@ fn status_data(kubeconfig: &Path, ns: &str) -> std::collections::BTreeMap<String
     })
 }
 
+/// Runs Debian's Chromium headless (scripts/deps installs it) with `args`; its stdout.
+fn chromium(args: &[&str]) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("run chromium (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The DOM Chromium builds from the page at `url`.
+fn rendered_dom(url: &str) -> String {
+    chromium(&["--dump-dom", url])
+}
+
 fn root<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     s["health"]["roots"]
         .as_array()
@@ -1055,6 +1083,21 @@ fn status_metrics_events_the_page_and_the_configmap_follow_a_bundles_health() {
         page.contains("component main: chart chat not found"),
         "{page}"
     );
+    // As a browser builds it: a's tree is open and red, b's open (a handful of roots) and
+    // green.
+    let dom = rendered_dom(&format!("http://{}/", d.addr));
+    assert!(
+        dom.contains(&format!(
+            r#"<li class="root node state-failed" data-key="ProfileBundle {ns}/a" data-state="failed"><details open="">"#
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            r#"<li class="root node state-current" data-key="ProfileBundle {ns}/b" data-state="current"><details open="">"#
+        )),
+        "{dom}"
+    );
     // One Warning Event on a saying why; none on b.
     let events = || bundle_events(&kc, &ns, "a");
     let start = Instant::now();
@@ -1097,5 +1140,69 @@ fn status_metrics_events_the_page_and_the_configmap_follow_a_bundles_health() {
         wait(Duration::from_millis(100));
     }
     assert!(events().iter().any(|e| e.0 == "Normal" && e.1 == "Healthy"));
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn the_health_page_of_the_example_repository_renders_in_a_real_browser() {
+    // The example repository on the directory target: every object current once written.
+    let mut repo = ScratchRepo::new();
+    pbsync_devkit::testkit::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout"),
+        repo.path(),
+    );
+    let revision = repo.commit("the example").to_string();
+    let state = tempfile::tempdir().expect("state");
+    let target = format!("dir:{}", state.path().display());
+    let repo_arg = repo.path().display().to_string();
+    let d = Daemon::start(&["--repo", &repo_arg, "--target", &target, "--ui"], &[]);
+    let s = d.wait_status(Duration::from_secs(60), |s| {
+        s["health"]["healthyRevision"] == revision.as_str()
+    });
+    let roots: Vec<String> = s["health"]["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(roots.len(), 7, "{roots:?}");
+
+    let url = format!("http://{}/", d.addr);
+    let dom = rendered_dom(&url);
+    // Every root is there, current and open, each node of its tree coloured.
+    for id in &roots {
+        assert!(
+            dom.contains(&format!(
+                r#"<li class="root node state-current" data-key="{id}" data-state="current"><details open="">"#
+            )),
+            "{id} missing from {dom}"
+        );
+    }
+    assert!(!dom.contains("data-state=\"failed\""), "{dom}");
+    assert!(
+        dom.contains(&format!(
+            r#"<dd id="healthy"><code>{}</code> since "#,
+            &revision[..12]
+        )),
+        "{dom}"
+    );
+    // The plan of the pass, with its reasons.
+    assert!(
+        dom.contains("declared in bundles/chat-apps.yaml:3"),
+        "{dom}"
+    );
+    // A screenshot, as the README's was taken: a PNG of the requested width.
+    let shot = state.path().join("page.png");
+    chromium(&[
+        "--window-size=1280,1400",
+        &format!("--screenshot={}", shot.display()),
+        &url,
+    ]);
+    let png = std::fs::read(&shot).expect("screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(
+        u32::from_be_bytes([png[16], png[17], png[18], png[19]]),
+        1280
+    );
     assert_eq!(d.stop(), Some(0));
 }

@@ -41,6 +41,9 @@ table { border-collapse:collapse; } td, th { text-align:left; padding:.15rem .75
 .culprit { margin:.25rem 0; }
 "#;
 
+/// Up to this many roots, every tree is shown open.
+const OPEN_ROOTS: usize = 12;
+
 /// The page, as of now.
 pub fn render(instance: &str, outcome: &LastOutcome, board: &Board) -> String {
     let picture = board.picture();
@@ -102,9 +105,11 @@ pub fn render(instance: &str, outcome: &LastOutcome, board: &Board) -> String {
                         }
                     }
                     h2 { "Roots" }
+                    // A handful of roots are shown open; more, only those not current.
+                    @let open_all = p.report.roots.len() <= OPEN_ROOTS;
                     ul.tree.roots #roots {
                         @for root in &p.report.roots {
-                            (root_tree(p, &root.key, now))
+                            (root_tree(p, &root.key, open_all, now))
                         }
                     }
                 }
@@ -124,14 +129,14 @@ fn short(revision: &str) -> &str {
 
 /// A root and its closure as nested lists; a node reached twice on one path is not expanded
 /// again (the graph is acyclic; this only bounds the output).
-fn root_tree(p: &Picture, key: &ObjectKey, now: jiff::Timestamp) -> Markup {
+fn root_tree(p: &Picture, key: &ObjectKey, open_all: bool, now: jiff::Timestamp) -> Markup {
     let report = &p.report;
     let state = report.combined(key);
     let why: Vec<String> = report.root(key).map(|r| r.chains(now)).unwrap_or_default();
     let mut path = BTreeSet::new();
     html! {
         li.root.node.(format!("state-{state}")) data-key=(key.to_string()) data-state=(state) {
-            details open[state != State::Current] {
+            details open[open_all || state != State::Current] {
                 summary.line title=(why.join("\n")) {
                     span.badge.(format!("state-{state}")) { (state) }
                     strong { (key.to_string()) }
