@@ -38,7 +38,7 @@ ul.roots { padding-left:0; border:none; }
 details > summary { cursor:pointer; }
 table { border-collapse:collapse; } td, th { text-align:left; padding:.15rem .75rem .15rem 0; vertical-align:top; }
 .action-delete { color:var(--failed); } .action-create { color:var(--current); }
-.culprit { margin:.25rem 0; }
+.culprit { margin:.25rem 0; white-space:pre-wrap; }
 "#;
 
 /// Up to this many roots, every tree is shown open.
