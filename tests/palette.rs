@@ -1609,3 +1609,30 @@ async fn a_bundle_on_a_profile_only_palette_holds_waits_healthy() {
         Health::current()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_profile_someone_else_published_reads_current_not_differs() {
+    let mut w = World::new().await;
+    let mut foreign = seed("edge", "1.0.0", "infra");
+    foreign.labels.insert("team".into(), json!("other"));
+    w.sim.seed(foreign).expect("seed");
+    w.repo.write(
+        "cp.yaml",
+        full_cluster_profile("edge", "1.0.0", "infra", "a: 1"),
+    );
+    w.repo.write(
+        "b.yaml",
+        infrastructure_bundle(NAMESPACE, "a", &["edge@1.0.0"], "delete"),
+    );
+    w.repo
+        .commit("a bundle on a profile another team publishes");
+    let report = w.pass().await.expect("pass");
+    assert_eq!(
+        action_of(report.plan(), &key("edge", "1.0.0")),
+        Action::Blocked
+    );
+    // Blocked (not ours) is not "the published version differs": it is published, which is
+    // all this instance can ask of it.
+    let h = health_of(&w.target().palette, &report.graph, &key("edge", "1.0.0")).await;
+    assert_eq!(h.state, State::Current, "{h:?}");
+}

@@ -244,6 +244,14 @@ impl PaletteTarget {
             .filter(|c| c.action == pbsync_core::plan::Action::Unchanged)
             .map(|c| &c.key)
             .collect();
+        // Declared but someone else's (the plan blocks every write to it): this instance
+        // publishes nothing there, so only whether a published version exists says anything.
+        let foreign: BTreeSet<&ObjectKey> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == pbsync_core::plan::Action::Blocked)
+            .map(|c| &c.key)
+            .collect();
         keys.iter()
             .map(|key| {
                 let Some(live) = observed.objects.get(key) else {
@@ -268,7 +276,9 @@ impl PaletteTarget {
                 // in Palette, domain §1) has no version of the commit to differ from: the
                 // plan never lists it, so "not unchanged" says nothing about it.
                 let declared = graph.node(key).is_some_and(|n| n.object.is_some());
-                let publication = if unchanged.contains(key) || (published && !declared) {
+                let publication = if unchanged.contains(key)
+                    || (published && (!declared || foreign.contains(key)))
+                {
                     Publication::Matches
                 } else if !published {
                     Publication::DraftOnly
