@@ -2437,3 +2437,248 @@ async fn apply_wait_fails_naming_the_missing_index_once_with_every_bundle_it_hol
     );
     env.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The daemon's watch cache: lists served from watch-fed mirrors
+// ---------------------------------------------------------------------------------------
+
+impl Env {
+    /// A target that reads the hub through the watch cache, as the daemon's does.
+    fn cached_target(&self) -> KubeTarget {
+        KubeTarget::new(KubeOptions {
+            watch_cache: true,
+            ..self.options()
+        })
+    }
+
+    /// The instance's Lease (`pbsync-<instance>` in the status namespace), if any.
+    async fn api_lease(&self) -> Option<k8s_openapi::api::coordination::v1::Lease> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        leases
+            .get_opt(&format!("pbsync-{}", self.instance))
+            .await
+            .expect("lease")
+    }
+}
+
+/// What a plan decides, without when it was read: each change's action, object and reasons.
+fn decisions(plan: &Plan) -> Vec<String> {
+    plan.changes
+        .iter()
+        .map(|c| format!("{:?} {} {}", c.action, c.key, c.reasons.join("; ")))
+        .collect()
+}
+
+/// Plans `repo` with `cached` until its plan equals a fresh target's (the watches deliver
+/// an edit within moments), and returns it; fails if they never agree within 20 s.
+async fn cached_plan_agrees(env: &Env, repo: &ScratchRepo, cached: &KubeTarget, step: &str) {
+    let fresh = decisions(env.plan(repo, &env.target()).await.plan());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let from_cache = decisions(env.plan(repo, cached).await.plan());
+        if from_cache == fresh {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let key = pbsync::model::ObjectKey::new(Kind::ProfileBundle, &*env.ns, "a");
+            let a = |r: Report| {
+                r.observed
+                    .and_then(|o| o.objects.get(&key).map(|l| format!("{:?}", l.manifest)))
+            };
+            eprintln!("DEBUG cached a: {:?}", a(env.plan(repo, cached).await));
+            eprintln!(
+                "DEBUG fresh a: {:?}",
+                a(env.plan(repo, &env.target()).await)
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{step}: the cached plan never matched a fresh one\ncached: {from_cache:#?}\nfresh: {fresh:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_watch_cache_a_pass_with_nothing_to_do_sends_no_request() {
+    let Some(env) = env("cache-idle").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(&ns, &["charts"]))
+        .write("bundles/a.yaml", app(&ns, "a", "delete", &["charts"]))
+        .write("bundles/b.yaml", app(&ns, "b", "delete", &["charts"]));
+    repo.commit("two bundles");
+    let target = env.cached_target();
+    ok(env.apply(&repo, &target).await);
+    let lease = || async {
+        env.api_lease()
+            .await
+            .and_then(|l| l.metadata.resource_version)
+    };
+    // The first pass listed through the watches; the next one reads only them.
+    let before = target.requests();
+    let lease_before = lease().await;
+    let report = ok(env.apply(&repo, &target).await);
+    let sent = target.requests().since(&before);
+    assert_eq!(
+        sent.total(),
+        0,
+        "requests of a pass with nothing to do: {sent:?}"
+    );
+    assert!(
+        report
+            .changes()
+            .entries
+            .iter()
+            .all(|e| e.outcome == Outcome::Unchanged),
+        "{:?}",
+        report.changes()
+    );
+    assert_eq!(
+        lease().await,
+        lease_before,
+        "no lock was taken (the Lease is unchanged)"
+    );
+    assert!(
+        before.get(Verb::Watch, 200) > 0,
+        "the mirrors' first lists are counted: {before:?}"
+    );
+
+    // An object deleted by hand is seen through the watch, and the next pass recreates it.
+    env.delete("HelmRepository", "charts").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = ok(env.apply(&repo, &target).await);
+        if outcomes(&report)["HelmRepository charts"] == Outcome::Created {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deletion was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.get("HelmRepository", "charts").await.is_some());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_from_the_watch_cache_equals_a_fresh_plan_after_edits_out_of_band() {
+    let Some(env) = env("cache-equal").await else {
+        return;
+    };
+    let ns = env.ns.clone();
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared(&ns, &["charts", "extra"]))
+        .write("bundles/a.yaml", app(&ns, "a", "delete", &["charts"]))
+        .write(
+            "bundles/b.yaml",
+            app(&ns, "b", "delete", &["charts", "extra"]),
+        )
+        .write("bundles/c.yaml", app(&ns, "c", "orphan", &["extra"]));
+    repo.commit("three bundles");
+    let cached = env.cached_target();
+    ok(env.apply(&repo, &cached).await);
+    cached_plan_agrees(&env, &repo, &cached, "after the first apply").await;
+
+    // Edits a person, another tool or another owner makes, in an order drawn from a fixed
+    // seed (printed, so a failure can be replayed), each followed by the comparison; every
+    // third one also applied through the cache (its writes go into the mirrors).
+    let seed = std::env::var("PBSYNC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261207_u64);
+    println!("seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut edits: Vec<u8> = (0..8).collect();
+    rng.shuffle(&mut edits);
+    for (i, edit) in edits.into_iter().enumerate() {
+        let step = match edit {
+            0 => {
+                if env.get("WorkloadProfile", "c-wp").await.is_some() {
+                    env.edit(
+                        "WorkloadProfile",
+                        "c-wp",
+                        json!({"spec": {"type": "Infrastructure"}}),
+                    )
+                    .await;
+                }
+                "drift on c-wp"
+            }
+            1 => {
+                if env.get("HelmRepository", "extra").await.is_some() {
+                    env.delete("HelmRepository", "extra").await;
+                }
+                "extra deleted by hand"
+            }
+            2 => {
+                env.create(
+                    "ProfileBundle",
+                    json!({"apiVersion": "spectrocloud.com/v1beta1", "kind": "ProfileBundle",
+                        "metadata": {"name": "foreign", "namespace": ns},
+                        "spec": {"type": "Application", "workloadProfileDependencies":
+                            {"helmRepositories": [{"name": "charts"}]}}}),
+                )
+                .await;
+                "a foreign bundle uses charts"
+            }
+            3 => {
+                if env.get("WorkloadProfile", "b-wp").await.is_some() {
+                    env.edit(
+                        "WorkloadProfile",
+                        "b-wp",
+                        json!({"metadata": {"labels": {"pbsync.dev/instance": null}}}),
+                    )
+                    .await;
+                }
+                "b-wp's instance label removed"
+            }
+            4 => {
+                env.create(
+                    "ComponentDefinition",
+                    json!({"apiVersion": "core.oam.dev/v1beta1", "kind": "ComponentDefinition",
+                        "metadata": {"name": "by-hand", "namespace": ns},
+                        "spec": {"workload": {"definition": {"apiVersion": "apps/v1", "kind": "Deployment"}},
+                                 "schematic": {"cue": {"template": "output: {}"}}}}),
+                )
+                .await;
+                "an unrelated object made by hand"
+            }
+            5 => {
+                repo.remove("bundles/c.yaml");
+                repo.commit("c leaves");
+                "commit: c leaves (orphan)"
+            }
+            6 => {
+                repo.remove("bundles/a.yaml");
+                repo.commit("a leaves");
+                "commit: a leaves"
+            }
+            _ => {
+                if env.get("ProfileBundle", "b").await.is_some() {
+                    env.edit(
+                        "ProfileBundle",
+                        "b",
+                        json!({"metadata": {"annotations": {"example.com/touched": "yes"}}}),
+                    )
+                    .await;
+                }
+                "b annotated by hand"
+            }
+        };
+        cached_plan_agrees(&env, &repo, &cached, step).await;
+        if i % 3 == 2 {
+            // Apply what the cache plans; the fresh plan afterwards must agree again.
+            let applied = env.apply(&repo, &cached).await;
+            if let Err(e) = &applied {
+                // The guard may refuse (a mass deletion); a refusal is an answer too.
+                println!("{step}: apply: {}", pbsync::error_chain(e));
+            }
+            cached_plan_agrees(&env, &repo, &cached, &format!("{step}, applied")).await;
+        }
+    }
+    env.cleanup().await;
+}

@@ -50,6 +50,9 @@ impl TargetArgs {
                 kube_burst: s.kube_burst.unwrap_or(kube_defaults.kube_burst),
                 kube_concurrency: s.kube_concurrency.unwrap_or(kube_defaults.kube_concurrency),
                 preflight: s.preflight.unwrap_or(kube_defaults.preflight),
+                // A long-running daemon reads the hub through watches (see the kube target's
+                // `cache`): a pass with nothing to do reads nothing.
+                watch_cache: true,
             },
             palette: PaletteArgs {
                 palette_url: s.palette_url.clone(),

@@ -177,6 +177,9 @@ pub(crate) struct KubeArgs {
     /// server rejects writes nothing (plan always does; apply: one more request per create)
     #[arg(long)]
     pub(crate) preflight: bool,
+    /// Keep the hub's lists in watch-fed mirrors (the daemon; not a flag).
+    #[arg(skip)]
+    pub(crate) watch_cache: bool,
 }
 
 impl Default for KubeArgs {
@@ -190,6 +193,7 @@ impl Default for KubeArgs {
             kube_burst: d.burst,
             kube_concurrency: d.concurrency,
             preflight: d.preflight,
+            watch_cache: d.watch_cache,
         }
     }
 }
@@ -217,6 +221,7 @@ impl KubeArgs {
             burst: self.kube_burst,
             concurrency: self.kube_concurrency,
             preflight: self.preflight,
+            watch_cache: self.watch_cache,
             ..KubeOptions::default()
         })
     }

@@ -449,6 +449,11 @@ pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) 
             ))
         }
         Goal::Apply(target, opts) => {
+            let (loaded, base_graph) =
+                match idle_pass(ctx, &input, loaded, base_graph, target, timings).await? {
+                    Idle::Done(report) => return Ok(report),
+                    Idle::Busy(loaded, base_graph) => (loaded, base_graph),
+                };
             // The target's lock is held from before the live state is read until the last
             // write, so two passes never interleave.
             let lock = target
@@ -459,6 +464,58 @@ pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) 
             lock.release().await;
             result
         }
+    }
+}
+
+/// What a look before the lock found. Made once a pass and moved straight out: its size
+/// does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Idle {
+    /// Nothing to do: the report of the pass.
+    Done(Report),
+    /// Something may be to do: take the lock and run the pass.
+    Busy(Loaded, Option<ResourceGraph>),
+}
+
+/// A pass that only reads: when the target observes cheaply (the daemon's watch cache) and
+/// already records this revision as applied, the plan is made before the lock is taken, and
+/// if it has nothing to do the pass ends there: no lock, no request, no write. Anything else
+/// (a change, a pending removal, a new revision to record) goes on under the lock, observed
+/// again.
+async fn idle_pass<T: Target>(
+    ctx: &Context,
+    input: &Input<'_>,
+    loaded: Loaded,
+    base_graph: Option<ResourceGraph>,
+    target: &T,
+    timings: &Timings,
+) -> Result<Idle> {
+    if !target.observes_cheaply() || base_graph.is_some() {
+        return Ok(Idle::Busy(loaded, base_graph));
+    }
+    let snapshot = input.snapshot;
+    let recorded = target
+        .recorded()
+        .await
+        .map_err(|e| Error::Observe(Box::new(e)))?;
+    let applied_here = recorded.is_some_and(|r| {
+        r.last_applied_revision.as_deref() == Some(snapshot.revision.as_str())
+            && r.outcome.as_deref() == Some("applied")
+    });
+    if !applied_here {
+        return Ok(Idle::Busy(loaded, base_graph));
+    }
+    let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
+    let (loaded, plan) = plan_against(ctx, input, loaded, &observed, None, None)?;
+    match pbsync_target::nothing_to_do(&plan) {
+        Some(changes) if observed.pending.is_empty() => Ok(Idle::Done(Report::of(
+            snapshot,
+            loaded,
+            Some(observed),
+            Some(plan),
+            Some(changes),
+        ))),
+        _ => Ok(Idle::Busy(loaded, None)),
     }
 }
 

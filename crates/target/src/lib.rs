@@ -300,6 +300,13 @@ pub trait Target: Send + Sync {
     fn request_counts(&self) -> Vec<(&'static str, RequestCounts)> {
         Vec::new()
     }
+    /// Whether [`observe`](Self::observe) is cheap enough to run before the lock is taken:
+    /// a pass that finds nothing to do then takes no lock and sends no request (the kube
+    /// target with its watch cache). Otherwise the lock comes first and the state is read
+    /// once.
+    fn observes_cheaply(&self) -> bool {
+        false
+    }
     /// How many writes of one wave may run at once.
     fn concurrency(&self) -> usize {
         1
@@ -493,6 +500,24 @@ impl Default for RunOptions {
 /// Applies `plan`: creates and updates in dependency order, stopping at the first failure;
 /// then, only if all of them succeeded and every object could be compared, deletions and
 /// orphanings in deletion order. Always returns the ChangeSet of what was done.
+/// The outcome of `plan` when it has nothing to do at all (every change `unchanged`, no
+/// namespace missing): what [`run`] would report, without running it. `None` otherwise.
+pub fn nothing_to_do(plan: &Plan) -> Option<ChangeSet> {
+    let idle = plan.missing_namespaces.is_empty()
+        && plan.guard.is_none()
+        && plan
+            .changes
+            .iter()
+            .all(|c| c.action == pbsync_core::plan::Action::Unchanged);
+    idle.then(|| {
+        let mut set = ChangeSet::default();
+        for c in &plan.changes {
+            set.push(&c.key, Outcome::Unchanged, None);
+        }
+        set
+    })
+}
+
 pub async fn run<T: Target>(
     target: &T,
     graph: &ResourceGraph,

@@ -25,11 +25,14 @@ pub enum Verb {
     Create,
     /// A delete.
     Delete,
+    /// A (re-)list of a watch-fed cache: its first list, or a list again after the server
+    /// said the watch expired (`410 Gone`). The watch that follows is one long request.
+    Watch,
 }
 
 impl Verb {
     /// Every verb, in counting order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Discovery,
         Self::List,
         Self::Get,
@@ -38,6 +41,7 @@ impl Verb {
         Self::Patch,
         Self::Create,
         Self::Delete,
+        Self::Watch,
     ];
 
     /// The verb as printed and used as a metrics label.
@@ -51,6 +55,7 @@ impl Verb {
             Self::Patch => "patch",
             Self::Create => "create",
             Self::Delete => "delete",
+            Self::Watch => "watch",
         }
     }
 }

@@ -100,6 +100,14 @@ impl KubeTarget {
         )
         .await
         .map_err(|e| write_failed(verb, change, e))?;
+        // The answer is the object's metadata (`as=PartialObjectMetadata`): what the server
+        // stored is the applied body under that metadata, until the watch brings the whole
+        // object (server defaults included) at the same resourceVersion.
+        let mut stored = desired.clone();
+        if let (Some(meta), Some(obj)) = (answer.get("metadata"), stored.as_object_mut()) {
+            obj.insert("metadata".into(), meta.clone());
+        }
+        self.mirror_wrote(key, &stored).await;
         let seen = Seen::written(&desired, &answer);
         // The object at this resourceVersion is what applying `desired` gives: the next pass
         // needs no dry-run while neither changes.
@@ -141,6 +149,7 @@ impl KubeTarget {
                 // the next pass compares afresh.
                 lock(&self.compared).remove(&change.key);
                 self.remember(&change.key, &answer);
+                self.mirror_wrote(&change.key, &answer).await;
                 Ok(())
             }
             Err(e) => Err(write_failed("take back", change, Error::Request(e))),
@@ -167,9 +176,11 @@ impl KubeTarget {
             .map_err(|e| write_failed("read", change, Error::Request(e)))?;
         let Some(live) = live else {
             self.forget(&change.key);
+            self.mirror_gone(&change.key, None).await;
             return Ok(None);
         };
         self.remember(&change.key, &live);
+        self.mirror_wrote(&change.key, &live).await;
         Ok(Some(Now::owned(ownership::read_manifest(
             &live,
             &self.options.instance,
@@ -194,7 +205,8 @@ impl KubeTarget {
         let rv = Mutex::new(seen.and_then(|s| s.resource_version));
         let instance = &self.options.instance;
         let key = &change.key;
-        let (collection, rv) = (&collection, &rv);
+        let answer: Mutex<Option<Value>> = Mutex::new(None);
+        let (collection, rv, answer_ref) = (&collection, &rv, &answer);
         // Done(true): released now; Done(false): gone, or released already.
         let released = retry_on_conflict(
             key,
@@ -216,7 +228,10 @@ impl KubeTarget {
                 }
                 Box::pin(async move {
                     match api.merge_patch(collection, &key.name, &patch).await {
-                        Ok(_) => Ok(Try::Done(true)),
+                        Ok(released) => {
+                            *shared(answer_ref) = Some(released);
+                            Ok(Try::Done(true))
+                        }
                         Err(e) if e.code() == Some(404) => Ok(Try::Done(false)),
                         Err(e) if e.is_conflict() => Ok(Try::Conflict(e)),
                         Err(e) => Err(Error::Request(e)),
@@ -247,6 +262,11 @@ impl KubeTarget {
         .map_err(|e| write_failed("release", change, e))?;
         let uid = self.seen(key).and_then(|s| s.uid);
         self.forget(key);
+        let released_object = shared(&answer).take();
+        if let Some(released_object) = released_object {
+            // No longer this instance's: out of the mirror of "ours", into "other owners'".
+            self.mirror_wrote(key, &released_object).await;
+        }
         if released {
             self.bundle_changed(api, key, "Orphaned", uid).await;
         }
@@ -320,12 +340,30 @@ impl KubeTarget {
         )
         .await
         .map_err(|e| write_failed("delete", change, e))?;
+        let last = shared(&seen).resource_version.clone();
+        self.mirror_gone(key, last.as_deref()).await;
         self.forget(key);
         if deleted {
             let uid = shared(&seen).uid.clone();
             self.bundle_changed(api, key, "Deleted", uid).await;
         }
         Ok(())
+    }
+
+    /// Writes what the server answered into the watch cache's mirrors, if any.
+    async fn mirror_wrote(&self, key: &ObjectKey, answer: &Value) {
+        if let Some(mirrors) = &self.mirrors {
+            mirrors.wrote(key.kind, answer).await;
+        }
+    }
+
+    /// Takes an object this target deleted (or found gone) out of the mirrors, if any.
+    async fn mirror_gone(&self, key: &ObjectKey, resource_version: Option<&str>) {
+        if let Some(mirrors) = &self.mirrors {
+            mirrors
+                .deleted(key.kind, &key.namespace, &key.name, resource_version)
+                .await;
+        }
     }
 
     /// Re-reads an object after a conflict; checks it is still this instance's to change.
@@ -340,9 +378,13 @@ impl KubeTarget {
             .get(collection, &key.name)
             .await
             .map_err(Error::Request)?;
-        if let Some(live) = &live {
-            allowed(&ownership::read_manifest(live, &self.options.instance))?;
-            self.remember(key, live);
+        match &live {
+            Some(live) => {
+                self.mirror_wrote(key, live).await;
+                allowed(&ownership::read_manifest(live, &self.options.instance))?;
+                self.remember(key, live);
+            }
+            None => self.mirror_gone(key, None).await,
         }
         Ok(live)
     }

@@ -3,7 +3,7 @@
 //! status code, and retries 429 (after Retry-After), 5xx and requests that got no answer.
 //! Conflicts (409) are returned to the caller, which re-reads the object before retrying.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::core::Request;
@@ -103,7 +103,7 @@ pub(super) struct ApiClient {
     client: kube::Client,
     bucket: TokenBucket,
     retry: RetryPolicy,
-    counts: Mutex<RequestCounts>,
+    counts: Arc<Mutex<RequestCounts>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -121,7 +121,7 @@ impl ApiClient {
             client,
             bucket: TokenBucket::new(qps, burst),
             retry: RetryPolicy::default(),
-            counts: Mutex::new(RequestCounts::default()),
+            counts: Arc::new(Mutex::new(RequestCounts::default())),
         }
     }
 
@@ -144,6 +144,17 @@ impl ApiClient {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Counts requests made outside this client (the watch cache's lists) with the rest.
+    pub(super) fn counter(&self) -> impl Fn(Verb, u16) + Send + Sync + 'static {
+        let counts = Arc::clone(&self.counts);
+        move |verb, code| {
+            counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .add(verb, code);
+        }
     }
 
     fn count(&self, verb: Verb, code: u16) {

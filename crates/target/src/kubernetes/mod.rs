@@ -13,6 +13,7 @@
 //! Client types stay private to this module; the rest of the code sees a [`Target`].
 
 mod budget;
+mod cache;
 mod change;
 mod client;
 mod discovery;
@@ -139,6 +140,9 @@ pub struct KubeOptions {
     /// apiVersion to use for a kind instead of the ones pbsync knows (`group/version`), for
     /// hubs that serve a kind elsewhere; reads and writes use it.
     pub api_versions: BTreeMap<Kind, String>,
+    /// Keep the lists a plan reads in watch-fed mirrors (the daemon): after their first
+    /// list, a pass reads the hub only through the watches (see the `cache` module).
+    pub watch_cache: bool,
 }
 
 impl Default for KubeOptions {
@@ -157,6 +161,7 @@ impl Default for KubeOptions {
             cluster_profiles: ClusterProfiles::Refuse,
             lease_duration: Duration::from_secs(15),
             api_versions: BTreeMap::new(),
+            watch_cache: false,
         }
     }
 }
@@ -251,6 +256,8 @@ pub struct KubeTarget {
     recorded: tokio::sync::Mutex<Option<BTreeMap<String, String>>>,
     /// The revision of the current pass (observe sets it), for the Events' messages.
     revision: Mutex<String>,
+    /// The watch-fed mirrors of the lists a plan reads (`watch_cache`).
+    mirrors: Option<cache::Mirrors>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -261,6 +268,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl KubeTarget {
     /// A target; the kubeconfig is read and the server contacted on first use.
     pub fn new(options: KubeOptions) -> Self {
+        let mirrors = options.watch_cache.then(cache::Mirrors::default);
         Self {
             options,
             api: tokio::sync::OnceCell::new(),
@@ -269,6 +277,7 @@ impl KubeTarget {
             seen: Mutex::new(HashMap::new()),
             recorded: tokio::sync::Mutex::new(None),
             revision: Mutex::new(String::new()),
+            mirrors,
         }
     }
 
@@ -434,6 +443,10 @@ impl Target for KubeTarget {
 
     async fn record_health(&self, record: &crate::HealthRecord) -> Result<()> {
         self.record_health(record).await
+    }
+
+    fn observes_cheaply(&self) -> bool {
+        self.mirrors.is_some()
     }
 
     async fn record_pending(

@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
+use super::cache::ListId;
 use super::client::{self, ApiClient};
 use super::discovery::{self, Resources};
 use super::fields;
@@ -116,6 +117,36 @@ struct ListJob {
     namespace: Option<String>,
     selector: Option<String>,
     metadata_only: bool,
+    /// The list as the watch cache mirrors it.
+    id: ListId,
+}
+
+impl ListJob {
+    fn new(
+        kind: Kind,
+        res: &discovery::Resource,
+        namespace: Option<String>,
+        selector: Option<String>,
+        metadata_only: bool,
+    ) -> Self {
+        Self {
+            kind,
+            api_version: res.api_version(),
+            path: res.collection(None, namespace.as_deref()),
+            id: ListId {
+                kind,
+                group: res.group.clone(),
+                version: res.versions[0].clone(),
+                plural: res.plural.clone(),
+                namespace: namespace.clone(),
+                selector: selector.clone(),
+                metadata_only,
+            },
+            namespace,
+            selector,
+            metadata_only,
+        }
+    }
 }
 
 /// One listed object.
@@ -196,14 +227,13 @@ impl KubeTarget {
         let mut jobs = Vec::new();
         for (kind, res) in resources.served() {
             let everyone = is_listed_whole(kind);
-            jobs.push(ListJob {
+            jobs.push(ListJob::new(
                 kind,
-                api_version: res.api_version(),
-                path: res.collection(None, None),
-                namespace: None,
-                selector: (!everyone).then(|| ours.clone()),
-                metadata_only: false,
-            });
+                res,
+                None,
+                (!everyone).then(|| ours.clone()),
+                false,
+            ));
         }
         let started = std::time::Instant::now();
         let mut items = self.run_lists(api, jobs).await?;
@@ -226,14 +256,13 @@ impl KubeTarget {
                 set.iter().map(Some).collect()
             };
             for ns in scopes {
-                jobs.push(ListJob {
+                jobs.push(ListJob::new(
                     kind,
-                    api_version: res.api_version(),
-                    path: res.collection(None, ns.map(String::as_str)),
-                    namespace: ns.cloned(),
-                    selector: Some(not_ours.clone()),
+                    res,
+                    ns.cloned(),
+                    Some(not_ours.clone()),
                     metadata_only,
-                });
+                ));
             }
         }
         let started = std::time::Instant::now();
@@ -462,6 +491,11 @@ impl KubeTarget {
     ) -> Result<BTreeMap<ObjectKey, Item>> {
         let results: Vec<(ListJob, client::Result<Vec<Value>>)> = futures::stream::iter(jobs)
             .map(|job| async move {
+                if let Some(mirrors) = &self.mirrors
+                    && let Some(items) = mirrors.list(api, &job.id).await
+                {
+                    return (job, Ok(items));
+                }
                 let r = api
                     .list(&job.path, job.selector.as_deref(), job.metadata_only)
                     .await;
