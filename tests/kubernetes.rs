@@ -2480,18 +2480,6 @@ async fn cached_plan_agrees(env: &Env, repo: &ScratchRepo, cached: &KubeTarget, 
         if from_cache == fresh {
             return;
         }
-        if tokio::time::Instant::now() >= deadline {
-            let key = pbsync::model::ObjectKey::new(Kind::ProfileBundle, &*env.ns, "a");
-            let a = |r: Report| {
-                r.observed
-                    .and_then(|o| o.objects.get(&key).map(|l| format!("{:?}", l.manifest)))
-            };
-            eprintln!("DEBUG cached a: {:?}", a(env.plan(repo, cached).await));
-            eprintln!(
-                "DEBUG fresh a: {:?}",
-                a(env.plan(repo, &env.target()).await)
-            );
-        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "{step}: the cached plan never matched a fresh one\ncached: {from_cache:#?}\nfresh: {fresh:#?}"
