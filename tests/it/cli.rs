@@ -916,3 +916,54 @@ fn an_apply_waits_for_the_lock_of_another_pass_and_fails_clearly() {
     assert_eq!(plan.code, 0, "{plan:?}");
     rt.block_on(lock.release());
 }
+
+#[test]
+fn apply_wait_on_the_directory_target_reports_healthy_in_plain_lines_when_piped() {
+    let repo = valid_repo();
+    let state = tempfile::tempdir().expect("state");
+    let target = format!("dir:{}", path_str(state.path()));
+    let args = [
+        "apply",
+        "--repo",
+        path_str(repo.path()),
+        "--target",
+        &target,
+        "--wait",
+        "--timeout",
+        "30s",
+    ];
+    let run = pbsync(&args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let created = run
+        .stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with("  created"))
+        .count();
+    assert!(created > 0, "{run:?}");
+    // Everything created is waited on: each object is current once its file exists.
+    assert!(
+        run.stdout
+            .contains(&format!("healthy: {created} object(s) current after")),
+        "{run:?}"
+    );
+    // Piped: progress as plain lines on stderr, no terminal control sequences anywhere.
+    assert!(
+        run.stderr
+            .contains(&format!("] {created}/{created} current")),
+        "{run:?}"
+    );
+    // No escape sequences.
+    assert!(
+        !run.stderr.contains('\u{1b}') && !run.stdout.contains('\u{1b}'),
+        "{run:?}"
+    );
+    // Again: nothing created or changed, nothing to wait for.
+    let again = pbsync(&args);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("nothing created or changed: nothing to wait for"),
+        "{again:?}"
+    );
+}
