@@ -25,6 +25,9 @@ struct Args {
     /// Write the files but do not commit them
     #[arg(long)]
     no_commit: bool,
+    /// No cluster profiles (and only Application bundles): a repository for the hub alone
+    #[arg(long)]
+    hub_only: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bundles: args.bundles,
         shared: args.shared,
         per_namespace: args.per_namespace,
+        cluster_profiles: !args.hub_only,
     };
     std::fs::create_dir_all(&args.out)?;
     write_repo(&args.out, &params)?;

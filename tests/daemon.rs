@@ -198,6 +198,7 @@ fn small_repo() -> (ScratchRepo, String) {
         bundles: 4,
         shared: 2,
         per_namespace: 4,
+        ..Params::default()
     };
     write_repo(repo.path(), &p).expect("generate");
     let oid = repo.commit("four bundles");

@@ -163,6 +163,7 @@ fn generated_repositories_are_valid_and_as_large_as_announced() {
         bundles: 30,
         shared: 4,
         per_namespace: 10,
+        ..Params::default()
     };
     write_repo(dir.path(), &p).unwrap();
     commit_all(dir.path(), "gen").unwrap();

@@ -15,6 +15,10 @@ pub struct Params {
     pub shared: usize,
     /// Bundles per namespace.
     pub per_namespace: usize,
+    /// Cluster profiles (Palette) in the repository and Fullstack bundles using them; without
+    /// them every bundle is an Application bundle and the repository is the hub's alone
+    /// (`--target kube` without a Palette side).
+    pub cluster_profiles: bool,
 }
 
 impl Default for Params {
@@ -23,6 +27,7 @@ impl Default for Params {
             bundles: 1000,
             shared: 50,
             per_namespace: 500,
+            cluster_profiles: true,
         }
     }
 }
@@ -33,7 +38,12 @@ impl Params {
     /// pool adds five kinds per namespace plus the cluster profiles.
     pub fn object_count(&self) -> usize {
         let namespaces = self.bundles.div_ceil(self.per_namespace.max(1));
-        self.bundles * 5 + namespaces * self.shared * 4 + self.shared * 2
+        let profiles = if self.cluster_profiles {
+            self.shared * 2
+        } else {
+            0
+        };
+        self.bundles * 5 + namespaces * self.shared * 4 + profiles
     }
 }
 
@@ -66,7 +76,9 @@ pub fn write_repo(dir: &Path, p: &Params) -> io::Result<()> {
             );
         }
     }
-    write(dir, "shared/cluster-profiles.yaml", &text)?;
+    if p.cluster_profiles {
+        write(dir, "shared/cluster-profiles.yaml", &text)?;
+    }
     for n in 0..namespaces {
         let ns = format!("team-{n:03}");
         let mut text = String::new();
@@ -82,6 +94,7 @@ pub fn write_repo(dir: &Path, p: &Params) -> io::Result<()> {
         let ns = namespace(i, p);
         let s = i % shared;
         let (bundle_type, cluster_profiles, extra_wp) = match i % 3 {
+            _ if !p.cluster_profiles => ("Application", String::new(), String::new()),
             0 => ("Application", String::new(), String::new()),
             1 => (
                 "Fullstack",
