@@ -50,9 +50,10 @@ impl TargetArgs {
                 kube_burst: s.kube_burst.unwrap_or(kube_defaults.kube_burst),
                 kube_concurrency: s.kube_concurrency.unwrap_or(kube_defaults.kube_concurrency),
                 preflight: s.preflight.unwrap_or(kube_defaults.preflight),
-                // A long-running daemon reads the hub through watches (see the kube target's
-                // `cache`): a pass with nothing to do reads nothing.
-                watch_cache: true,
+                // Watch-fed mirrors of the hub (see the kube target's `cache`): a pass with
+                // nothing to do reads nothing. Off by default while it costs more memory and
+                // CPU at 10,000 bundles than it saves (BENCHMARKS.md).
+                watch_cache: s.watch_cache.unwrap_or(false),
             },
             palette: PaletteArgs {
                 palette_url: s.palette_url.clone(),
