@@ -183,8 +183,8 @@ pub struct Settings {
     /// Serve the read-only health page on `/` of the listen address
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub ui: Option<bool>,
-    /// Read the hub through watch-fed mirrors (kube target): a pass with nothing to do sends
-    /// no request
+    /// Read the hub through watch-fed mirrors (kube target; default true): a pass with
+    /// nothing to do sends no request
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub watch_cache: Option<bool>,
     /// Kubeconfig file (kube target)
