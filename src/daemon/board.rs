@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -19,7 +19,7 @@ use pbsync_core::graph::ResourceGraph;
 use pbsync_core::health::{self, Health, Report, State};
 use pbsync_core::model::ObjectKey;
 use pbsync_core::plan::Plan;
-use pbsync_target::{HealthChange, HealthRecord, Reading, Target, now_rfc3339};
+use pbsync_target::{HealthChange, HealthRecord, Target, now_rfc3339};
 
 /// What the board shows: the last traced report of the followed revision, and the last
 /// revision that became fully healthy.
@@ -224,25 +224,7 @@ pub async fn follow<T: Target>(
                 }
                 break;
             };
-            let mut batch = vec![first];
-            while let Some(Some(r)) = stream.next().now_or_never() {
-                batch.push(r);
-            }
-            let mut changed = false;
-            for reading in batch {
-                let (key, h) = match reading {
-                    Ok((key, Reading::Present(h))) => (key, h),
-                    Ok((key, Reading::Gone)) => (key, Health::not_found()),
-                    Err(e) => {
-                        tracing::warn!(error = %pbsync_core::error_chain(&e), "cannot read health");
-                        continue;
-                    }
-                };
-                if objects.get(&key) != Some(&h) {
-                    objects.insert(key, h);
-                    changed = true;
-                }
-            }
+            let changed = crate::engine::wait::take_burst(&mut objects, first, &mut stream);
             if !changed || !keys.iter().all(|k| objects.contains_key(k)) {
                 continue;
             }

@@ -79,6 +79,37 @@ impl Waited {
     }
 }
 
+/// Takes `first` and the burst of readings behind it (a list's worth, ready now) into
+/// `objects`, so the graph is traced once per burst; true when any health changed. A reading
+/// that failed is logged and changes nothing (the target retries; it never reads as gone).
+/// The one place readings become health, for `--wait` and the daemon's board.
+pub fn take_burst(
+    objects: &mut BTreeMap<ObjectKey, Health>,
+    first: pbsync_target::Result<(ObjectKey, Reading)>,
+    stream: &mut pbsync_target::Follow<'_>,
+) -> bool {
+    let mut batch = vec![first];
+    while let Some(Some(r)) = stream.next().now_or_never() {
+        batch.push(r);
+    }
+    let mut changed = false;
+    for reading in batch {
+        let (key, h) = match reading {
+            Ok((key, Reading::Present(h))) => (key, h),
+            Ok((key, Reading::Gone)) => (key, Health::not_found()),
+            Err(e) => {
+                tracing::warn!(error = %pbsync_core::error_chain(&e), "cannot read health");
+                continue;
+            }
+        };
+        if objects.get(&key) != Some(&h) {
+            objects.insert(key, h);
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// What to wait on and what to follow for `changes` of `graph`.
 pub fn scope(
     graph: &ResourceGraph,
@@ -168,27 +199,7 @@ pub async fn wait<T: Target>(
                 Err(_) | Ok(None) => break,
                 Ok(Some(r)) => r,
             };
-            // A burst of readings (a list's worth) is taken whole before the graph is traced.
-            let mut batch = vec![first];
-            while let Some(Some(r)) = stream.next().now_or_never() {
-                batch.push(r);
-            }
-            let mut changed = false;
-            for reading in batch {
-                let (key, h) = match reading {
-                    Ok((key, Reading::Present(h))) => (key, h),
-                    Ok((key, Reading::Gone)) => (key, Health::not_found()),
-                    Err(e) => {
-                        tracing::warn!(error = %pbsync_core::error_chain(&e), "cannot read health; still waiting");
-                        continue;
-                    }
-                };
-                if objects.get(&key) != Some(&h) {
-                    objects.insert(key, h);
-                    changed = true;
-                }
-            }
-            if !changed {
+            if !take_burst(&mut objects, first, &mut stream) {
                 continue;
             }
             report = health::trace(graph, &objects);
