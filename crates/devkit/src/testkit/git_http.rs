@@ -20,39 +20,25 @@ pub fn serve(root: PathBuf, user: &'static str, password: &'static str) -> Strin
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            let app = axum::Router::new().fallback(
-                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                    let (root, expected) = (root.clone(), expected.clone());
-                    async move {
-                        let authorized = headers
-                            .get(header::AUTHORIZATION)
-                            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-                        if !authorized {
-                            return Response::builder()
-                                .status(StatusCode::UNAUTHORIZED)
-                                .header(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")
-                                .body(Body::empty())
-                                .expect("response");
-                        }
-                        cgi(&root, &method, &uri, &headers, &body, user)
-                    }
-                },
-            );
-            axum::serve(listener, app).await.expect("serve");
-        });
-    });
-    let addr = rx.recv().expect("address");
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (root, expected) = (root.clone(), expected.clone());
+            async move {
+                let authorized = headers
+                    .get(header::AUTHORIZATION)
+                    .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                if !authorized {
+                    return Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .header(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")
+                        .body(Body::empty())
+                        .expect("response");
+                }
+                cgi(&root, &method, &uri, &headers, &body, user)
+            }
+        },
+    );
+    let (addr, _thread) = super::serve_loopback(app, std::future::pending());
     format!("http://{addr}/")
 }
 

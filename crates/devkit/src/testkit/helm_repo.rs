@@ -39,36 +39,15 @@ impl HelmRepoServer {
     pub fn start() -> Self {
         let files: Files = Arc::default();
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (served, seen) = (files.clone(), requests.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                addr_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("send");
-                let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
-                    let (served, seen) = (served.clone(), seen.clone());
-                    async move { respond(&served, &seen, &method, &uri) }
-                });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+            let (served, seen) = (served.clone(), seen.clone());
+            async move { respond(&served, &seen, &method, &uri) }
         });
-        let addr = addr_rx
-            .recv()
-            .expect("address of the Helm repository server");
+        let (addr, thread) = super::serve_loopback(app, async {
+            let _ = stopped.await;
+        });
         Self {
             url: format!("http://{addr}/"),
             files,

@@ -14,7 +14,8 @@
 //!   [`oci_registry`] (a real OCI registry, and pushing Flux artifacts to it), [`flux`] (the
 //!   test cluster's source-controller: its label, its kinds, waiting for `Ready`), [`archive`]
 //!   (tar.gz and SHA-256 for them).
-//! - [`block_on`], [`copy_dir`], [`list_files`]: small helpers every binary needs.
+//! - [`block_on`], [`copy_dir`], [`list_files`]: small helpers every binary needs;
+//!   [`serve_loopback`]: an axum app on a loopback port (the Git and Helm servers).
 //!
 //! Everything here panics on failure with a message naming what failed: it is test code.
 
@@ -74,4 +75,31 @@ pub fn list_files(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// Serves `app` on a free loopback port from a thread and current-thread runtime of its own
+/// until `stop` completes (`std::future::pending()`: for the test process's life). Returns
+/// the address (bound before this returns) and the thread.
+pub fn serve_loopback(
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .expect("serve");
+        });
+    });
+    (rx.recv().expect("address of the loopback server"), thread)
 }
