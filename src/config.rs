@@ -220,6 +220,32 @@ pub struct Settings {
     /// Timeout of one Palette request
     #[arg(long)]
     pub palette_timeout: Option<String>,
+    /// Talking back to the Git host (file only): commit statuses and answers on merged pull
+    /// requests
+    #[arg(skip)]
+    pub forge: Option<ForgeSettings>,
+}
+
+/// The `forge:` section: where commit statuses and pull-request answers go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ForgeSettings {
+    /// github, gitlab or gitea.
+    pub provider: crate::forge::Provider,
+    /// API root (default: github.com's, gitlab.com's, or Gitea's on the repository's host).
+    pub api_url: Option<String>,
+    /// owner/name, or GitLab's project path (default: from the repository URL).
+    pub repository: Option<String>,
+    /// File holding the token (default: env PBSYNC_FORGE_TOKEN).
+    pub token_file: Option<PathBuf>,
+    /// Set a commit status `pbsync/<instance>` on each commit applied (default true).
+    pub commit_status: Option<bool>,
+    /// Report `success` only once the commit's objects are healthy (default true).
+    pub wait_for_health: Option<bool>,
+    /// The link of each status (the daemon's status page).
+    pub status_url: Option<String>,
+    /// Answer on the merged pull request of each commit applied (default true).
+    pub answer_pull_requests: Option<bool>,
 }
 
 macro_rules! overlay {
@@ -282,6 +308,7 @@ impl Settings {
             palette_api_key_file,
             palette_project_uid,
             palette_timeout,
+            forge,
         );
         self
     }
@@ -466,6 +493,23 @@ pub struct DaemonConfig {
     pub allow_mass_deletion: bool,
     /// Serve the read-only health page on `/`.
     pub ui: bool,
+    /// Talking back to the Git host, when configured.
+    pub forge: Option<ForgeConfig>,
+}
+
+/// The validated `forge:` section.
+#[derive(Debug, Clone)]
+pub struct ForgeConfig {
+    /// Provider, API root, repository, token.
+    pub client: crate::forge::Settings,
+    /// Set commit statuses.
+    pub commit_status: bool,
+    /// `success` only once healthy.
+    pub wait_for_health: bool,
+    /// The link of each status.
+    pub status_url: Option<String>,
+    /// Answer on merged pull requests.
+    pub answer_pull_requests: bool,
 }
 
 /// The whole validated configuration.
@@ -489,6 +533,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 /// Default state directory (systemd `StateDirectory=pbsync`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pbsync";
+/// The environment variable holding the Git host's token (`forge:` without `token-file`).
+pub const FORGE_TOKEN_ENV: &str = "PBSYNC_FORGE_TOKEN";
+
 /// Default generic webhook signature header.
 pub const DEFAULT_WEBHOOK_HEADER: &str = "X-Pbsync-Signature";
 
@@ -648,6 +695,64 @@ impl Config {
             GitAuth::None
         };
 
+        let forge = s.forge.as_ref().and_then(|f| {
+            let at = o.at("forge");
+            let provider = f.provider;
+            let api_url = f
+                .api_url
+                .clone()
+                .or_else(|| provider.default_api_url(Some(&repo)));
+            let repository = f
+                .repository
+                .clone()
+                .or_else(|| crate::forge::repository_of_url(&repo));
+            let token = match &f.token_file {
+                Some(p) => match Secret::read_file(p) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        problems.push(format!("{at}.token-file: cannot read {}: {e}", p.display()));
+                        None
+                    }
+                },
+                None => {
+                    let t = std::env::var(FORGE_TOKEN_ENV).ok().map(Secret::new);
+                    if t.is_none() {
+                        problems.push(format!(
+                            "{at}: no token-file, and {FORGE_TOKEN_ENV} is not set"
+                        ));
+                    }
+                    t
+                }
+            };
+            if api_url.is_none() {
+                problems.push(format!(
+                    "{at}: give api-url (it cannot be read from the repository URL)"
+                ));
+            }
+            if repository.is_none() {
+                problems.push(format!(
+                    "{at}: give repository (it cannot be read from the repository URL)"
+                ));
+            }
+            let client = crate::forge::Settings {
+                provider,
+                api_url: api_url?,
+                repository: repository?,
+                token: token?,
+                timeout: Duration::from_secs(30),
+            };
+            if let Err(e) = crate::forge::Forge::new(&client) {
+                problems.push(format!("{at}: {e}"));
+                return None;
+            }
+            Some(ForgeConfig {
+                client,
+                commit_status: f.commit_status.unwrap_or(true),
+                wait_for_health: f.wait_for_health.unwrap_or(true),
+                status_url: f.status_url.clone(),
+                answer_pull_requests: f.answer_pull_requests.unwrap_or(true),
+            })
+        });
         let instance = s
             .instance
             .clone()
@@ -715,6 +820,7 @@ impl Config {
                 leader,
                 allow_mass_deletion: s.allow_mass_deletion.unwrap_or(false),
                 ui: s.ui.unwrap_or(false),
+                forge,
             },
             log_format: s.log_format.unwrap_or_default(),
             settings: s,

@@ -20,6 +20,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod daemon;
 pub mod engine;
+pub mod forge;
 pub mod review;
 pub mod source;
 

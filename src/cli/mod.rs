@@ -6,6 +6,7 @@ mod apply;
 mod graph;
 mod import;
 mod plan;
+mod post;
 mod progress;
 mod run;
 mod status;

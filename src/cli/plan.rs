@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
+use super::post::{self, PostArgs};
 use super::target::with_target;
 use super::{ConfigError, SourceArgs, Status, TargetArgs, color, print_invalid};
 use crate::engine::{self, Error, Goal, Input, NoTarget};
@@ -44,6 +45,8 @@ pub(crate) struct PlanArgs {
     /// later plan parses only the files an earlier one did not see (ignored without --base)
     #[arg(long, value_name = "DIR", env = "PBSYNC_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    post: PostArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,15 +102,33 @@ async fn run_review(
     head: &str,
 ) -> Result<Status, Box<dyn std::error::Error>> {
     let ctx = args.source.context(Some(&args.target));
+    // Settings of --post are checked before anything is planned.
+    let forge = post::forge(&args.post, &ctx.git.repo)?;
     let req = Request {
         cache_dir: args.cache_dir.clone(),
         base: base.to_string(),
         head: head.to_string(),
     };
-    let mut review = if args.offline {
-        review::plan::<NoTarget>(&ctx, &req, None).await?
+    let planned: Result<review::Review, Box<dyn std::error::Error>> = if args.offline {
+        review::plan::<NoTarget>(&ctx, &req, None)
+            .await
+            .map_err(Into::into)
     } else {
-        with_target!(args.target.for_plan().build()?, t => review::plan(&ctx, &req, Some(&t)).await)?
+        match args.target.for_plan().build() {
+            Ok(target) => with_target!(target, t => review::plan(&ctx, &req, Some(&t)).await)
+                .map_err(Into::into),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let mut review = match planned {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some((forge, number)) = &forge {
+                let text = pbsync_core::error_chain(&*e);
+                post::post(forge, *number, &post::failure_comment(&text)).await?;
+            }
+            return Err(e);
+        }
     };
     if !review.offline && review.plan.read_at.is_none() && review.plan.violations.is_empty() {
         review.plan.read_at = Some(pbsync_target::now_rfc3339());
@@ -118,6 +139,10 @@ async fn run_review(
         &review.comment_context(),
         review.to_json(),
     )?;
+    if let Some((forge, number)) = &forge {
+        let parts = post::comments(&review.plan, &review.comment_context(), forge.provider());
+        post::post(forge, *number, &parts).await?;
+    }
     Ok(status(args, &review.plan))
 }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::http::Shared;
+use super::report::Event;
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::health::{self, Health, Report, State};
 use pbsync_core::model::ObjectKey;
@@ -185,6 +186,8 @@ pub async fn follow<T: Target>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut unrecorded: Option<(String, String)> = None;
+    // The last health reported, so a reading that changes nothing is not reported again.
+    let mut reported: Option<Event> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -230,6 +233,20 @@ pub async fn follow<T: Target>(
             }
             let report = health::trace(&graph, &objects);
             shared.metrics.set_health(&report);
+            let event = Event::Health {
+                revision: report.revision.clone(),
+                state: report.state,
+                line: report
+                    .culprit_lines(jiff::Timestamp::now())
+                    .first()
+                    .and_then(|l| l.lines().next())
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            if reported.as_ref() != Some(&event) {
+                shared.reporter.send(&event);
+                reported = Some(event);
+            }
             let mut record = shared.board.publish(Arc::clone(&graph), report);
             for change in &record.changes {
                 tracing::info!(root = %change.key, from = %change.from, to = %change.to, why = %change.message, "health changed");

@@ -47,6 +47,8 @@ pub struct Shared {
     pub webhook: Mutex<WebhookSettings>,
     /// The instance, and whether the page on `/` is served (`ui`; replaced on reload).
     pub page: Mutex<(String, bool)>,
+    /// Where pass outcomes and health changes are reported (commit status, notifications).
+    pub reporter: super::report::Reporter,
 }
 
 /// The router (also used by tests without a socket).
@@ -129,12 +131,19 @@ async fn webhook_delivery(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let delivery = webhook::Delivery {
+        github: value(webhook::GITHUB_HEADER),
+        gitea: value(webhook::GITEA_HEADER),
+        gitlab: value(webhook::GITLAB_HEADER),
+        generic: value(&settings.header),
+        event: value("x-github-event")
+            .or_else(|| value("x-gitea-event"))
+            .or_else(|| value("x-gitlab-event")),
+    };
     let verdict = webhook::judge(
         settings.secret.as_ref().map(Secret::expose),
         &body,
-        value(webhook::GITHUB_HEADER),
-        value(&settings.header),
-        value("x-github-event"),
+        &delivery,
     );
     s.metrics.count_webhook(verdict.as_str());
     match verdict {

@@ -28,6 +28,7 @@ pub struct Metrics {
     objects: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
     webhooks: Family<Labels, Counter>,
+    reports: Family<Labels, Counter>,
     lag_commits: Gauge,
     leader: Gauge,
     health_objects: Family<Labels, Gauge>,
@@ -57,6 +58,7 @@ impl Metrics {
         let objects = Family::<Labels, Counter>::default();
         let requests = Family::<Labels, Counter>::default();
         let webhooks = Family::<Labels, Counter>::default();
+        let reports = Family::<Labels, Counter>::default();
         let lag_commits = Gauge::default();
         let leader = Gauge::default();
         let health_objects = Family::<Labels, Gauge>::default();
@@ -98,6 +100,11 @@ impl Metrics {
             webhooks.clone(),
         );
         registry.register(
+            "reports",
+            "Reports sent back by sink (commit-status, pull-request, webhook, slack) and result (sent, failed, suppressed)",
+            reports.clone(),
+        );
+        registry.register(
             "revision_lag_commits",
             "Commits between the last applied revision and the current tip (0: up to date)",
             lag_commits.clone(),
@@ -135,6 +142,7 @@ impl Metrics {
             objects,
             requests,
             webhooks,
+            reports,
             lag_commits,
             leader,
             seen_requests: Mutex::default(),
@@ -228,6 +236,16 @@ impl Metrics {
     pub fn count_webhook(&self, result: &str) {
         self.webhooks
             .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// Counts one report of `sink` (commit-status, pull-request, webhook, slack) by result.
+    pub fn count_report(&self, sink: &str, result: &str) {
+        self.reports
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("result", result.to_string()),
+            ])
             .inc();
     }
 

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod page;
 pub mod pass;
+pub mod report;
 pub mod scheduler;
 pub mod signal;
 pub mod systemd;
@@ -105,6 +106,7 @@ impl Daemon {
             triggers: trigger_tx.clone(),
             webhook: Mutex::new(webhook_settings(config)),
             page: Mutex::new(page_settings(config)),
+            reporter: report::Reporter::default(),
         });
         let (stop_tx, stop_rx) = channel::channel(false);
         let mut listen = None;
@@ -168,6 +170,9 @@ impl Daemon {
 
         // Per-configuration tasks stop when this run ends.
         let (run_stop_tx, run_stop_rx) = channel::channel(false);
+        self.shared
+            .reporter
+            .replace(report::spawn(config, &self.shared, &run_stop_rx));
         let _watch = match origin.clone() {
             Origin::Local { repo, .. } if config.source.watch => {
                 match watch::RefWatch::start(&repo, self.trigger_tx.clone()) {
@@ -281,6 +286,7 @@ impl Daemon {
         };
         self.triggers = Some(scheduler.into_triggers());
         let _ = run_stop_tx.send(true);
+        self.shared.reporter.replace(Vec::new());
         let _ = board_task.await;
         if let Some(task) = leader_task {
             // Releasing the lease is bounded by the client's own timeouts.

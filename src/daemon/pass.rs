@@ -14,10 +14,12 @@ use tracing::Instrument as _;
 
 use super::health::LastOutcome;
 use super::http::Shared;
+use super::report::Event;
 use super::scheduler::{Pass, Request, Verdict};
 use super::systemd::Notifier;
 use crate::engine::{self, Context, Error, Goal, Input, ParseCache, Timings, history};
 use crate::source::{self, Snapshot, remote::Remote};
+use pbsync_core::plan::comment::ChangeNote;
 use pbsync_target::now_rfc3339;
 use pbsync_target::{ChangeSet, RunOptions, Target};
 
@@ -112,6 +114,8 @@ pub struct Reconciler<T> {
     final_failure: Option<(String, LastOutcome)>,
     /// The last commit read, whose blobs the next fetch need not read again.
     last_snapshot: Option<Arc<Snapshot>>,
+    /// The revision whose last pass failed (its next success is reported again).
+    failed_revision: Option<String>,
 }
 
 impl<T> std::fmt::Debug for Reconciler<T> {
@@ -164,6 +168,7 @@ impl<T: Target> Reconciler<T> {
             applied_at: None,
             final_failure: None,
             last_snapshot: None,
+            failed_revision: None,
         }
     }
 
@@ -220,6 +225,12 @@ impl<T: Target> Reconciler<T> {
                 let message = pbsync_core::error_chain(&e);
                 tracing::error!(stage = "fetch", retryable = true, error = %message, "reconcile failed");
                 metrics.count_reconcile("failed", Some("fetch"));
+                self.shared.reporter.send(&Event::Failed {
+                    revision: None,
+                    stage: "fetch".into(),
+                    message: message.clone(),
+                    violations: Vec::new(),
+                });
                 let mut o = self.outcome("failed", None, message);
                 o.stage = Some("fetch".into());
                 o.retryable = Some(true);
@@ -265,6 +276,15 @@ impl<T: Target> Reconciler<T> {
             Origin::Remote(remote) => Some(remote as &dyn history::Deepen),
             Origin::Local { .. } => None,
         };
+        // A commit applied for the first time (or again after failing) is reported; a
+        // resync of the applied commit is not (its status stands).
+        let fresh = self.last_applied.as_deref() != Some(&revision)
+            || self.failed_revision.as_deref() == Some(&revision);
+        if fresh {
+            self.shared.reporter.send(&Event::Applying {
+                revision: revision.clone(),
+            });
+        }
         let timings = Timings::default();
         let input = Input {
             snapshot: &snapshot,
@@ -313,6 +333,15 @@ impl<T: Target> Reconciler<T> {
                     tracing::warn!(warning = %w, "plan warning");
                 }
                 tracing::info!(changes = %counts, elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");
+                if fresh {
+                    self.shared.reporter.send(&Event::Applied {
+                        revision: revision.clone(),
+                        summary: counts.clone(),
+                        acted,
+                        note: ChangeNote::of(outcome.plan()),
+                    });
+                }
+                self.failed_revision = None;
                 let o = self.outcome("applied", Some(&revision), counts);
                 self.finish(o);
                 if acted || self.followed.as_deref() != Some(&revision) {
@@ -328,6 +357,19 @@ impl<T: Target> Reconciler<T> {
                     metrics.count_changes(changes);
                 }
                 let message = pbsync_core::error_chain(&e);
+                let violations = match &e {
+                    Error::Invalid { violations, .. } => {
+                        violations.0.iter().map(ToString::to_string).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                self.shared.reporter.send(&Event::Failed {
+                    revision: Some(revision.clone()),
+                    stage: stage.to_string(),
+                    message: message.clone(),
+                    violations,
+                });
+                self.failed_revision = Some(revision.clone());
                 tracing::error!(stage = %stage, retryable, error = %message, "reconcile failed");
                 metrics.count_reconcile("failed", Some(stage.as_str()));
                 let mut o = self.outcome("failed", Some(&revision), message);

@@ -57,7 +57,7 @@ pub fn render_comments(plan: &Plan, ctx: &Context) -> Vec<String> {
 
 /// The plan as comments of at most `limit` characters (at least 2,000), each starting with
 /// [`MARKER`] and, when there are several, saying "part i of n".
-pub(crate) fn render_comments_within(plan: &Plan, ctx: &Context, limit: usize) -> Vec<String> {
+pub fn render_comments_within(plan: &Plan, ctx: &Context, limit: usize) -> Vec<String> {
     let limit = limit.max(2_000);
     let footer = footer(plan, ctx);
     let widest_header = header(plan, ctx, 9_999, 9_999);
@@ -102,6 +102,104 @@ fn footer(plan: &Plan, ctx: &Context) -> String {
         }
     }
     format!("\n---\n<sub>{}</sub>\n", parts.join(" · "))
+}
+
+/// The hidden line a posted plan carries after [`MARKER`]: which changes the reviewers saw,
+/// so the daemon can tell after the merge whether what it applied is what was reviewed.
+pub const CHANGES_NOTE: &str = "<!-- pbsync-plan-changes ";
+
+/// Most changes listed by name in a [`ChangeNote`]; a longer plan is recorded by count and
+/// digest only.
+const MAX_LISTED: usize = 100;
+
+/// The changes a plan makes, as one comparable record: every change that acts or is
+/// blocked, as `action key` lines, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeNote {
+    /// Number of lines.
+    pub count: usize,
+    /// SHA-256 of the lines joined by newlines.
+    pub sha256: String,
+    /// The lines, when there are at most [`MAX_LISTED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// How an applied plan differs from the one posted for review.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NoteDifference {
+    /// Changes applied that the posted plan did not show (empty when not listed).
+    pub unreviewed: Vec<String>,
+    /// Changes the posted plan showed that were not applied (empty when not listed).
+    pub not_applied: Vec<String>,
+    /// Counts when the lists are too long to name: (posted, applied).
+    pub counts: (usize, usize),
+}
+
+impl ChangeNote {
+    /// The note of `plan`.
+    pub fn of(plan: &Plan) -> Self {
+        let mut lines: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action.is_change() || c.action == Action::Blocked)
+            .map(|c| format!("{} {}", c.action.as_str(), c.key))
+            .collect();
+        lines.sort();
+        lines.dedup();
+        use sha2::Digest as _;
+        let sha256 = hex::encode(sha2::Sha256::digest(lines.join("\n").as_bytes()));
+        let count = lines.len();
+        if count > MAX_LISTED {
+            lines.clear();
+        }
+        Self {
+            count,
+            sha256,
+            changes: lines,
+        }
+    }
+
+    /// The hidden line (with its newline).
+    pub fn render(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{CHANGES_NOTE}{json} -->\n")
+    }
+
+    /// The note in a comment body, if it carries one.
+    pub fn find(body: &str) -> Option<Self> {
+        let start = body.find(CHANGES_NOTE)? + CHANGES_NOTE.len();
+        let rest = &body[start..];
+        let end = rest.find(" -->")?;
+        serde_json::from_str(&rest[..end]).ok()
+    }
+
+    /// How `applied` differs from `self` (the posted note); `None` when they agree.
+    pub fn difference(&self, applied: &Self) -> Option<NoteDifference> {
+        if self.sha256 == applied.sha256 {
+            return None;
+        }
+        let listed = self.changes.len() == self.count && applied.changes.len() == applied.count;
+        let mut d = NoteDifference {
+            counts: (self.count, applied.count),
+            ..NoteDifference::default()
+        };
+        if listed {
+            d.unreviewed = applied
+                .changes
+                .iter()
+                .filter(|c| !self.changes.contains(c))
+                .cloned()
+                .collect();
+            d.not_applied = self
+                .changes
+                .iter()
+                .filter(|c| !applied.changes.contains(c))
+                .cloned()
+                .collect();
+        }
+        Some(d)
+    }
 }
 
 /// Packs units into bodies of at most `budget` characters.
@@ -505,6 +603,53 @@ mod tests {
             deployments: Vec::new(),
             missing_namespaces: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_change_note_survives_a_comment_and_names_what_differs() {
+        let reviewed = plan(vec![
+            change(Action::Create, "a"),
+            change(Action::Unchanged, "b"),
+            change(Action::Delete, "c"),
+        ]);
+        let note = ChangeNote::of(&reviewed);
+        assert_eq!(note.count, 2, "unchanged objects are not changes");
+        let body = format!("{MARKER}\n{}### pbsync plan\n", note.render());
+        let found = ChangeNote::find(&body).expect("the note is found in the body");
+        assert_eq!(found, note);
+        assert_eq!(found.difference(&ChangeNote::of(&reviewed)), None);
+
+        let applied = plan(vec![
+            change(Action::Create, "a"),
+            change(Action::Update, "d"),
+        ]);
+        let d = found
+            .difference(&ChangeNote::of(&applied))
+            .expect("the applied plan differs");
+        assert_eq!(
+            d.unreviewed,
+            vec!["update HelmRepository team-a/d".to_string()]
+        );
+        assert_eq!(
+            d.not_applied,
+            vec!["delete HelmRepository team-a/c".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_long_plan_is_noted_by_count_and_digest() {
+        let many: Vec<Change> = (0..150)
+            .map(|i| change(Action::Create, &format!("o{i}")))
+            .collect();
+        let note = ChangeNote::of(&plan(many.clone()));
+        assert_eq!((note.count, note.changes.len()), (150, 0));
+        let mut fewer = many;
+        fewer.pop();
+        let d = note
+            .difference(&ChangeNote::of(&plan(fewer)))
+            .expect("the digests differ");
+        assert_eq!(d.counts, (150, 149));
+        assert!(d.unreviewed.is_empty() && d.not_applied.is_empty());
     }
 
     #[test]
