@@ -1207,3 +1207,192 @@ fn the_health_page_of_the_example_repository_renders_in_a_real_browser() {
     );
     assert_eq!(d.stop(), Some(0));
 }
+
+// ---------------------------------------------------------------------------------------
+// Talking back to Git (GitLab's API from the test kit's simulator; Gitea's real one below)
+// ---------------------------------------------------------------------------------------
+
+/// Polls `f` until it returns `Some`; panics with `what` and the daemon's log after `timeout`.
+fn wait_for<T>(d: &Daemon, timeout: Duration, what: &str, f: impl Fn() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: never happened\nlog:\n{}",
+            d.log()
+        );
+        wait(Duration::from_millis(50));
+    }
+}
+
+/// The plan of `repo`'s HEAD for `instance` against the directory target `state`, as the
+/// note a posted plan carries.
+fn change_note(
+    repo: &ScratchRepo,
+    state: &Path,
+    instance: &str,
+) -> pbsync::plan::comment::ChangeNote {
+    use pbsync::engine::{self, Context, Goal, Input};
+    let mut ctx = Context::new(repo.path(), "HEAD", "");
+    ctx.plan.instance = instance.into();
+    let snapshot = ctx.fetch().expect("read the commit");
+    let target = pbsync::target::local_dir::LocalDir::new(state, instance);
+    let mut report =
+        block_on(engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))).expect("plan");
+    pbsync::plan::comment::ChangeNote::of(&report.plan.take().expect("a plan"))
+}
+
+#[test]
+fn commit_statuses_and_answers_on_merged_merge_requests_reach_gitlab() {
+    use pbsync::plan::comment::{ChangeNote, MARKER};
+    use pbsync_devkit::testkit::gitlab::GitlabSim;
+
+    const TOKEN: &str = "glpat-daemon-test";
+    let sim = GitlabSim::start(TOKEN, "platform/bundles");
+    let mut repo = ScratchRepo::new();
+    repo.write("shared.yaml", shared("team-a", &["charts"]));
+    repo.write("a.yaml", app("team-a", "a", "delete", &["charts"]));
+    let first = repo.commit("app a").to_string();
+    // Merge request 1 was reviewed with a plan that showed something else.
+    let stale = ChangeNote {
+        count: 1,
+        sha256: "0".repeat(64),
+        changes: vec!["create ConfigMap team-a/ghost".into()],
+    };
+    sim.add_note(1, &format!("{MARKER}\n{}### pbsync plan\n", stale.render()));
+    sim.add_merged(1, &first);
+
+    let state = tempfile::tempdir().expect("state");
+    let dir = tempfile::tempdir().expect("config dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo: {}\ntarget: dir:{}\ninterval: 0\nwatch: false\ninstance: platform\n\
+             forge:\n  provider: gitlab\n  api-url: {}\n  repository: platform/bundles\n  \
+             token-file: {}\n  status-url: http://127.0.0.1:9/status\n",
+            repo.path().display(),
+            state.path().display(),
+            sim.api_url,
+            token_file.display()
+        ),
+    )
+    .expect("config");
+    let d = Daemon::start(&["--config", config.to_str().expect("path")], &[]);
+    d.wait_status(Duration::from_secs(30), |s| {
+        revision(s) == first && s["result"] == "applied"
+    });
+
+    // pending while applying, then success once the objects are healthy.
+    let states = |sha: &str| -> Vec<String> {
+        sim.statuses()
+            .iter()
+            .filter(|s| s["sha"] == sha)
+            .map(|s| s["status"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    wait_for(
+        &d,
+        Duration::from_secs(30),
+        "success on the first commit",
+        || {
+            states(&first)
+                .contains(&"success".to_string())
+                .then_some(())
+        },
+    );
+    let first_states = states(&first);
+    assert_eq!(
+        first_states.first().map(String::as_str),
+        Some("running"),
+        "{first_states:?}"
+    );
+    let last = sim
+        .statuses()
+        .into_iter()
+        .rfind(|s| s["sha"] == first.as_str())
+        .expect("a status");
+    assert_eq!(last["name"], "pbsync/platform");
+    assert_eq!(last["target_url"], "http://127.0.0.1:9/status");
+
+    // The answer on merge request 1 says loudly that the reviewed plan differs.
+    let answer = wait_for(&d, Duration::from_secs(30), "an answer on MR 1", || {
+        sim.notes(1).into_iter().find(|n| {
+            n["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("pbsync-applied"))
+        })
+    });
+    let body = answer["body"].as_str().expect("body");
+    assert!(body.contains("differs from the last plan posted"), "{body}");
+    assert!(body.contains("create ConfigMap team-a/ghost"), "{body}");
+
+    // Merge request 2 was reviewed with the very plan the daemon will apply.
+    repo.write("b.yaml", app("team-a", "b", "delete", &["charts"]));
+    let second = repo.commit("app b").to_string();
+    let note = change_note(&repo, state.path(), "platform");
+    assert!(note.count >= 2, "b and its profile are created: {note:?}");
+    sim.add_note(2, &format!("{MARKER}\n{}### pbsync plan\n", note.render()));
+    sim.add_merged(2, &second);
+    assert_eq!(http(d.addr, "POST", "/reconcile", &[], b"").0, 202);
+    let answer = wait_for(&d, Duration::from_secs(30), "an answer on MR 2", || {
+        sim.notes(2).into_iter().find(|n| {
+            n["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("pbsync-applied"))
+        })
+    });
+    let body = answer["body"].as_str().expect("body");
+    assert!(body.contains("matches the last plan posted"), "{body}");
+    assert!(!body.contains("WARNING"), "{body}");
+
+    // An invalid commit: failure, naming the file, line and rule; nothing applied.
+    repo.write("z.yaml", app("team-a", "z", "delete", &["nope"]));
+    let third = repo
+        .commit("app z needs a repository nobody declares")
+        .to_string();
+    assert_eq!(http(d.addr, "POST", "/reconcile", &[], b"").0, 202);
+    let failure = wait_for(
+        &d,
+        Duration::from_secs(30),
+        "failure on the invalid commit",
+        || {
+            sim.statuses()
+                .into_iter()
+                .find(|s| s["sha"] == third.as_str() && s["status"] == "failed")
+        },
+    );
+    let description = failure["description"].as_str().expect("description");
+    assert!(
+        description.starts_with("invalid, nothing applied: z.yaml:"),
+        "{description}"
+    );
+    assert!(description.contains("R6"), "{description}");
+    assert_eq!(count_files(state.path(), "z.yaml"), 0);
+
+    // One answer per merge request however many passes ran, nothing refused, no token in
+    // the log.
+    assert_eq!(
+        sim.notes(1)
+            .iter()
+            .filter(|n| n["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("pbsync-applied")))
+            .count(),
+        1
+    );
+    assert_eq!(sim.refused(), Vec::<String>::new());
+    assert!(!d.log().contains(TOKEN));
+    assert!(
+        metric(
+            &d,
+            "pbsync_reports_total{sink=\"commit-status\",result=\"sent\"}"
+        ) >= 4.0
+    );
+    assert_eq!(d.stop(), Some(0));
+}

@@ -31,3 +31,5 @@ mod history;
 // The real Flux source-controller of the test cluster against a Helm repository and an OCI
 // registry on loopback: Ready, and the failures it reports.
 mod flux_source;
+// Talking back to Git: GitLab's calls against the test kit's simulator, `plan --post`.
+mod forge;

@@ -23,6 +23,7 @@ pub mod archive;
 pub mod cluster;
 pub mod flux;
 pub mod git_http;
+pub mod gitlab;
 pub mod helm_repo;
 pub mod oci_registry;
 pub mod repo;
