@@ -142,24 +142,28 @@ fn new_note(s: &mut Inner, body: &str, author: &str) -> Value {
 }
 
 /// Checks the token and the project; the refusal to answer otherwise.
-fn admit(s: &mut Inner, headers: &HeaderMap, id: &str, what: &str) -> Result<(), Response> {
+fn admit(s: &mut Inner, headers: &HeaderMap, id: &str, what: &str) -> Result<(), Box<Response>> {
     let token = headers.get("private-token").and_then(|v| v.to_str().ok());
     if token != Some(s.token.as_str()) {
         s.refused
             .push(format!("{what}: missing or wrong PRIVATE-TOKEN"));
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"message": "401 Unauthorized"})),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"message": "401 Unauthorized"})),
+            )
+                .into_response(),
+        ));
     }
     if id != s.project && id != "1" {
         s.refused.push(format!("{what}: unknown project {id:?}"));
-        return Err((
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"message": "404 Project Not Found"})),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": "404 Project Not Found"})),
+            )
+                .into_response(),
+        ));
     }
     Ok(())
 }
@@ -198,7 +202,7 @@ async fn set_status(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("POST /projects/{id}/statuses/{sha}");
     if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return r;
+        return *r;
     }
     let Some(b) = body_of(&body) else {
         return bad_request(&mut s, &what, "the body is not an object".into());
@@ -275,7 +279,7 @@ async fn list_notes(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("GET /projects/{id}/merge_requests/{iid}/notes");
     if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return r;
+        return *r;
     }
     let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(20);
     let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1);
@@ -316,9 +320,13 @@ async fn list_notes(
 }
 
 /// The `body` of a note request, checked.
-fn note_body(s: &mut Inner, what: &str, body: &Value) -> Result<String, Response> {
+fn note_body(s: &mut Inner, what: &str, body: &Value) -> Result<String, Box<Response>> {
     let Some(b) = body_of(body) else {
-        return Err(bad_request(s, what, "the body is not an object".into()));
+        return Err(Box::new(bad_request(
+            s,
+            what,
+            "the body is not an object".into(),
+        )));
     };
     if let Some(k) = b.keys().find(|k| {
         ![
@@ -329,20 +337,22 @@ fn note_body(s: &mut Inner, what: &str, body: &Value) -> Result<String, Response
         ]
         .contains(&k.as_str())
     }) {
-        return Err(bad_request(
+        return Err(Box::new(bad_request(
             s,
             what,
             format!("{k} is not a parameter of this call"),
-        ));
+        )));
     }
     match b.get("body").and_then(Value::as_str) {
-        None => Err(bad_request(s, what, "body is missing".into())),
-        Some(t) if t.chars().count() > 1_000_000 => Err(bad_request(
+        None => Err(Box::new(bad_request(s, what, "body is missing".into()))),
+        Some(t) if t.chars().count() > 1_000_000 => Err(Box::new(bad_request(
             s,
             what,
             "Note is too long (maximum is 1000000 characters)".into(),
-        )),
-        Some(t) if t.trim().is_empty() => Err(bad_request(s, what, "body is empty".into())),
+        ))),
+        Some(t) if t.trim().is_empty() => {
+            Err(Box::new(bad_request(s, what, "body is empty".into())))
+        }
         Some(t) => Ok(t.to_string()),
     }
 }
@@ -358,11 +368,11 @@ async fn create_note(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("POST /projects/{id}/merge_requests/{iid}/notes");
     if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return r;
+        return *r;
     }
     let text = match note_body(&mut s, &what, &body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let note = new_note(&mut s, &text, "pbsync");
     s.notes.entry(iid).or_default().push(note.clone());
@@ -380,11 +390,11 @@ async fn update_note(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("PUT /projects/{id}/merge_requests/{iid}/notes/{note}");
     if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return r;
+        return *r;
     }
     let text = match note_body(&mut s, &what, &body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let found = s
         .notes
@@ -417,7 +427,7 @@ async fn delete_note(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("DELETE /projects/{id}/merge_requests/{iid}/notes/{note}");
     if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return r;
+        return *r;
     }
     let notes = s.notes.entry(iid).or_default();
     let before = notes.len();
@@ -443,7 +453,7 @@ async fn merge_requests_of_commit(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("GET /projects/{id}/repository/commits/{sha}/merge_requests");
     if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return r;
+        return *r;
     }
     let found: Vec<Value> = s
         .merge_requests
