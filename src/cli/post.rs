@@ -127,3 +127,58 @@ pub(crate) async fn post(forge: &Forge, number: u64, parts: &[String]) -> Result
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    /// The `pbsync plan ...` invocation of a CI example, its variables replaced by
+    /// placeholders, as arguments.
+    fn invocation(example: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+        let text = std::fs::read_to_string(&path).expect("example");
+        let start = text.find("pbsync plan ").expect("the example runs pbsync plan");
+        let mut command = String::new();
+        for line in text[start..].lines() {
+            let line = line.trim();
+            if line.starts_with("||") {
+                break;
+            }
+            command.push_str(line.trim_end_matches('\\'));
+            command.push(' ');
+            if !(line.ends_with('\\') || text.contains("- >")) || line.starts_with("- ") {
+                break;
+            }
+        }
+        while let Some(a) = command.find("${{") {
+            let b = command[a..].find("}}").map_or(command.len(), |b| a + b + 2);
+            command.replace_range(a..b, "7");
+        }
+        command
+            .split_whitespace()
+            .take_while(|w| *w != "||")
+            .map(|w| {
+                let w = w.trim_matches('"');
+                if w.contains('$') { "7".to_string() } else { w.to_string() }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ci_examples_post_with_flags_pbsync_accepts() {
+        for (example, provider) in [
+            ("examples/ci/github-actions.yml", "github"),
+            ("examples/ci/gitlab-ci.yml", "gitlab"),
+        ] {
+            let args = invocation(example);
+            assert!(
+                args.windows(2).any(|w| w[0] == "--post" && w[1] == provider),
+                "{example}: {args:?}"
+            );
+            assert!(args.iter().any(|a| a == "--post-pr"), "{example}: {args:?}");
+            if let Err(e) = super::super::Cli::try_parse_from(&args) {
+                panic!("{example}: {args:?}: {e}");
+            }
+        }
+    }
+}
