@@ -953,4 +953,38 @@ mod tests {
         let err = Config::load(None, &flags).expect_err("invalid");
         assert!(err.to_string().contains("--leader-elect"), "{err}");
     }
+
+    #[test]
+    fn the_forge_section_reads_its_defaults_from_the_repository_url() {
+        let (_t, token) = write("tok\n");
+        let (_d, path) = write(&format!(
+            "repo: https://git.example.com/platform/bundles.git\nforge:\n  provider: gitea\n  token-file: {}\n",
+            token.display()
+        ));
+        let c = Config::load(Some(&path), &Settings::default()).expect("valid");
+        let f = c.daemon.forge.expect("forge");
+        assert_eq!(f.client.api_url, "https://git.example.com/api/v1");
+        assert_eq!(f.client.repository, "platform/bundles");
+        assert_eq!(f.client.token.expose(), "tok");
+        assert!(f.commit_status && f.wait_for_health && f.answer_pull_requests);
+        assert!(!format!("{:?}", f.client).contains("tok\""));
+    }
+
+    #[test]
+    fn a_forge_section_without_a_token_or_with_an_unknown_provider_is_reported_at_its_line() {
+        let (_d, path) = write(
+            "repo: /srv/repo\n\nforge:\n  provider: gitea\n  api-url: http://127.0.0.1:3000/api/v1\n  repository: a/b\n",
+        );
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains(":3: forge: no token-file"), "{text}");
+
+        let (_d, path) = write("repo: /srv/repo\nforge:\n  provider: bitbucket\n");
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains(":3: forge.provider: unknown variant `bitbucket`"),
+            "{text}"
+        );
+    }
 }

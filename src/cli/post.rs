@@ -137,7 +137,9 @@ mod tests {
     fn invocation(example: &str) -> Vec<String> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
         let text = std::fs::read_to_string(&path).expect("example");
-        let start = text.find("pbsync plan ").expect("the example runs pbsync plan");
+        let start = text
+            .find("pbsync plan ")
+            .expect("the example runs pbsync plan");
         let mut command = String::new();
         for line in text[start..].lines() {
             let line = line.trim();
@@ -159,7 +161,11 @@ mod tests {
             .take_while(|w| *w != "||")
             .map(|w| {
                 let w = w.trim_matches('"');
-                if w.contains('$') { "7".to_string() } else { w.to_string() }
+                if w.contains('$') {
+                    "7".to_string()
+                } else {
+                    w.to_string()
+                }
             })
             .collect()
     }
@@ -172,7 +178,8 @@ mod tests {
         ] {
             let args = invocation(example);
             assert!(
-                args.windows(2).any(|w| w[0] == "--post" && w[1] == provider),
+                args.windows(2)
+                    .any(|w| w[0] == "--post" && w[1] == provider),
                 "{example}: {args:?}"
             );
             assert!(args.iter().any(|a| a == "--post-pr"), "{example}: {args:?}");
