@@ -277,14 +277,7 @@ impl Forge {
                 settings.provider
             )));
         }
-        // reqwest is built without a default crypto provider; ring is the process's.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("pbsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::Client)?;
+        let http = pbsync_target::http_client(settings.timeout).map_err(Error::Client)?;
         Ok(Self {
             provider: settings.provider,
             api,

@@ -164,6 +164,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The one way pbsync builds an HTTP client (Palette, the Git hosts, notifications): rustls
+/// with ring as its crypto provider (reqwest is built without a default one; the rest of the
+/// process, kube, uses ring, and installing it twice is harmless), `timeout` per request, a
+/// connect timeout of at most 10 s, and pbsync's user agent.
+pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("pbsync/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// The current time in RFC 3339 (UTC, whole seconds): the one formatter of the timestamps
 /// pbsync prints and records (plan footers, status, Events).
 pub fn now_rfc3339() -> String {

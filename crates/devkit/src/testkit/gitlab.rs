@@ -141,6 +141,20 @@ fn new_note(s: &mut Inner, body: &str, author: &str) -> Value {
     })
 }
 
+/// The simulator's state for one request that passed [`admit`], or the refusal to answer.
+fn open<'a>(
+    shared: &'a Shared,
+    headers: &HeaderMap,
+    id: &str,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'a, Inner>, Box<Response>> {
+    let mut s = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    admit(&mut s, headers, id, what)?;
+    Ok(s)
+}
+
 /// Checks the token and the project; the refusal to answer otherwise.
 fn admit(s: &mut Inner, headers: &HeaderMap, id: &str, what: &str) -> Result<(), Box<Response>> {
     let token = headers.get("private-token").and_then(|v| v.to_str().ok());
@@ -197,13 +211,11 @@ async fn set_status(
     headers: HeaderMap,
     body: axum::Json<Value>,
 ) -> Response {
-    let mut s = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("POST /projects/{id}/statuses/{sha}");
-    if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return *r;
-    }
+    let mut s = match open(&shared, &headers, &id, &what) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let Some(b) = body_of(&body) else {
         return bad_request(&mut s, &what, "the body is not an object".into());
     };
@@ -274,13 +286,11 @@ async fn list_notes(
     Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("GET /projects/{id}/merge_requests/{iid}/notes");
-    if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return *r;
-    }
+    let mut s = match open(&shared, &headers, &id, &what) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(20);
     let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1);
     if per_page == 0 || per_page > 100 || page == 0 {
@@ -363,13 +373,11 @@ async fn create_note(
     headers: HeaderMap,
     body: axum::Json<Value>,
 ) -> Response {
-    let mut s = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("POST /projects/{id}/merge_requests/{iid}/notes");
-    if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return *r;
-    }
+    let mut s = match open(&shared, &headers, &id, &what) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let text = match note_body(&mut s, &what, &body) {
         Ok(t) => t,
         Err(r) => return *r,
@@ -385,13 +393,11 @@ async fn update_note(
     headers: HeaderMap,
     body: axum::Json<Value>,
 ) -> Response {
-    let mut s = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("PUT /projects/{id}/merge_requests/{iid}/notes/{note}");
-    if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return *r;
-    }
+    let mut s = match open(&shared, &headers, &id, &what) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let text = match note_body(&mut s, &what, &body) {
         Ok(t) => t,
         Err(r) => return *r,
@@ -422,13 +428,11 @@ async fn delete_note(
     Path((id, iid, note)): Path<(String, u64, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("DELETE /projects/{id}/merge_requests/{iid}/notes/{note}");
-    if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return *r;
-    }
+    let mut s = match open(&shared, &headers, &id, &what) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let notes = s.notes.entry(iid).or_default();
     let before = notes.len();
     notes.retain(|n| n["id"] != note);
@@ -448,13 +452,11 @@ async fn merge_requests_of_commit(
     Path((id, sha)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = format!("GET /projects/{id}/repository/commits/{sha}/merge_requests");
-    if let Err(r) = admit(&mut s, &headers, &id, &what) {
-        return *r;
-    }
+    let s = match open(&shared, &headers, &id, &what) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let found: Vec<Value> = s
         .merge_requests
         .iter()

@@ -144,15 +144,7 @@ impl Client {
         if config.api_key.expose().is_empty() {
             return Err(Error::Config("the palette api key is empty".into()));
         }
-        // reqwest is built without a default crypto provider; ring is the one the rest of
-        // the process (kube) uses. Installing it twice is harmless: the first one stays.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("pbsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::Client)?;
+        let http = crate::http_client(config.timeout).map_err(Error::Client)?;
         Ok(Self {
             http,
             base,
