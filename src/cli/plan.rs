@@ -60,8 +60,8 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
     if let (Some(base), Some(head)) = (&args.base, &args.head) {
         return run_review(args, base, head).await;
     }
-    let ctx = args.source.context(Some(&args.target));
-    let snapshot = ctx.fetch()?;
+    let ctx = args.source.context(Some(&args.target))?;
+    let snapshot = super::fetch(&ctx)?;
     let planned = with_target!(
         args.target.for_plan().build()?,
         t => engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&t)).await
@@ -98,16 +98,21 @@ async fn run_review(
     base: &str,
     head: &str,
 ) -> Result<Status, Box<dyn std::error::Error>> {
-    let ctx = args.source.context(Some(&args.target));
+    let ctx = args.source.context(Some(&args.target))?;
     let req = Request {
         cache_dir: args.cache_dir.clone(),
         base: base.to_string(),
         head: head.to_string(),
     };
-    let mut review = if args.offline {
-        review::plan::<NoTarget>(&ctx, &req, None).await?
+    let reviewed = if args.offline {
+        review::plan::<NoTarget>(&ctx, &req, None).await
     } else {
-        with_target!(args.target.for_plan().build()?, t => review::plan(&ctx, &req, Some(&t)).await)?
+        with_target!(args.target.for_plan().build()?, t => review::plan(&ctx, &req, Some(&t)).await)
+    };
+    let mut review = match reviewed {
+        Ok(r) => r,
+        Err(review::Error::Plan(e)) => return Err(super::refused(e)),
+        Err(e) => return Err(e.into()),
     };
     if !review.offline && review.plan.read_at.is_none() && review.plan.violations.is_empty() {
         review.plan.read_at = Some(pbsync_target::now_rfc3339());
