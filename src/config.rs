@@ -392,13 +392,11 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, u32>)> {
             lines.insert(k.clone(), v.line);
         }
         // The one nested setting: each key file's line, for the problems it may have.
-        if let Some(verify) = doc.root.get("verify") {
-            if let Some(keys) = verify.get("keys") {
-                lines.insert("verify.keys".into(), keys.line);
-                for i in 0.. {
-                    let Some(key) = keys.at(i) else { break };
-                    lines.insert(format!("verify.keys[{i}]"), key.line);
-                }
+        if let Some(keys) = doc.root.get("verify").and_then(|v| v.get("keys")) {
+            lines.insert("verify.keys".into(), keys.line);
+            for i in 0.. {
+                let Some(key) = keys.at(i) else { break };
+                lines.insert(format!("verify.keys[{i}]"), key.line);
             }
         }
     } else if doc.root.value != yaml::Value::Null {

@@ -490,7 +490,7 @@ fn read_armored_certs(text: &str) -> Result<Vec<SignedPublicKey>, BoxError> {
     const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
     let mut certs = Vec::new();
     for (start, _) in text.match_indices(BEGIN) {
-        let (iter, _) = SignedPublicKey::from_armor_many(text[start..].as_bytes())?;
+        let (iter, _) = SignedPublicKey::from_armor_many(&text.as_bytes()[start..])?;
         for cert in iter {
             certs.push(cert?);
         }
@@ -533,7 +533,7 @@ fn expiry(created: pgp::types::Timestamp, sig: &packet::Signature) -> Option<u64
 }
 
 fn newest<'a>(sigs: impl Iterator<Item = &'a packet::Signature>) -> Option<&'a packet::Signature> {
-    sigs.max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or(0))
+    sigs.max_by_key(|s| s.created().map_or(0, pgp::types::Timestamp::as_secs))
 }
 
 /// The keys of a certificate that may sign, judged by their verified self-signatures; `None`

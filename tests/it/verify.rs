@@ -163,7 +163,7 @@ fn a_key_file_that_is_not_a_key_names_the_file() {
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot a key\n-----END PGP PUBLIC KEY BLOCK-----\n",
     )
     .expect("write");
-    let err = Verifier::from_files(&[bad.clone()]).expect_err("invalid");
+    let err = Verifier::from_files(std::slice::from_ref(&bad)).expect_err("invalid");
     assert!(
         err.to_string()
             .starts_with(&format!("{}: not an OpenPGP public key", bad.display())),
