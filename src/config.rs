@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use pbsync_core::model::yaml::{self, PathSegment};
+
+use crate::source::verify::Verifier;
 
 /// Errors of reading and validating the configuration; all of them exit with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +227,38 @@ pub struct Settings {
     /// requests
     #[arg(skip)]
     pub forge: Option<ForgeSettings>,
+    /// Signed commits only (the file's `verify: {mode: head, keys: [...]}`; the flag is
+    /// --verify-keys)
+    #[arg(skip)]
+    pub verify: Option<VerifySettings>,
+    /// Apply only commits signed by a key in FILE: an OpenPGP public key (armored or binary)
+    /// or an SSH allowed-signers file; repeatable (the file's `verify.keys`, mode head)
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub verify_keys: Option<Vec<PathBuf>>,
+}
+
+/// `verify:` of the file: which commits must be signed, and by which keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySettings {
+    /// What is verified (default `head`).
+    #[serde(default)]
+    pub mode: VerifyMode,
+    /// Key files: OpenPGP public keys or keyrings, or SSH allowed-signers files.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+}
+
+/// What `verify:` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// The signature of the commit being applied (Flux's `verify.mode: HEAD`); the commits
+    /// before it are not checked.
+    #[default]
+    #[serde(alias = "HEAD")]
+    Head,
 }
 
 /// The `forge:` section: where commit statuses and pull-request answers go.
@@ -309,6 +344,8 @@ impl Settings {
             palette_project_uid,
             palette_timeout,
             forge,
+            verify,
+            verify_keys,
         );
         self
     }
@@ -347,6 +384,19 @@ impl Origins {
             _ => flag,
         }
     }
+
+    /// Where the nested key `path` of the file (`verify.keys[0]`, recorded by `read_file`)
+    /// was written, or `--flag` when the flag set it.
+    fn at_nested(&self, path: &str, flag: &'static str) -> String {
+        if self.flags.contains(&flag) {
+            return format!("--{flag}");
+        }
+        match (&self.file, self.lines.get(path)) {
+            (Some(f), Some(line)) => format!("{}:{line}: {path}", f.display()),
+            (Some(f), None) => format!("{}: {path}", f.display()),
+            _ => format!("--{flag}"),
+        }
+    }
 }
 
 /// Reads `path` into settings, with the line of every key.
@@ -367,6 +417,14 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, u32>)> {
     if let yaml::Value::Map(entries) = &doc.root.value {
         for (k, v) in entries {
             lines.insert(k.clone(), v.line);
+        }
+        // The one nested setting: each key file's line, for the problems it may have.
+        if let Some(keys) = doc.root.get("verify").and_then(|v| v.get("keys")) {
+            lines.insert("verify.keys".into(), keys.line);
+            for i in 0.. {
+                let Some(key) = keys.at(i) else { break };
+                lines.insert(format!("verify.keys[{i}]"), key.line);
+            }
         }
     } else if doc.root.value != yaml::Value::Null {
         return Err(invalid(
@@ -438,6 +496,7 @@ fn flags_set(flags: &Settings) -> Vec<&'static str> {
         git_token_file => "git-token-file", git_password_file => "git-password-file",
         git_ssh_key_file => "git-ssh-key-file", git_known_hosts_file => "git-known-hosts-file",
         state_dir => "state-dir", guard_percent => "guard-percent", kube_qps => "kube-qps",
+        verify_keys => "verify-keys",
     );
     v
 }
@@ -459,6 +518,8 @@ pub struct SourceConfig {
     pub state_dir: PathBuf,
     /// Watch a local repository's refs.
     pub watch: bool,
+    /// The keys every commit must be signed with (`None`: signatures are not checked).
+    pub verify: Option<Arc<Verifier>>,
 }
 
 /// Leader election sub-config: the Lease every applying pass of the instance takes too.
@@ -785,6 +846,7 @@ impl Config {
         } else {
             None
         };
+        let verify = verifier(&s, o, &mut problems);
         if !problems.is_empty() {
             return Err(Error::Invalid { problems });
         }
@@ -802,6 +864,7 @@ impl Config {
                     .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
                 watch: s.watch.unwrap_or(true),
+                verify,
             },
             daemon: DaemonConfig {
                 interval: (!interval.is_zero()).then_some(interval),
@@ -843,6 +906,38 @@ impl Config {
             },
         }
     }
+}
+
+/// The keys of `verify:` (or `--verify-keys`, which wins), read now: a key file that cannot
+/// be used is a problem at the line that names it.
+fn verifier(s: &Settings, o: &Origins, problems: &mut Vec<String>) -> Option<Arc<Verifier>> {
+    let keys = match (&s.verify_keys, &s.verify) {
+        (Some(keys), _) => keys.clone(),
+        (None, Some(v)) => {
+            // The one mode: the commit being applied is checked (a new mode lands here).
+            let VerifyMode::Head = v.mode;
+            v.keys.clone()
+        }
+        (None, None) => return None,
+    };
+    if keys.is_empty() {
+        problems.push(format!(
+            "{}: at least one key file is required",
+            o.at_nested("verify.keys", "verify-keys")
+        ));
+        return None;
+    }
+    let mut verifier = Verifier::default();
+    for (i, path) in keys.iter().enumerate() {
+        if let Err(e) = verifier.add_file(path) {
+            problems.push(format!(
+                "{}: {}",
+                o.at_nested(&format!("verify.keys[{i}]"), "verify-keys"),
+                pbsync_core::error_chain(&e)
+            ));
+        }
+    }
+    Some(Arc::new(verifier))
 }
 
 #[cfg(test)]
@@ -941,6 +1036,88 @@ mod tests {
             Some("s3cr3t")
         );
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    const SSH_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
+
+    #[test]
+    fn verify_keys_are_read_at_load_and_a_bad_one_is_reported_at_its_line() {
+        let (dir, _) = write("");
+        let signers = dir.path().join("allowed_signers");
+        std::fs::write(&signers, format!("ci@example.com {SSH_KEY}\n")).expect("write");
+        let missing = dir.path().join("missing.asc");
+        let (_d, path) = write(&format!(
+            "repo: /srv/repo\nverify:\n  mode: head\n  keys:\n    - {}\n    - {}\n",
+            signers.display(),
+            missing.display()
+        ));
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "{}:6: verify.keys[1]: cannot read key file {}",
+                path.display(),
+                missing.display()
+            )),
+            "{text}"
+        );
+
+        let (_d, path) = write(&format!(
+            "repo: /srv/repo\nverify: {{mode: head, keys: [{}]}}\n",
+            signers.display()
+        ));
+        let c = Config::load(Some(&path), &Settings::default()).expect("valid");
+        assert!(c.source.verify.is_some_and(|v| !v.is_empty()));
+        let c = Config::load(
+            None,
+            &Settings {
+                repo: Some("/srv/repo".into()),
+                ..Settings::default()
+            },
+        )
+        .expect("valid");
+        assert!(
+            c.source.verify.is_none(),
+            "signatures are checked only when asked"
+        );
+    }
+
+    #[test]
+    fn the_verify_keys_flag_wins_over_the_file_and_names_itself() {
+        let (_d, path) = write("repo: /srv/repo\nverify: {keys: [/nonexistent/keys.asc]}\n");
+        let (dir, _) = write("");
+        let bad = dir.path().join("not-a-key");
+        std::fs::write(&bad, "ci@example.com ssh-ed25519 garbage\n").expect("write");
+        let flags = Settings {
+            verify_keys: Some(vec![bad]),
+            ..Settings::default()
+        };
+        let err = Config::load(Some(&path), &flags).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("--verify-keys: "), "{text}");
+        assert!(
+            text.contains("not-a-key:1: not an SSH public key"),
+            "{text}"
+        );
+        assert!(!text.contains("/nonexistent/keys.asc"), "{text}");
+    }
+
+    #[test]
+    fn a_verify_without_keys_or_with_an_unknown_mode_is_reported_at_its_line() {
+        let (_d, path) = write("repo: /srv/repo\nverify:\n  mode: head\n  keys: []\n");
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .contains(":4: verify.keys: at least one key file is required"),
+            "{err}"
+        );
+        let (_d, path) = write("repo: /srv/repo\nverify:\n  mode: all\n  keys: [k]\n");
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        assert!(
+            err.to_string().contains(":3: verify.mode: unknown variant"),
+            "{err}"
+        );
     }
 
     #[test]

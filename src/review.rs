@@ -105,6 +105,9 @@ pub async fn plan<T: Target>(ctx: &Context, req: &Request, live: Option<&T>) -> 
     let repo = source::open(&ctx.git.repo).map_err(read("base"))?;
     let base = source::resolve(&repo, &req.base).map_err(read("base"))?;
     let head = source::resolve(&repo, &req.head).map_err(read("head"))?;
+    // With keys configured, the pull request's head must be signed: what is planned is what
+    // its author signed. (The base was verified when it was applied.)
+    ctx.verify(&repo, head).map_err(Error::Plan)?;
     let base_snapshot = source::read_commit(&repo, base, &ctx.git.path, ctx.git.max_file_bytes)
         .map_err(read("base"))?;
     let merged = merge::read_merge(

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use pbsync_devkit::synthetic::{Params, write_repo};
 use pbsync_devkit::testkit::cluster::{self, Namespace};
+use pbsync_devkit::testkit::signing::{self, GpgKey, Signing, SshKey};
 use pbsync_devkit::testkit::yaml::{app, shared};
 use pbsync_devkit::testkit::{ScratchRepo, block_on, list_files};
 
@@ -503,6 +504,125 @@ fn a_bad_config_file_exits_2_naming_file_and_line() {
     let p = config.display();
     assert!(err.contains(&format!("{p}:2: listen")), "{err}");
     assert!(err.contains(&format!("{p}:3: resync-interval")), "{err}");
+}
+
+#[test]
+fn a_daemon_that_verifies_signatures_applies_signed_commits_and_refuses_the_rest_deleting_nothing()
+{
+    let gpg = GpgKey::generate("Deploy <deploy@example.com>");
+    let ssh = SshKey::generate("ci@example.com");
+    let repo = ScratchRepo::new();
+    let p = Params {
+        bundles: 4,
+        shared: 2,
+        per_namespace: 4,
+        ..Params::default()
+    };
+    write_repo(repo.path(), &p).expect("generate");
+    let first = signing::commit(&repo, "four bundles, signed", Signing::Gpg(&gpg));
+    let state = tempfile::tempdir().expect("state");
+    let out = state.path().join("out");
+    let config = state.path().join("config.yaml");
+    // Its commit statuses go to GitLab (the test kit's simulator).
+    let gitlab =
+        pbsync_devkit::testkit::gitlab::GitlabSim::start("glpat-verify", "platform/bundles");
+    let token = state.path().join("forge-token");
+    std::fs::write(&token, "glpat-verify\n").expect("token");
+    std::fs::write(
+        &config,
+        format!(
+            "repo: {}\ntarget: dir:{}\ninterval: 0\nverify:\n  mode: head\n  keys:\n    - {}\n    - {}\n\
+             forge:\n  provider: gitlab\n  api-url: {}\n  repository: platform/bundles\n  token-file: {}\n",
+            repo.path().display(),
+            out.display(),
+            gpg.public_key_file().display(),
+            ssh.allowed_signers_file().display(),
+            gitlab.api_url,
+            token.display()
+        ),
+    )
+    .expect("config");
+    let d = Daemon::start(&["--config", &config.display().to_string()], &[]);
+    let s = d.wait_status(Duration::from_secs(30), |s| s["result"] == "applied");
+    assert_eq!(revision(&s), first.to_string());
+    assert_eq!(count_files(&out, "bundle-3.yaml"), 1);
+
+    // An unsigned commit that removes a bundle: a failed pass saying why, nothing deleted.
+    repo.remove("bundles/team-000/bundle-3.yaml");
+    let unsigned = signing::commit(&repo, "unsigned removal", Signing::Unsigned);
+    let s = d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == unsigned.to_string()
+    });
+    assert_eq!(s["result"], "failed", "{s}");
+    assert_eq!(s["stage"], "verify", "{s}");
+    assert_eq!(s["retryable"], false, "{s}");
+    assert_eq!(
+        s["message"],
+        format!(
+            "commit {unsigned} is refused: its signature is not trusted: the commit is not signed"
+        ),
+        "{s}"
+    );
+    assert_eq!(
+        s["appliedRevision"].as_str(),
+        Some(first.to_string().as_str())
+    );
+    assert_eq!(count_files(&out, "bundle-3.yaml"), 1, "nothing deleted");
+    assert!(
+        metric(
+            &d,
+            "pbsync_reconciles_total{result=\"failed\",stage=\"verify\"}"
+        ) >= 1.0
+    );
+    // Its commit status says so.
+    let unsigned_sha = unsigned.to_string();
+    let status = wait_for(
+        &d,
+        Duration::from_secs(20),
+        "a failed status on the unsigned commit",
+        || {
+            gitlab
+                .statuses()
+                .into_iter()
+                .find(|s| s["sha"] == unsigned_sha.as_str() && s["status"] == "failed")
+        },
+    );
+    let description = status["description"].as_str().unwrap_or("");
+    assert!(
+        description.starts_with("refused, nothing applied:") && description.contains("not signed"),
+        "{description}"
+    );
+
+    // The signed first commit with the removal's tree put under its signature: refused.
+    let (signed_tree, removal_tree) = (
+        signing::tree_of(&repo, first),
+        signing::tree_of(&repo, unsigned),
+    );
+    let forged = signing::tamper(&repo, first, |text| {
+        text.replace(
+            &format!("tree {signed_tree}"),
+            &format!("tree {removal_tree}"),
+        )
+    });
+    let s = d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == forged.to_string()
+    });
+    assert_eq!(s["stage"], "verify", "{s}");
+    let message = s["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("the OpenPGP signature by key")
+            && message.contains("does not verify: the commit was changed after it was signed"),
+        "{s}"
+    );
+    assert_eq!(count_files(&out, "bundle-3.yaml"), 1, "nothing deleted");
+
+    // The same removal signed with an allowed SSH key: applied.
+    let good = signing::commit(&repo, "removal, signed", Signing::Ssh(&ssh));
+    d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == good.to_string() && s["result"] == "applied"
+    });
+    assert_eq!(count_files(&out, "bundle-3.yaml"), 0);
+    assert_eq!(d.stop(), Some(0));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -85,9 +85,9 @@ fn print_changes(set: &ChangeSet, json: bool) {
 }
 
 pub(super) async fn run(args: &ApplyArgs) -> Result<Status, Box<dyn std::error::Error>> {
-    let mut ctx = args.source.context(Some(&args.target));
+    let mut ctx = args.source.context(Some(&args.target))?;
     ctx.lock_wait = args.lock_wait;
-    let snapshot = ctx.fetch()?;
+    let snapshot = super::fetch(&ctx)?;
     let json = args.format == Format::Json;
     let opts = RunOptions {
         allow_mass_deletion: args.allow_mass_deletion,

@@ -23,8 +23,8 @@ enum Format {
 }
 
 pub(super) async fn run(args: &GraphArgs) -> Result<Status, Box<dyn std::error::Error>> {
-    let ctx = args.source.context(None);
-    let snapshot = ctx.fetch()?;
+    let ctx = args.source.context(None)?;
+    let snapshot = super::fetch(&ctx)?;
     let loaded =
         match engine::run::<NoTarget>(&ctx, Input::of(&snapshot), Goal::Validate(None)).await {
             Ok(l) => l,

@@ -1,6 +1,6 @@
 //! The command line: clap types, one file per subcommand, and the one place errors become
 //! exit codes (0 success, 1 failure, 2 usage or configuration error, 3 refused by a safety
-//! rule).
+//! rule, a commit whose signature is not trusted among them).
 
 mod apply;
 mod graph;
@@ -18,10 +18,12 @@ pub(crate) use target::TargetArgs;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::Context;
+use crate::engine::{self, Context};
+use crate::source::{Snapshot, verify::Verifier};
 use pbsync_core::guard::MassDeletion;
 
 /// GitOps reconciliation for PaletteAI Profile Bundles and everything they reference
@@ -64,6 +66,10 @@ pub(crate) struct SourceArgs {
     /// Subdirectory of the repository holding the manifests
     #[arg(long, default_value = "")]
     path: String,
+    /// Refuse the commit (exit 3) unless it is signed by a key in FILE: an OpenPGP public key
+    /// (armored or binary) or an SSH allowed-signers file; repeatable
+    #[arg(long, value_name = "FILE")]
+    verify_keys: Vec<PathBuf>,
 }
 
 /// A configuration error: exit code 2.
@@ -89,8 +95,16 @@ pub enum Status {
 }
 
 impl SourceArgs {
-    fn context(&self, targets: Option<&TargetArgs>) -> Context {
+    /// The pipeline's context; a key file of --verify-keys that cannot be used is a
+    /// configuration error.
+    fn context(&self, targets: Option<&TargetArgs>) -> Result<Context, ConfigError> {
         let mut ctx = Context::new(&self.repo, &self.reference, &self.path);
+        if !self.verify_keys.is_empty() {
+            let verifier = Verifier::from_files(&self.verify_keys).map_err(|e| {
+                ConfigError(format!("--verify-keys: {}", pbsync_core::error_chain(&e)))
+            })?;
+            ctx.verify = Some(Arc::new(verifier));
+        }
         if let Some(t) = targets {
             ctx.plan.instance.clone_from(&t.instance);
             ctx.plan.adopt = t.adopt;
@@ -100,7 +114,21 @@ impl SourceArgs {
                 min_objects: t.guard_min,
             };
         }
-        ctx
+        Ok(ctx)
+    }
+}
+
+/// Reads the commit `ctx` names; a commit whose signature is refused is refused (exit 3).
+fn fetch(ctx: &Context) -> Result<Snapshot, Box<dyn std::error::Error>> {
+    ctx.fetch().map_err(refused)
+}
+
+/// `e` as the command's error: a refused signature is a safety rule's refusal (exit 3).
+fn refused(e: engine::Error) -> Box<dyn std::error::Error> {
+    if matches!(e, engine::Error::SignatureRefused { .. }) {
+        Refused(Box::new(e)).into()
+    } else {
+        e.into()
     }
 }
 

@@ -63,8 +63,8 @@ pub(super) async fn run(args: &PlanArgs) -> Result<Status, Box<dyn std::error::E
     if let (Some(base), Some(head)) = (&args.base, &args.head) {
         return run_review(args, base, head).await;
     }
-    let ctx = args.source.context(Some(&args.target));
-    let snapshot = ctx.fetch()?;
+    let ctx = args.source.context(Some(&args.target))?;
+    let snapshot = super::fetch(&ctx)?;
     let planned = with_target!(
         args.target.for_plan().build()?,
         t => engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&t)).await
@@ -101,7 +101,7 @@ async fn run_review(
     base: &str,
     head: &str,
 ) -> Result<Status, Box<dyn std::error::Error>> {
-    let ctx = args.source.context(Some(&args.target));
+    let ctx = args.source.context(Some(&args.target))?;
     // Settings of --post are checked before anything is planned.
     let forge = post::forge(&args.post, &ctx.git.repo)?;
     let req = Request {
@@ -112,11 +112,11 @@ async fn run_review(
     let planned: Result<review::Review, Box<dyn std::error::Error>> = if args.offline {
         review::plan::<NoTarget>(&ctx, &req, None)
             .await
-            .map_err(Into::into)
+            .map_err(review_error)
     } else {
         match args.target.for_plan().build() {
             Ok(target) => with_target!(target, t => review::plan(&ctx, &req, Some(&t)).await)
-                .map_err(Into::into),
+                .map_err(review_error),
             Err(e) => Err(e.into()),
         }
     };
@@ -144,6 +144,14 @@ async fn run_review(
         post::post(forge, *number, &parts).await?;
     }
     Ok(status(args, &review.plan))
+}
+
+/// A safety refusal (exit 3) stays one; any other failure is an error.
+fn review_error(e: review::Error) -> Box<dyn std::error::Error> {
+    match e {
+        review::Error::Plan(e) => super::refused(e),
+        e => e.into(),
+    }
 }
 
 fn output(

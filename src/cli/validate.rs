@@ -27,8 +27,8 @@ enum Format {
 }
 
 pub(super) async fn run(args: &ValidateArgs) -> Result<Status, Box<dyn std::error::Error>> {
-    let ctx = args.source.context(None);
-    let snapshot = ctx.fetch()?;
+    let ctx = args.source.context(None)?;
+    let snapshot = super::fetch(&ctx)?;
     let json = args.format == Format::Json;
     let input = Input::of(&snapshot);
     let outcome = match &args.target {

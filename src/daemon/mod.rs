@@ -161,6 +161,11 @@ impl Daemon {
         let origin = origin(config);
         let mut ctx = Context::new(origin.repo_dir(), "HEAD", &config.source.path);
         ctx.plan = config.plan_options();
+        // Signed commits only, when configured: every pass checks the commit it fetched.
+        ctx.verify.clone_from(&config.source.verify);
+        if let Some(v) = &ctx.verify {
+            tracing::info!(keys = ?v, "applying only commits signed by these keys");
+        }
         // Its passes take the instance's Lease as the leader it is (or as this process), and
         // wait only briefly for a one-shot apply to finish: the scheduler retries.
         if let Some(leader) = &config.daemon.leader {

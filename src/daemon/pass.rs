@@ -59,6 +59,16 @@ pub enum FetchError {
     /// The blocking task died.
     #[error("the fetch task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The commit's signature is refused (`verify:`): final for this commit, and reported
+    /// as the pass's outcome, not as a fetch that may be retried.
+    #[error("commit {commit} is refused")]
+    Refused {
+        /// The commit.
+        commit: String,
+        /// [`Error::SignatureRefused`].
+        #[source]
+        error: Box<Error>,
+    },
 }
 
 /// A fetched commit and how far it is ahead of the last applied one.
@@ -69,8 +79,7 @@ struct Fetched {
 
 fn fetch(
     origin: &Origin,
-    path: &str,
-    max_file_bytes: u64,
+    ctx: &Context,
     applied: Option<&str>,
     earlier: Option<&Snapshot>,
 ) -> Result<Fetched, FetchError> {
@@ -85,8 +94,15 @@ fn fetch(
             (source::open(remote.dir())?, oid)
         }
     };
+    // A commit whose signature is refused is not read at all.
+    ctx.verify(&repo, oid)
+        .map_err(|error| FetchError::Refused {
+            commit: oid.to_string(),
+            error: Box::new(error),
+        })?;
     // Blobs the previous pass read are not read again.
-    let snapshot = source::read_commit_reusing(&repo, oid, path, max_file_bytes, earlier)?;
+    let snapshot =
+        source::read_commit_reusing(&repo, oid, &ctx.git.path, ctx.git.max_file_bytes, earlier)?;
     let lag = applied
         .and_then(|a| git2::Oid::from_str(a).ok())
         .and_then(|a| repo.graph_ahead_behind(oid, a).ok())
@@ -208,12 +224,11 @@ impl<T: Target> Reconciler<T> {
 
         // Fetch.
         let origin = self.origin.clone();
-        let path = self.ctx.git.path.clone();
-        let max = self.ctx.git.max_file_bytes;
+        let ctx = self.ctx.clone();
         let applied = self.last_applied.clone();
         let earlier = self.last_snapshot.clone();
         let fetched = tokio::task::spawn_blocking(move || {
-            fetch(&origin, &path, max, applied.as_deref(), earlier.as_deref())
+            fetch(&origin, &ctx, applied.as_deref(), earlier.as_deref())
         })
         .await
         .map_err(FetchError::Task)
@@ -221,6 +236,10 @@ impl<T: Target> Reconciler<T> {
         metrics.observe_stage("fetch", started.elapsed().as_secs_f64());
         let fetched = match fetched {
             Ok(f) => f,
+            Err(FetchError::Refused { commit, error }) => {
+                tracing::Span::current().record("revision", &commit[..commit.len().min(12)]);
+                return self.failed(request, commit, *error);
+            }
             Err(e) => {
                 let message = pbsync_core::error_chain(&e);
                 tracing::error!(stage = "fetch", retryable = true, error = %message, "reconcile failed");
@@ -350,39 +369,56 @@ impl<T: Target> Reconciler<T> {
                 }
                 Verdict::Done
             }
-            Err(e) => {
-                let stage = e.stage();
-                let retryable = e.is_retryable();
-                if let Error::Apply { changes, .. } = &e {
-                    metrics.count_changes(changes);
-                }
-                let message = pbsync_core::error_chain(&e);
-                let violations = match &e {
-                    Error::Invalid { violations, .. } => {
-                        violations.0.iter().map(ToString::to_string).collect()
-                    }
-                    _ => Vec::new(),
-                };
-                self.shared.reporter.send(&Event::Failed {
-                    revision: Some(revision.clone()),
-                    stage: stage.to_string(),
-                    message: message.clone(),
-                    violations,
-                });
-                self.failed_revision = Some(revision.clone());
-                tracing::error!(stage = %stage, retryable, error = %message, "reconcile failed");
-                metrics.count_reconcile("failed", Some(stage.as_str()));
-                let mut o = self.outcome("failed", Some(&revision), message);
-                o.stage = Some(stage.to_string());
-                o.retryable = Some(retryable);
-                self.finish(o.clone());
-                if retryable {
-                    Verdict::Retryable
-                } else {
-                    self.final_failure = Some((revision, o));
-                    Verdict::Final
-                }
+            Err(e) => self.failed(request, revision, e),
+        }
+    }
+
+    /// Reports a pass that failed on `revision`: logs, metrics, health, systemd. A failure
+    /// that is final for the commit is remembered, so later passes over the same commit
+    /// report it again without logging it again (a refused signature is decided before the
+    /// unchanged-revision check, on every pass).
+    fn failed(&mut self, request: &Request, revision: String, e: Error) -> Verdict {
+        let metrics = &self.shared.metrics;
+        if let Some((failed, outcome)) = &self.final_failure
+            && *failed == revision
+            && !request.is_manual()
+            && matches!(e, Error::SignatureRefused { .. })
+        {
+            tracing::debug!(revision = %revision, "revision refused for good; waiting for a new commit");
+            let o = outcome.clone();
+            self.finish(o);
+            return Verdict::Final;
+        }
+        let stage = e.stage();
+        let retryable = e.is_retryable();
+        if let Error::Apply { changes, .. } = &e {
+            metrics.count_changes(changes);
+        }
+        let message = pbsync_core::error_chain(&e);
+        let violations = match &e {
+            Error::Invalid { violations, .. } => {
+                violations.0.iter().map(ToString::to_string).collect()
             }
+            _ => Vec::new(),
+        };
+        self.shared.reporter.send(&Event::Failed {
+            revision: Some(revision.clone()),
+            stage: stage.to_string(),
+            message: message.clone(),
+            violations,
+        });
+        self.failed_revision = Some(revision.clone());
+        tracing::error!(stage = %stage, retryable, error = %message, "reconcile failed");
+        metrics.count_reconcile("failed", Some(stage.as_str()));
+        let mut o = self.outcome("failed", Some(&revision), message);
+        o.stage = Some(stage.to_string());
+        o.retryable = Some(retryable);
+        self.finish(o.clone());
+        if retryable {
+            Verdict::Retryable
+        } else {
+            self.final_failure = Some((revision, o));
+            Verdict::Final
         }
     }
 }

@@ -193,7 +193,9 @@ pub fn status_of(event: &Event, settings: &StatusSettings) -> Option<(String, Co
             violations,
         } => {
             let revision = revision.as_ref()?;
-            let description = if violations.is_empty() {
+            let description = if stage == "verify" {
+                format!("refused, nothing applied: {message}")
+            } else if violations.is_empty() {
                 format!("failed at {stage}: {message}")
             } else {
                 let shown: Vec<&str> = violations

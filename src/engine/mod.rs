@@ -22,9 +22,10 @@ pub use cache::ParseCache;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::source::verify::{self, Verifier};
 use crate::source::{self, GitConfig};
 use pbsync_core::graph::ResourceGraph;
 use pbsync_core::guard::{self, Refusal};
@@ -40,6 +41,8 @@ use pbsync_target::{ChangeSet, RunError, RunOptions, Target};
 pub enum Stage {
     /// Reading the commit.
     Fetch,
+    /// Checking the commit's signature (`verify:`).
+    Verify,
     /// YAML and shapes.
     Parse,
     /// Bundle rules and references.
@@ -59,6 +62,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fetch => "fetch",
+            Self::Verify => "verify",
             Self::Parse => "parse",
             Self::Validate => "validate",
             Self::Graph => "graph",
@@ -81,6 +85,16 @@ pub enum Error {
     /// The commit could not be read.
     #[error("fetch failed")]
     Fetch(#[source] source::Error),
+    /// The commit is not signed by one of the configured keys (`verify:`, `--verify-keys`);
+    /// nothing is read from it, nothing is written, nothing is deleted.
+    #[error("commit {commit} is refused: its signature is not trusted")]
+    SignatureRefused {
+        /// The commit.
+        commit: String,
+        /// Why.
+        #[source]
+        reason: verify::Refusal,
+    },
     /// The commit breaks rules; nothing is applied from it.
     #[error("commit {revision} is invalid: {violations}")]
     Invalid {
@@ -128,6 +142,7 @@ impl Error {
     pub fn stage(&self) -> Stage {
         match self {
             Self::Fetch(_) => Stage::Fetch,
+            Self::SignatureRefused { .. } => Stage::Verify,
             Self::Invalid { violations, .. } | Self::BaseInvalid { violations, .. } => {
                 let rules: Vec<model::Rule> = violations.0.iter().map(|v| v.rule).collect();
                 if rules.iter().all(|r| matches!(r, model::Rule::Cycle)) {
@@ -156,6 +171,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Fetch(_) => true,
+            // Final for this commit: only a new (signed) commit or new keys can change it.
+            Self::SignatureRefused { .. } => false,
             Self::Invalid { .. } | Self::BaseInvalid { .. } => false,
             Self::Observe(e) | Self::Lock(e) => e.is_retryable(),
             Self::Refused(_) => false,
@@ -223,6 +240,8 @@ pub struct Context {
     pub holder: String,
     /// How long an applying pass waits for another pass to release the target's lock.
     pub lock_wait: Duration,
+    /// The keys every commit must be signed with (`None`: signatures are not checked).
+    pub verify: Option<Arc<Verifier>>,
 }
 
 impl Context {
@@ -241,12 +260,42 @@ impl Context {
             history_depth: 1000,
             holder: pbsync_target::kubernetes::lease::process_identity(),
             lock_wait: Duration::from_secs(60),
+            verify: None,
         }
     }
 
-    /// Reads the configured commit (the fetch stage of the one-shot commands).
+    /// Reads the configured commit (the fetch stage of the one-shot commands), refusing it
+    /// before a file is read when its signature does not verify.
     pub fn fetch(&self) -> Result<Snapshot> {
-        source::read(&self.git).map_err(Error::Fetch)
+        let repo = source::open(&self.git.repo).map_err(Error::Fetch)?;
+        let commit = source::resolve(&repo, &self.git.reference).map_err(Error::Fetch)?;
+        self.verify(&repo, commit)?;
+        source::read_commit(&repo, commit, &self.git.path, self.git.max_file_bytes)
+            .map_err(Error::Fetch)
+    }
+
+    /// Checks the signature of `commit` against the configured keys: who signed it (`None`
+    /// when signatures are not checked), or [`Error::SignatureRefused`]. Every way a commit
+    /// comes to be applied or planned (the one-shot commands, the daemon's pass, the head of
+    /// a pull request) passes through here before its files are read.
+    pub fn verify(
+        &self,
+        repo: &git2::Repository,
+        commit: git2::Oid,
+    ) -> Result<Option<verify::Signer>> {
+        let Some(verifier) = &self.verify else {
+            return Ok(None);
+        };
+        match verifier.verify_commit(repo, commit) {
+            Ok(signer) => {
+                tracing::debug!(%commit, %signer, "signature verified");
+                Ok(Some(signer))
+            }
+            Err(reason) => Err(Error::SignatureRefused {
+                commit: commit.to_string(),
+                reason,
+            }),
+        }
     }
 }
 

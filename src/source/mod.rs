@@ -13,6 +13,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 pub mod merge;
 pub mod remote;
+pub mod verify;
 
 pub use pbsync_core::snapshot::{Content, Snapshot, SourceFile};
 

@@ -967,3 +967,146 @@ fn apply_wait_on_the_directory_target_reports_healthy_in_plain_lines_when_piped(
         "{again:?}"
     );
 }
+
+#[test]
+fn apply_with_verify_keys_applies_signed_commits_and_refuses_the_rest_with_exit_3() {
+    use pbsync_devkit::testkit::signing::{self, GpgKey, Signing, SshKey};
+
+    let gpg = GpgKey::generate("Deploy <deploy@example.com>");
+    let ssh = SshKey::generate("ci@example.com");
+    let stranger = GpgKey::generate("Mallory <mallory@example.com>");
+    let repo = ScratchRepo::new();
+    write_valid_repo(&repo, "");
+    let state = tempfile::tempdir().expect("state");
+    let target = format!("dir:{}", path_str(state.path()));
+    let r = path_str(repo.path()).to_string();
+    let signers = ssh.allowed_signers_file();
+    let keys = [
+        "--verify-keys",
+        path_str(gpg.public_key_file()),
+        "--verify-keys",
+        path_str(&signers),
+    ];
+    let run = |cmd: &str| {
+        let mut args = vec![cmd, "--repo", &r];
+        args.extend(keys);
+        if cmd != "validate" {
+            args.extend(["--target", &target]);
+        }
+        pbsync(&args)
+    };
+    let refused = |cmd: &str, commit: git2::Oid, why: &str| {
+        let out = run(cmd);
+        assert_eq!(out.code, 3, "{cmd} of {commit}: {out:?}");
+        assert_eq!(
+            out.stdout, "",
+            "{cmd}: nothing is read from a refused commit"
+        );
+        assert_eq!(
+            out.stderr,
+            format!("error: commit {commit} is refused: its signature is not trusted: {why}\n"),
+            "{cmd}"
+        );
+    };
+
+    // A good gpg signature: applied.
+    let signed = signing::commit(&repo, "signed by deploy", Signing::Gpg(&gpg));
+    let first = run("apply");
+    assert_eq!(first.code, 0, "{first:?}");
+    let applied = file_states(state.path());
+    assert!(
+        applied.keys().any(|f| f.contains("web")),
+        "{:?}",
+        applied.keys()
+    );
+
+    // Unsigned, removing a bundle: refused by every command, nothing written or deleted.
+    repo.remove("bundles/web.yaml");
+    let unsigned = signing::commit(&repo, "unsigned removal", Signing::Unsigned);
+    for cmd in ["validate", "plan", "apply"] {
+        refused(cmd, unsigned, "the commit is not signed");
+    }
+    assert!(file_states(state.path()) == applied, "nothing written");
+    // A pull request whose head is unsigned: its plan is refused too.
+    let (base, head) = (signed.to_string(), unsigned.to_string());
+    let mut args = vec![
+        "plan",
+        "--repo",
+        &r,
+        "--base",
+        &base,
+        "--head",
+        &head,
+        "--offline",
+    ];
+    args.extend(keys);
+    let pr = pbsync(&args);
+    assert_eq!(pr.code, 3, "{pr:?}");
+    assert!(
+        pr.stderr.contains("the commit is not signed"),
+        "{}",
+        pr.stderr
+    );
+
+    // Signed by a key that is not configured: refused, naming the key.
+    let unknown = signing::commit(&repo, "removal by mallory", Signing::Gpg(&stranger));
+    refused(
+        "apply",
+        unknown,
+        &format!(
+            "the commit is signed by OpenPGP key {}, which is not among the configured keys",
+            stranger.fingerprint
+        ),
+    );
+    assert!(file_states(state.path()) == applied, "nothing written");
+
+    // A good ssh signature: applied (the removal goes through).
+    let by_ssh = signing::commit(&repo, "removal signed by ci", Signing::Ssh(&ssh));
+    let second = run("apply");
+    assert_eq!(second.code, 0, "{second:?}");
+    let removed = file_states(state.path());
+    assert!(removed != applied, "the signed removal was applied");
+
+    // That signed commit with another tree put under its signature: refused.
+    let old_tree = signing::tree_of(&repo, signed);
+    let new_tree = signing::tree_of(&repo, by_ssh);
+    let forged = signing::tamper(&repo, by_ssh, |text| {
+        text.replace(&format!("tree {new_tree}"), &format!("tree {old_tree}"))
+    });
+    let out = run("apply");
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: commit {forged} is refused: its signature is not trusted: the SSH signature by key SHA256:"
+        )) && out.stderr.contains("does not verify: the commit was changed after it was signed"),
+        "{}",
+        out.stderr
+    );
+    assert!(file_states(state.path()) == removed, "nothing written");
+}
+
+#[test]
+fn a_verify_keys_file_that_is_not_a_key_is_a_configuration_error() {
+    let repo = valid_repo();
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("keys");
+    std::fs::write(&bad, "ci@example.com ssh-ed25519 garbage\n").expect("write");
+    let out = pbsync(&[
+        "apply",
+        "--repo",
+        path_str(repo.path()),
+        "--target",
+        &format!("dir:{}", path_str(dir.path())),
+        "--verify-keys",
+        path_str(&bad),
+    ]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: --verify-keys: {}:1: not an SSH public key",
+            bad.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}

@@ -28,6 +28,8 @@ mod remote_http;
 mod remote_ssh;
 // History of leaving bundles: full, shallow and deepened clones.
 mod history;
+// Signed commits: keys made in the test, commits signed by the real git (gpg and ssh).
+mod verify;
 // The real Flux source-controller of the test cluster against a Helm repository and an OCI
 // registry on loopback: Ready, and the failures it reports.
 mod flux_source;

@@ -14,6 +14,8 @@
 //!   [`oci_registry`] (a real OCI registry, and pushing Flux artifacts to it), [`flux`] (the
 //!   test cluster's source-controller: its label, its kinds, waiting for `Ready`), [`archive`]
 //!   (tar.gz and SHA-256 for them).
+//! - [`signing`]: OpenPGP and SSH keys made in the test, commits signed by the real `git`,
+//!   and signed commits tampered with.
 //! - [`block_on`], [`copy_dir`], [`list_files`]: small helpers every binary needs;
 //!   [`serve_loopback`]: an axum app on a loopback port (the Git and Helm servers).
 //!
@@ -27,6 +29,7 @@ pub mod gitlab;
 pub mod helm_repo;
 pub mod oci_registry;
 pub mod repo;
+pub mod signing;
 pub mod yaml;
 
 use std::path::Path;
