@@ -31,3 +31,6 @@ mod history;
 // The real Flux source-controller of the test cluster against a Helm repository and an OCI
 // registry on loopback: Ready, and the failures it reports.
 mod flux_source;
+// The test Gitea (scripts/gitea): pushes, pull requests, commit statuses, comments and signed
+// webhooks through its real API and Git remote.
+mod gitea;
