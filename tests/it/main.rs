@@ -35,3 +35,6 @@ mod verify;
 mod flux_source;
 // Talking back to Git: GitLab's calls against the test kit's simulator, `plan --post`.
 mod forge;
+// The test Gitea (scripts/gitea): pushes, pull requests, commit statuses, comments and signed
+// webhooks through its real API and Git remote.
+mod gitea;

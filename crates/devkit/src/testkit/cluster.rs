@@ -5,13 +5,14 @@
 //! answers, the test fails, naming the way to start one; only `PBSYNC_TEST_SKIP_CLUSTER=1`
 //! (which CI never sets) makes it print `SKIPPED` and return instead.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace as NamespaceObject;
 use kube::api::{Api, DeleteParams, PostParams};
+
+use super::on_own_runtime;
 
 /// The variable that lets cluster tests skip when there is no cluster.
 pub const SKIP_VAR: &str = "PBSYNC_TEST_SKIP_CLUSTER";
@@ -188,15 +189,5 @@ impl Drop for Namespace {
             });
         });
         let _ = deleted.join();
-    }
-}
-
-/// Runs `fut` on a thread of its own with a runtime of its own, and waits for it: usable
-/// where `block_on` is not (inside a runtime). A panic in `fut` is the caller's panic.
-fn on_own_runtime<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
-    let thread = std::thread::spawn(move || super::block_on(fut));
-    match thread.join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
     }
 }

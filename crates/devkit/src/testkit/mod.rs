@@ -1,5 +1,5 @@
 //! The test kit shared by every test binary: one scratch-repository helper, one set of YAML
-//! builders, one way to find the test cluster and one namespace guard.
+//! builders, one way to find the test cluster and one namespace guard, and the test Gitea.
 //!
 //! - [`ScratchRepo`] ([`repo`]): a git repository in a temporary directory whose commits
 //!   are deterministic (fixed author, time advancing one minute per commit), so commit ids,
@@ -10,6 +10,9 @@
 //!   rule for a test that needs it ([`cluster::require`]: no cluster fails the test unless
 //!   `PBSYNC_TEST_SKIP_CLUSTER=1`), and [`cluster::Namespace`], a namespace of the test's own
 //!   that is deleted when it is dropped, also when the test fails.
+//! - [`gitea`]: the test Gitea server (`scripts/gitea`): the same rule ([`gitea::require`],
+//!   `PBSYNC_TEST_SKIP_GITEA=1`), repositories of a test's own, pushes, pull requests,
+//!   webhooks, commit statuses and comments through its API.
 //! - Flux sources on loopback: [`helm_repo`] (a Helm chart repository served from memory),
 //!   [`oci_registry`] (a real OCI registry, and pushing Flux artifacts to it), [`flux`] (the
 //!   test cluster's source-controller: its label, its kinds, waiting for `Ready`), [`archive`]
@@ -25,6 +28,7 @@ pub mod archive;
 pub mod cluster;
 pub mod flux;
 pub mod git_http;
+pub mod gitea;
 pub mod gitlab;
 pub mod helm_repo;
 pub mod oci_registry;
@@ -44,6 +48,18 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("runtime")
         .block_on(f)
+}
+
+/// Runs `fut` on a thread of its own with a runtime of its own, and waits for it: usable
+/// where [`block_on`] is not (inside a runtime). A panic in `fut` is the caller's panic.
+pub(crate) fn on_own_runtime<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let thread = std::thread::spawn(move || block_on(fut));
+    match thread.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// Copies the directory tree `src` into `dst` (which must exist).
