@@ -21,6 +21,12 @@ use pbsync_core::plan::comment::{ChangeNote, MARKER};
 /// Something worth reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A pass read a commit again after the previous pass could not fetch (the recovery of
+    /// a fetch failure, which an unchanged revision would otherwise leave unreported).
+    Fetched {
+        /// The commit.
+        revision: String,
+    },
     /// A pass started applying a commit.
     Applying {
         /// The commit.
@@ -161,6 +167,8 @@ pub fn status_of(event: &Event, settings: &StatusSettings) -> Option<(String, Co
         target_url: settings.target_url.clone(),
     };
     let (revision, s) = match event {
+        // Fetching says nothing about a commit.
+        Event::Fetched { .. } => return None,
         Event::Applying { revision } => (
             revision,
             status(
