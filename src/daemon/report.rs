@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::http::Shared;
+use super::notify;
 use crate::forge::{self, CommitStatus, Forge, sticky};
 use pbsync_core::health::State as Health;
 use pbsync_core::plan::comment::{ChangeNote, MARKER};
@@ -63,6 +64,19 @@ pub enum Event {
         /// The first culprit, one line (empty when current).
         line: String,
     },
+}
+
+impl Event {
+    /// The commit an event is about, if any.
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            Self::Fetched { revision }
+            | Self::Applying { revision }
+            | Self::Applied { revision, .. }
+            | Self::Health { revision, .. } => Some(revision),
+            Self::Failed { revision, .. } => revision.as_deref(),
+        }
+    }
 }
 
 /// Where events go: one channel per sink of the running configuration (replaced on
@@ -137,6 +151,26 @@ pub fn spawn(
             }
             Err(e) => {
                 tracing::error!(error = %pbsync_core::error_chain(&e), "not reporting to the Git host");
+            }
+        }
+    }
+    for n in &config.daemon.notifications {
+        // Checked when loaded, like the forge's client.
+        match notify::sink::Client::new(n) {
+            Ok(client) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(notify::sink::run(
+                    client,
+                    n.clone(),
+                    instance.clone(),
+                    rx,
+                    Arc::clone(shared),
+                    stop.clone(),
+                ));
+                sinks.push(tx);
+            }
+            Err(e) => {
+                tracing::error!(sink = %n.name, error = %pbsync_core::error_chain(&e), "not sending these notifications");
             }
         }
     }

@@ -1,0 +1,317 @@
+//! Sending notifications: one task per configured sink, fed by the daemon's reporting bus,
+//! deciding with [`Deduper`], [`Filter`] and [`RateLimiter`] and posting over HTTP, retrying
+//! transient failures (no answer, 429 with its `Retry-After`, 5xx) with backoff. A pass only
+//! pushes onto a channel, so a slow or dead endpoint never delays one.
+//!
+//! The URL is a secret (a Slack webhook's URL is its credential): it is never logged, and
+//! errors are stripped of it before they are.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{Batch, Deduper, Kind, Notice, RateLimiter, SIGNATURE_HEADER, Settings};
+use crate::daemon::http::Shared;
+use crate::daemon::report::Event;
+use pbsync_target::Secret;
+
+/// Errors of one delivery. None of them carries the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configured URL cannot be posted to.
+    #[error("the URL is not an absolute http:// or https:// URL")]
+    BadUrl,
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    ClientFailed(#[source] reqwest::Error),
+    /// The endpoint did not answer.
+    #[error("no answer from the endpoint")]
+    SendFailed(#[source] reqwest::Error),
+    /// The endpoint answered with an error status.
+    #[error("the endpoint answered {status}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// Its `Retry-After`, in seconds, when it gave one.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Error {
+    /// True for failures worth trying again (no answer, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::SendFailed(_) => true,
+            Self::Refused { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
+            Self::BadUrl | Self::ClientFailed(_) => false,
+        }
+    }
+}
+
+/// Timeout of one delivery.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of one notification before it is given up (about five minutes of backoff).
+const MAX_ATTEMPTS: u32 = 6;
+/// The first retry's wait (doubling up to [`MAX_WAIT`]).
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait between attempts, also for a `Retry-After`.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// A client of one endpoint.
+#[derive(Debug, Clone)]
+pub struct Client {
+    kind: Kind,
+    url: Secret,
+    secret: Option<Secret>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of `settings`' endpoint.
+    pub fn new(settings: &Settings) -> Result<Self, Error> {
+        let url = reqwest::Url::parse(settings.url.expose()).map_err(|_| Error::BadUrl)?;
+        if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+            return Err(Error::BadUrl);
+        }
+        // reqwest is built without a default crypto provider; ring is the process's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            // A redirect would carry a signed body (or a Slack message) somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("pbsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::ClientFailed)?;
+        Ok(Self {
+            kind: settings.kind,
+            url: settings.url.clone(),
+            secret: settings.secret.clone(),
+            http,
+        })
+    }
+
+    /// Posts `body` once.
+    async fn post(&self, body: &[u8]) -> Result<(), Error> {
+        let content_type = match self.kind {
+            Kind::Cloudevents => "application/cloudevents+json; charset=utf-8",
+            Kind::Slack => "application/json",
+        };
+        let mut request = self
+            .http
+            .post(self.url.expose())
+            .header(CONTENT_TYPE, content_type)
+            .body(body.to_vec());
+        if let Some(secret) = &self.secret {
+            request = request.header(
+                SIGNATURE_HEADER,
+                super::signature(secret.expose().as_bytes(), body),
+            );
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::SendFailed(e.without_url()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Err(Error::Refused {
+            status,
+            retry_after,
+        })
+    }
+}
+
+/// A fresh CloudEvents `id`: 128 random bits, written as a UUID (version 4).
+fn event_id(rng: &mut fastrand::Rng) -> String {
+    // Version 4 in the high nibble of byte 6, variant 0b10 in the top bits of byte 8.
+    let n = rng.u128(..);
+    let n = (n & !(0xf_u128 << 76)) | (0x4 << 76);
+    let n = (n & !(0x3_u128 << 62)) | (0x2 << 62);
+    let hex = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The notification sink: decides on each event and posts what passes, until `stop` or the
+/// channel closes.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    instance: String,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let label = settings.kind.metric_label();
+    let mut deduper = Deduper::new(settings.repeat_interval);
+    let mut limiter = RateLimiter::new(settings.min_interval);
+    let mut rng = fastrand::Rng::new();
+    loop {
+        let wait = limiter.wait(Instant::now());
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(event) = ev else { return };
+                match deduper.observe(&event, Instant::now()) {
+                    Some(what) if settings.on.admits(&what) => limiter.offer(Notice {
+                        what,
+                        event,
+                        at: jiff::Timestamp::now(),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        if matches!(event, Event::Failed { .. }) {
+                            tracing::debug!(sink = %settings.name, "the same failure again; not sent");
+                        }
+                    }
+                }
+            }
+            _ = stop.changed() => return,
+            () = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let Some(batch) = limiter.take(Instant::now()) else {
+            continue;
+        };
+        for _ in 0..batch.suppressed {
+            shared.metrics.count_report(label, "suppressed");
+        }
+        let id = event_id(&mut rng);
+        if !deliver(
+            &client, &settings, &instance, &id, &batch, &shared, &mut stop,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}
+
+/// Posts `batch`, retrying transient failures with backoff; false when `stop` came first.
+async fn deliver(
+    client: &Client,
+    settings: &Settings,
+    instance: &str,
+    id: &str,
+    batch: &Batch<Notice>,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let label = settings.kind.metric_label();
+    let body = match settings.kind {
+        Kind::Cloudevents => super::cloudevent(batch, instance, id),
+        Kind::Slack => super::slack(batch, instance),
+    };
+    let body = body.to_string().into_bytes();
+    let what = batch.latest.what.event_type();
+    let mut rng = fastrand::Rng::new();
+    let mut attempt = 0;
+    loop {
+        let result = tokio::select! {
+            r = client.post(&body) => r,
+            _ = stop.changed() => return false,
+        };
+        let e = match result {
+            Ok(()) => {
+                tracing::debug!(sink = %settings.name, notification = %what, "notification sent");
+                shared.metrics.count_report(label, "sent");
+                return true;
+            }
+            Err(e) => e,
+        };
+        shared.metrics.count_report(label, "failed");
+        let error = pbsync_core::error_chain(&e);
+        if !e.is_transient() || attempt + 1 >= MAX_ATTEMPTS {
+            tracing::warn!(sink = %settings.name, notification = %what, error = %error, "cannot send the notification; giving up on it");
+            return true;
+        }
+        let wait = match &e {
+            Error::Refused {
+                retry_after: Some(after),
+                ..
+            } => *after,
+            _ => pbsync_target::pace::backoff(attempt, FIRST_WAIT, MAX_WAIT, &mut rng),
+        }
+        .min(MAX_WAIT);
+        attempt += 1;
+        tracing::warn!(sink = %settings.name, notification = %what, attempt, error = %error, "cannot send the notification; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_version_4_uuids_and_differ() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let a = event_id(&mut rng);
+        let b = event_id(&mut rng);
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn only_http_urls_make_a_client_and_the_error_never_shows_the_url() {
+        let settings = |url: &str| Settings {
+            name: "chat".into(),
+            kind: Kind::Slack,
+            url: Secret::new(url),
+            secret: None,
+            on: super::super::Filter::Failures,
+            min_interval: Duration::ZERO,
+            repeat_interval: None,
+        };
+        assert!(Client::new(&settings("https://hooks.slack.com/services/T0/B0/s3cr3t")).is_ok());
+        for bad in ["ftp://host/s3cr3t", "hooks.slack.com/s3cr3t", "s3cr3t"] {
+            let e = Client::new(&settings(bad)).expect_err(bad);
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn no_answer_429_and_5xx_are_transient_other_answers_are_not() {
+        let refused = |code: u16| Error::Refused {
+            status: StatusCode::from_u16(code).expect("status"),
+            retry_after: None,
+        };
+        assert!(refused(429).is_transient());
+        assert!(refused(503).is_transient());
+        assert!(!refused(404).is_transient());
+        assert!(!refused(400).is_transient());
+        assert!(!Error::BadUrl.is_transient());
+    }
+}
