@@ -322,7 +322,9 @@ impl<T> RateLimiter<T> {
             return None;
         }
         Some(self.last_sent.map_or(Duration::ZERO, |t| {
-            (t + self.min_interval).saturating_duration_since(now)
+            // An interval past the clock's range never ends.
+            t.checked_add(self.min_interval)
+                .map_or(Duration::MAX, |open| open.saturating_duration_since(now))
         }))
     }
 
