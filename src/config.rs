@@ -1117,6 +1117,25 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_notifications_of_the_example_parse_once_uncommented() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/config.example.yaml"),
+        )
+        .expect("the example");
+        let block: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# notifications:"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or_default()))
+            .collect();
+        let (_d, path) = write(&block);
+        let (settings, _) = read_file(&path).expect("the block parses");
+        let n = settings.notifications.expect("a notifications list");
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[1].min_interval.as_deref(), Some("10s"));
+    }
+
+    #[test]
     fn unknown_keys_are_reported_at_their_line() {
         let (_d, path) = write("repo: /srv/repo\n\nintervall: 10s\n");
         let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
