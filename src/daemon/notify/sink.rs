@@ -63,6 +63,13 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// The longest wait between attempts, also for a `Retry-After`.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// Where a notification's body goes: the endpoint's [`Client`] (and, in tests, a recorder,
+/// so the sending loop runs on paused time without a socket).
+pub trait Post {
+    /// Posts `body` once.
+    fn post(&self, body: &[u8]) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+}
+
 /// A client of one endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -97,8 +104,7 @@ impl Client {
         })
     }
 
-    /// Posts `body` once.
-    async fn post(&self, body: &[u8]) -> Result<(), Error> {
+    async fn post_once(&self, body: &[u8]) -> Result<(), Error> {
         let content_type = match self.kind {
             Kind::Cloudevents => "application/cloudevents+json; charset=utf-8",
             Kind::Slack => "application/json",
@@ -135,6 +141,12 @@ impl Client {
     }
 }
 
+impl Post for Client {
+    fn post(&self, body: &[u8]) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        self.post_once(body)
+    }
+}
+
 /// A fresh CloudEvents `id`: 128 random bits, written as a UUID (version 4).
 fn event_id(rng: &mut fastrand::Rng) -> String {
     // Version 4 in the high nibble of byte 6, variant 0b10 in the top bits of byte 8.
@@ -155,7 +167,7 @@ fn event_id(rng: &mut fastrand::Rng) -> String {
 /// The notification sink: decides on each event and posts what passes, until `stop` or the
 /// channel closes.
 pub async fn run(
-    client: Client,
+    client: impl Post,
     settings: Settings,
     instance: String,
     mut events: mpsc::UnboundedReceiver<Event>,
@@ -212,7 +224,7 @@ pub async fn run(
 
 /// Posts `batch`, retrying transient failures with backoff; false when `stop` came first.
 async fn deliver(
-    client: &Client,
+    client: &impl Post,
     settings: &Settings,
     instance: &str,
     id: &str,
@@ -268,6 +280,191 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::notify::Filter;
+    use std::sync::Mutex;
+
+    /// A status to answer, with its `Retry-After` in seconds.
+    type Refusal = (u16, Option<u64>);
+
+    /// Records each body posted; answers `refusals` first, in order.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+        refusals: Arc<Mutex<Vec<Refusal>>>,
+    }
+
+    impl Post for Recorder {
+        fn post(&self, body: &[u8]) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+            self.bodies
+                .lock()
+                .expect("bodies")
+                .push(serde_json::from_slice(body).expect("JSON"));
+            let mut refusals = self.refusals.lock().expect("refusals");
+            let result = if refusals.is_empty() {
+                Ok(())
+            } else {
+                let (code, after) = refusals.remove(0);
+                Err(Error::Refused {
+                    status: StatusCode::from_u16(code).expect("status"),
+                    retry_after: after.map(Duration::from_secs),
+                })
+            };
+            std::future::ready(result)
+        }
+    }
+
+    impl Recorder {
+        fn texts(&self) -> Vec<String> {
+            self.bodies
+                .lock()
+                .expect("bodies")
+                .iter()
+                .map(|b| b["text"].as_str().unwrap_or_default().to_string())
+                .collect()
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        let (triggers, _) = mpsc::channel(1);
+        Arc::new(Shared {
+            health: crate::daemon::health::Health::default(),
+            board: crate::daemon::board::Board::default(),
+            metrics: crate::daemon::metrics::Metrics::new(),
+            triggers,
+            webhook: Mutex::new(crate::daemon::http::WebhookSettings {
+                secret: None,
+                header: String::new(),
+            }),
+            page: Mutex::new((String::new(), false)),
+            reporter: crate::daemon::report::Reporter::default(),
+        })
+    }
+
+    fn slack_settings(min_interval: Duration) -> Settings {
+        Settings {
+            name: "chat".into(),
+            kind: Kind::Slack,
+            url: Secret::new("http://127.0.0.1:9/"),
+            secret: None,
+            on: Filter::All,
+            min_interval,
+            repeat_interval: None,
+        }
+    }
+
+    fn failed(revision: &str, message: &str) -> Event {
+        Event::Failed {
+            revision: Some(revision.into()),
+            stage: "apply".into(),
+            message: message.into(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Starts the sink on `recorder`; the sender of its events and its stop switch.
+    fn start(
+        recorder: &Recorder,
+        settings: Settings,
+        shared: &Arc<Shared>,
+    ) -> (mpsc::UnboundedSender<Event>, watch::Sender<bool>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(run(
+            recorder.clone(),
+            settings,
+            "hub".into(),
+            rx,
+            Arc::clone(shared),
+            stop_rx,
+        ));
+        (tx, stop_tx)
+    }
+
+    fn metric(shared: &Shared, line: &str) -> bool {
+        shared.metrics.render().lines().any(|l| l == line)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_comes_within_the_interval_goes_when_it_ends_folded_into_one() {
+        let recorder = Recorder::default();
+        let shared = shared();
+        let (tx, _stop) = start(&recorder, slack_settings(Duration::from_secs(10)), &shared);
+        for e in [
+            failed("aaaaaaaaaaaaaaaa", "timeout"),
+            failed("aaaaaaaaaaaaaaaa", "403"),
+            failed("bbbbbbbbbbbbbbbb", "timeout"),
+        ] {
+            tx.send(e).expect("send");
+        }
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(
+            recorder.texts(),
+            ["*pbsync hub* :x: failed at apply aaaaaaaaaaaa: timeout"],
+            "only the first goes at once"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let texts = recorder.texts();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(
+            texts[1],
+            "*pbsync hub* :x: failed at apply bbbbbbbbbbbb: timeout\n\
+             _1 earlier held back by the rate limit: failed at apply aaaaaaaaaaaa: 403_"
+        );
+        assert!(metric(
+            &shared,
+            "pbsync_reports_total{sink=\"slack\",result=\"suppressed\"} 1"
+        ));
+        assert!(metric(
+            &shared,
+            "pbsync_reports_total{sink=\"slack\",result=\"sent\"} 2"
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_is_retried_after_its_retry_after_and_a_404_is_given_up() {
+        let recorder = Recorder::default();
+        recorder
+            .refusals
+            .lock()
+            .expect("refusals")
+            .extend([(429, Some(30)), (404, None)]);
+        let shared = shared();
+        let (tx, _stop) = start(&recorder, slack_settings(Duration::ZERO), &shared);
+        tx.send(failed("aaaaaaaaaaaaaaaa", "timeout"))
+            .expect("send");
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(recorder.texts().len(), 1, "waiting for Retry-After");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let texts = recorder.texts();
+        // Answered 404 the second time: not tried a third.
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[0], texts[1], "the same message again");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(recorder.texts().len(), 2);
+        assert!(metric(
+            &shared,
+            "pbsync_reports_total{sink=\"slack\",result=\"failed\"} 2"
+        ));
+        // The sink goes on with the next one.
+        tx.send(failed("bbbbbbbbbbbbbbbb", "timeout"))
+            .expect("send");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(recorder.texts().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_sink_sends_nothing_more() {
+        let recorder = Recorder::default();
+        let shared = shared();
+        let (tx, stop) = start(&recorder, slack_settings(Duration::from_secs(10)), &shared);
+        tx.send(failed("aaaaaaaaaaaaaaaa", "timeout"))
+            .expect("send");
+        tx.send(failed("aaaaaaaaaaaaaaaa", "403")).expect("send");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.send_replace(true);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(recorder.texts().len(), 1, "the held one died with the sink");
+    }
 
     #[test]
     fn event_ids_are_version_4_uuids_and_differ() {
