@@ -236,6 +236,10 @@ pub struct Settings {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub verify_keys: Option<Vec<PathBuf>>,
+    /// Notifications (file only): CloudEvents webhooks and Slack incoming webhooks told about
+    /// pass outcomes and health changes
+    #[arg(skip)]
+    pub notifications: Option<Vec<NotificationSettings>>,
 }
 
 /// `verify:` of the file: which commits must be signed, and by which keys.
@@ -281,6 +285,28 @@ pub struct ForgeSettings {
     pub status_url: Option<String>,
     /// Answer on the merged pull request of each commit applied (default true).
     pub answer_pull_requests: Option<bool>,
+}
+
+/// One entry of the `notifications:` list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NotificationSettings {
+    /// Names it in logs (default `<kind>-<position>`).
+    pub name: Option<String>,
+    /// cloudevents or slack.
+    pub kind: crate::daemon::notify::Kind,
+    /// The endpoint, when it is no secret (not for Slack, whose URL is its credential).
+    pub url: Option<String>,
+    /// File holding the endpoint.
+    pub url_file: Option<PathBuf>,
+    /// cloudevents: file holding the key of the body's HMAC-SHA256 signature.
+    pub secret_file: Option<PathBuf>,
+    /// failures (default), changes or all.
+    pub on: Option<crate::daemon::notify::Filter>,
+    /// At most one notification per this long (default 10s; 0: no limit).
+    pub min_interval: Option<String>,
+    /// The same failure is told again after this long (default 1h; 0: never).
+    pub repeat_interval: Option<String>,
 }
 
 macro_rules! overlay {
@@ -346,6 +372,7 @@ impl Settings {
             forge,
             verify,
             verify_keys,
+            notifications,
         );
         self
     }
@@ -364,10 +391,15 @@ const DURATION_KEYS: &[&str] = &[
     "palette-timeout",
 ];
 
+/// Duration keys of each `notifications:` entry.
+const NOTIFICATION_DURATION_KEYS: &[&str] = &["min-interval", "repeat-interval"];
+
 /// Where each key of the file was written, to put `file:line` on problems.
 #[derive(Debug, Clone, Default)]
 struct Origins {
     file: Option<PathBuf>,
+    /// Top-level keys by name; the entries of a list of mappings as `key[i]`, and their keys
+    /// as `key[i].field`.
     lines: BTreeMap<String, u32>,
     /// Keys a flag set (they win over the file).
     flags: Vec<&'static str>,
@@ -397,6 +429,24 @@ impl Origins {
             _ => format!("--{flag}"),
         }
     }
+
+    /// Where `field` of entry `index` of the file-only list `list` was written (`field`
+    /// empty: the entry), falling back to the entry's line, then the list's.
+    fn at_entry(&self, list: &str, index: usize, field: &str) -> String {
+        let entry = format!("{list}[{index}]");
+        let name = if field.is_empty() {
+            entry.clone()
+        } else {
+            format!("{entry}.{field}")
+        };
+        let line = [name.as_str(), entry.as_str(), list]
+            .iter()
+            .find_map(|k| self.lines.get(*k));
+        match (&self.file, line) {
+            (Some(f), Some(line)) => format!("{}:{line}: {name}", f.display()),
+            _ => name,
+        }
+    }
 }
 
 /// Reads `path` into settings, with the line of every key.
@@ -417,6 +467,16 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, u32>)> {
     if let yaml::Value::Map(entries) = &doc.root.value {
         for (k, v) in entries {
             lines.insert(k.clone(), v.line);
+            if let yaml::Value::Seq(items) = &v.value {
+                for (i, item) in items.iter().enumerate() {
+                    lines.insert(format!("{k}[{i}]"), item.line);
+                    if let yaml::Value::Map(fields) = &item.value {
+                        for (f, fv) in fields {
+                            lines.insert(format!("{k}[{i}].{f}"), fv.line);
+                        }
+                    }
+                }
+            }
         }
         // The one nested setting: each key file's line, for the problems it may have.
         if let Some(keys) = doc.root.get("verify").and_then(|v| v.get("keys")) {
@@ -447,30 +507,69 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, u32>)> {
                 *v = serde_json::Value::String(v.to_string());
             }
         }
+        if let Some(items) = map
+            .get_mut("notifications")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for item in items
+                .iter_mut()
+                .filter_map(serde_json::Value::as_object_mut)
+            {
+                for key in NOTIFICATION_DURATION_KEYS {
+                    if let Some(v) = item.get_mut(*key)
+                        && v.is_number()
+                    {
+                        *v = serde_json::Value::String(v.to_string());
+                    }
+                }
+            }
+        }
     }
     let settings: Settings = serde_path_to_error::deserialize(json).map_err(|e| {
-        let segments: Vec<String> = e
+        enum Step {
+            Key(String),
+            Index(usize),
+        }
+        let steps: Vec<Step> = e
             .path()
             .iter()
             .filter_map(|s| match s {
-                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
                 _ => None,
             })
             .collect();
-        let line = doc
-            .root
-            .line_of(segments.iter().map(|s| PathSegment::Key(s.as_str())));
-        // An unknown key has no path below the root: find its line by name.
+        let line = doc.root.line_of(steps.iter().map(|s| match s {
+            Step::Key(k) => PathSegment::Key(k.as_str()),
+            Step::Index(i) => PathSegment::Index(*i),
+        }));
+        // `key.field`, `list[1].field`: as the problems of validation name them.
+        let mut name = String::new();
+        for s in &steps {
+            match s {
+                Step::Key(k) if name.is_empty() => name.push_str(k),
+                Step::Key(k) => name.push_str(&format!(".{k}")),
+                Step::Index(i) => name.push_str(&format!("[{i}]")),
+            }
+        }
+        // An unknown key has no path below its mapping: find its line by name.
         let inner = e.inner().to_string();
         let line = inner
             .strip_prefix("unknown field `")
             .and_then(|r| r.split('`').next())
-            .and_then(|k| lines.get(k).copied())
+            .and_then(|k| {
+                if name.is_empty() {
+                    lines.get(k)
+                } else {
+                    lines.get(&format!("{name}.{k}"))
+                }
+            })
+            .copied()
             .unwrap_or(line);
-        let prefix = if segments.is_empty() {
+        let prefix = if name.is_empty() {
             String::new()
         } else {
-            format!("{}: ", segments.join("."))
+            format!("{name}: ")
         };
         invalid(line, format!("{prefix}{inner}"))
     })?;
@@ -556,6 +655,8 @@ pub struct DaemonConfig {
     pub ui: bool,
     /// Talking back to the Git host, when configured.
     pub forge: Option<ForgeConfig>,
+    /// Notification sinks.
+    pub notifications: Vec<crate::daemon::notify::Settings>,
 }
 
 /// The validated `forge:` section.
@@ -814,6 +915,11 @@ impl Config {
                 answer_pull_requests: f.answer_pull_requests.unwrap_or(true),
             })
         });
+        let notifications = notifications(
+            s.notifications.as_deref().unwrap_or_default(),
+            o,
+            &mut problems,
+        );
         let instance = s
             .instance
             .clone()
@@ -884,6 +990,7 @@ impl Config {
                 allow_mass_deletion: s.allow_mass_deletion.unwrap_or(false),
                 ui: s.ui.unwrap_or(false),
                 forge,
+                notifications,
             },
             log_format: s.log_format.unwrap_or_default(),
             settings: s,
@@ -940,6 +1047,117 @@ fn verifier(s: &Settings, o: &Origins, problems: &mut Vec<String>) -> Option<Arc
     Some(Arc::new(verifier))
 }
 
+/// The validated `notifications:` entries; what is wrong with them goes to `problems`.
+fn notifications(
+    list: &[NotificationSettings],
+    o: &Origins,
+    problems: &mut Vec<String>,
+) -> Vec<crate::daemon::notify::Settings> {
+    use crate::daemon::notify::{self, Kind};
+    let mut out: Vec<notify::Settings> = Vec::new();
+    for (i, n) in list.iter().enumerate() {
+        let at = |field: &str| o.at_entry("notifications", i, field);
+        let before = problems.len();
+        let secret_file =
+            |field: &str, path: &Path, problems: &mut Vec<String>| match Secret::read_file(path) {
+                Ok(s) if s.expose().is_empty() => {
+                    problems.push(format!("{}: {} is empty", at(field), path.display()));
+                    None
+                }
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(format!(
+                        "{}: cannot read {}: {e}",
+                        at(field),
+                        path.display()
+                    ));
+                    None
+                }
+            };
+        let url = match (&n.url, &n.url_file) {
+            (Some(_), Some(_)) => {
+                problems.push(format!("{}: give url or url-file, not both", at("url")));
+                None
+            }
+            (None, None) => {
+                problems.push(format!(
+                    "{}: give url-file (or url, for an endpoint that is no secret)",
+                    at("")
+                ));
+                None
+            }
+            (Some(_), None) if n.kind == Kind::Slack => {
+                problems.push(format!(
+                    "{}: a Slack webhook's URL is its credential: put it in a file and give url-file",
+                    at("url")
+                ));
+                None
+            }
+            (Some(u), None) => Some(Secret::new(u.trim())),
+            (None, Some(p)) => secret_file("url-file", p, problems),
+        };
+        let secret = match &n.secret_file {
+            Some(_) if n.kind == Kind::Slack => {
+                problems.push(format!(
+                    "{}: Slack webhooks are not signed; only cloudevents takes a secret",
+                    at("secret-file")
+                ));
+                None
+            }
+            Some(p) => secret_file("secret-file", p, problems),
+            None => None,
+        };
+        let mut duration = |field: &str, v: &Option<String>, default: Duration| match v {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                problems.push(format!("{}: {e}", at(field)));
+                default
+            }),
+        };
+        let min_interval = duration(
+            "min-interval",
+            &n.min_interval,
+            notify::DEFAULT_MIN_INTERVAL,
+        );
+        let repeat_interval = duration(
+            "repeat-interval",
+            &n.repeat_interval,
+            notify::DEFAULT_REPEAT_INTERVAL,
+        );
+        let name = n
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", n.kind.as_str(), i + 1));
+        if out.iter().any(|o| o.name == name) {
+            problems.push(format!("{}: {name:?} names another entry too", at("name")));
+        }
+        let Some(url) = url else { continue };
+        if problems.len() > before {
+            continue;
+        }
+        let settings = notify::Settings {
+            name,
+            kind: n.kind,
+            url,
+            secret,
+            on: n.on.unwrap_or_default(),
+            min_interval,
+            repeat_interval: (!repeat_interval.is_zero()).then_some(repeat_interval),
+        };
+        if let Err(e) = notify::sink::Client::new(&settings) {
+            let field = if n.url_file.is_some() {
+                "url-file"
+            } else {
+                "url"
+            };
+            problems.push(format!("{}: {e}", at(field)));
+            continue;
+        }
+        out.push(settings);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -991,6 +1209,25 @@ mod tests {
         assert!(lines.contains_key("preflight") && lines.contains_key("kube-concurrency"));
         assert_eq!(settings.preflight, Some(false));
         assert_eq!(settings.kube_qps, Some(200.0));
+    }
+
+    #[test]
+    fn the_commented_notifications_of_the_example_parse_once_uncommented() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/config.example.yaml"),
+        )
+        .expect("the example");
+        let block: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# notifications:"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or_default()))
+            .collect();
+        let (_d, path) = write(&block);
+        let (settings, _) = read_file(&path).expect("the block parses");
+        let n = settings.notifications.expect("a notifications list");
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[1].min_interval.as_deref(), Some("10s"));
     }
 
     #[test]
@@ -1117,6 +1354,96 @@ mod tests {
         assert!(
             err.to_string().contains(":3: verify.mode: unknown variant"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn notifications_read_their_secrets_from_files_and_never_print_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = dir.path().join("slack-url");
+        std::fs::write(&url, "https://hooks.slack.com/services/T0/B0/s3cr3tpath\n").expect("write");
+        let key = dir.path().join("hmac");
+        std::fs::write(&key, "hm4ck3y\n").expect("write");
+        let (_d, path) = write(&format!(
+            "repo: /srv/repo\nnotifications:\n  - kind: slack\n    url-file: {}\n    on: changes\n  - kind: cloudevents\n    name: events\n    url: http://127.0.0.1:9/events\n    secret-file: {}\n    min-interval: 0\n    repeat-interval: 0\n",
+            url.display(),
+            key.display()
+        ));
+        let c = Config::load(Some(&path), &Settings::default()).expect("valid");
+        let n = &c.daemon.notifications;
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[0].name, "slack-1");
+        assert_eq!(n[0].kind, crate::daemon::notify::Kind::Slack);
+        assert_eq!(n[0].on, crate::daemon::notify::Filter::Changes);
+        assert_eq!(
+            n[0].url.expose(),
+            "https://hooks.slack.com/services/T0/B0/s3cr3tpath"
+        );
+        assert_eq!(
+            n[0].min_interval,
+            crate::daemon::notify::DEFAULT_MIN_INTERVAL
+        );
+        assert_eq!(
+            n[0].repeat_interval,
+            Some(crate::daemon::notify::DEFAULT_REPEAT_INTERVAL)
+        );
+        assert_eq!(n[1].name, "events");
+        assert_eq!(n[1].on, crate::daemon::notify::Filter::Failures);
+        assert_eq!(n[1].secret.as_ref().map(Secret::expose), Some("hm4ck3y"));
+        assert_eq!(n[1].min_interval, Duration::ZERO);
+        assert_eq!(n[1].repeat_interval, None);
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cr3tpath") && !debug.contains("hm4ck3y"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn notification_problems_name_the_entry_and_its_line() {
+        let (_d, path) = write(
+            "repo: /srv/repo\nnotifications:\n  - kind: slack\n    url: https://hooks.slack.com/services/T0/B0/s3cr3t\n  - kind: cloudevents\n    url: ftp://host/x\n    min-interval: soon\n  - kind: cloudevents\n",
+        );
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        let text = err.to_string();
+        let p = path.display();
+        assert!(
+            text.contains(&format!(
+                "{p}:4: notifications[0].url: a Slack webhook's URL is its credential"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(
+            text.contains(&format!("{p}:7: notifications[1].min-interval: ")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{p}:8: notifications[2]: give url-file")),
+            "{text}"
+        );
+
+        let (_d, path) = write(
+            "repo: /srv/repo\nnotifications:\n  - kind: cloudevents\n    url: ftp://host/x\n",
+        );
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .contains(":4: notifications[0].url: the URL is not an absolute http"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_of_a_notification_are_reported_at_their_line() {
+        let (_d, path) = write(
+            "repo: /srv/repo\nnotifications:\n  - kind: slack\n    url-file: /x\n  - kind: cloudevents\n    url: http://127.0.0.1:9/\n    filter: all\n",
+        );
+        let err = Config::load(Some(&path), &Settings::default()).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains(":7: notifications[1].filter: unknown field `filter`"),
+            "{text}"
         );
     }
 

@@ -625,6 +625,275 @@ fn a_daemon_that_verifies_signatures_applies_signed_commits_and_refuses_the_rest
     assert_eq!(d.stop(), Some(0));
 }
 
+/// What a notification receiver on loopback got: path, headers and body of each POST, and
+/// the status it answered.
+#[derive(Clone, Default)]
+struct Inbox {
+    received: Arc<Mutex<Vec<Delivery>>>,
+    /// Deliveries to the Slack path still to be answered 503 (a flaky endpoint).
+    flaky: Arc<Mutex<usize>>,
+}
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    path: String,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+impl Delivery {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+impl Inbox {
+    /// Serves `/events` (CloudEvents) and `/services/T0/B0/s3cr3tpath` (Slack) on a loopback
+    /// port; the first `flaky` Slack deliveries are answered 503.
+    fn start(flaky: usize) -> (Self, SocketAddr) {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        let inbox = Self {
+            flaky: Arc::new(Mutex::new(flaky)),
+            ..Self::default()
+        };
+        async fn record(
+            State(inbox): State<Inbox>,
+            uri: Uri,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> StatusCode {
+            let path = uri.path().to_string();
+            let mut flaky = inbox.flaky.lock().expect("flaky");
+            let status = if path.starts_with("/services/") && *flaky > 0 {
+                *flaky -= 1;
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            inbox.received.lock().expect("inbox").push(Delivery {
+                path,
+                headers,
+                body: body.to_vec(),
+                answered: status.as_u16(),
+            });
+            status
+        }
+        let app = axum::Router::new()
+            .route("/events", axum::routing::post(record))
+            .route("/services/T0/B0/s3cr3tpath", axum::routing::post(record))
+            .with_state(inbox.clone());
+        let (addr, _thread) = pbsync_devkit::testkit::serve_loopback(app, std::future::pending());
+        (inbox, addr)
+    }
+
+    /// The deliveries to `path` answered 200, once `ok` holds for them; panics after 30 s.
+    fn wait(&self, path: &str, ok: impl Fn(&[Delivery]) -> bool, d: &Daemon) -> Vec<Delivery> {
+        let start = Instant::now();
+        loop {
+            let got: Vec<Delivery> = self
+                .all()
+                .into_iter()
+                .filter(|r| r.path == path && r.answered == 200)
+                .collect();
+            if ok(&got) {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{path} never got what was expected; got {:?}\nlog:\n{}",
+                got.iter()
+                    .map(|r| String::from_utf8_lossy(&r.body).to_string())
+                    .collect::<Vec<_>>(),
+                d.log()
+            );
+            wait(Duration::from_millis(50));
+        }
+    }
+
+    fn all(&self) -> Vec<Delivery> {
+        self.received.lock().expect("inbox").clone()
+    }
+}
+
+fn slack_texts(got: &[Delivery]) -> Vec<String> {
+    got.iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A bad commit failing pass after pass is told once, its fix as a recovery: a CloudEvents
+/// receiver (failures only, signed) and a Slack receiver (every change, answering 503 at
+/// first) on loopback; neither the Slack URL nor the signing key shows in the log.
+#[test]
+fn notifications_tell_a_failure_once_across_passes_and_then_its_recovery() {
+    let (mut repo, first) = small_repo();
+    let state = tempfile::tempdir().expect("state");
+    let (inbox, addr) = Inbox::start(1);
+    let url_file = state.path().join("slack-url");
+    std::fs::write(
+        &url_file,
+        format!("http://{addr}/services/T0/B0/s3cr3tpath\n"),
+    )
+    .expect("url");
+    let key_file = state.path().join("hmac-key");
+    std::fs::write(&key_file, "hm4ck3y\n").expect("key");
+    let config = state.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo: {}\ntarget: dir:{}\ninterval: 0\ninstance: notify-test\nnotifications:\n  \
+             - name: events\n    kind: cloudevents\n    url: http://{addr}/events\n    \
+             secret-file: {}\n    on: failures\n    min-interval: 0\n  \
+             - name: chat\n    kind: slack\n    url-file: {}\n    on: changes\n    min-interval: 0\n",
+            repo.path().display(),
+            state.path().join("out").display(),
+            key_file.display(),
+            url_file.display(),
+        ),
+    )
+    .expect("config");
+    let d = Daemon::start(
+        &["--config", &config.display().to_string()],
+        &[("RUST_LOG", "info,pbsync=debug")],
+    );
+    d.wait_status(Duration::from_secs(30), |s| revision(s) == first);
+    let short = |rev: &str| rev[..12].to_string();
+
+    // Slack hears of the first commit applied, though its first delivery was refused.
+    let chat = "/services/T0/B0/s3cr3tpath";
+    inbox.wait(
+        chat,
+        |got| {
+            slack_texts(got)
+                .iter()
+                .any(|t| t.contains(&format!("applied {}", short(&first))))
+        },
+        &d,
+    );
+    let refused = inbox.all().into_iter().find(|r| r.answered == 503);
+    let refused = refused.expect("the first Slack delivery was answered 503");
+    assert!(
+        inbox
+            .all()
+            .iter()
+            .any(|r| r.answered == 200 && r.body == refused.body),
+        "the refused message was sent again"
+    );
+
+    // A broken commit, and two more passes of it: one failure told.
+    repo.write("bundles/broken.yaml", "kind: [unclosed\n");
+    let broken = repo.commit("broken").to_string();
+    d.wait_status(Duration::from_secs(20), |s| {
+        revision(s) == broken && s["result"] == "failed"
+    });
+    let failed = "pbsync_reconciles_total{result=\"failed\",stage=\"parse\"}";
+    for passes in [2.0, 3.0] {
+        assert_eq!(http(d.addr, "POST", "/reconcile", &[], b"").0, 202);
+        let start = Instant::now();
+        while metric(&d, failed) < passes {
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+            wait(Duration::from_millis(50));
+        }
+    }
+
+    // The fix: a recovery. Sinks take events in order, so once the recovery is in, every
+    // failed pass before it was seen.
+    repo.remove("bundles/broken.yaml");
+    let fixed = repo.commit("fixed").to_string();
+    let events = inbox.wait("/events", |got| got.len() >= 2, &d);
+    let bodies: Vec<serde_json::Value> = events.iter().map(Delivery::json).collect();
+    assert_eq!(
+        bodies
+            .iter()
+            .map(|b| b["type"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        [
+            "ai.palette.pbsync.pass.failed",
+            "ai.palette.pbsync.pass.recovered"
+        ],
+        "{bodies:?}"
+    );
+    for (r, b) in events.iter().zip(&bodies) {
+        let header = |name: &str| {
+            r.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            header("content-type").starts_with("application/cloudevents+json"),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(header("x-pbsync-signature"), sign(b"hm4ck3y", &r.body));
+        assert_eq!(b["specversion"], "1.0");
+        assert_eq!(b["source"], "pbsync/notify-test");
+        assert_eq!(b["datacontenttype"], "application/json");
+        assert!(
+            b["time"]
+                .as_str()
+                .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+            "{b}"
+        );
+        assert!(b["id"].as_str().is_some_and(|id| !id.is_empty()), "{b}");
+    }
+    assert_ne!(bodies[0]["id"], bodies[1]["id"]);
+    assert_eq!(bodies[0]["subject"], broken.as_str());
+    assert_eq!(bodies[0]["data"]["stage"], "parse");
+    assert!(
+        bodies[0]["data"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("broken.yaml"),
+        "{}",
+        bodies[0]
+    );
+    assert_eq!(bodies[1]["subject"], fixed.as_str());
+    assert_eq!(bodies[1]["data"]["recoveredFrom"], "parse");
+    assert!(metric(&d, failed) >= 3.0);
+
+    // Slack heard the same, once each, in words.
+    let texts = slack_texts(&inbox.wait(
+        chat,
+        |got| {
+            slack_texts(got)
+                .iter()
+                .any(|t| t.contains(&format!("applied {}", short(&fixed))))
+        },
+        &d,
+    ));
+    let told = |what: &str| texts.iter().filter(|t| t.contains(what)).count();
+    assert_eq!(
+        told(&format!("failed at parse {}", short(&broken))),
+        1,
+        "{texts:?}"
+    );
+    assert_eq!(told("recovered (after failing at parse)"), 1, "{texts:?}");
+    assert!(
+        texts.iter().all(|t| t.starts_with("*pbsync notify-test* ")),
+        "{texts:?}"
+    );
+
+    assert_eq!(
+        metric(&d, "pbsync_reports_total{sink=\"webhook\",result=\"sent\"}"),
+        2.0
+    );
+    assert!(metric(&d, "pbsync_reports_total{sink=\"slack\",result=\"failed\"}") >= 1.0);
+    let log = d.log();
+    assert!(
+        log.contains("cannot send the notification; retrying"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cr3tpath") && !log.contains("hm4ck3y"),
+        "a secret in the log:\n{log}"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
 // ---------------------------------------------------------------------------------------
 // Remote repositories (file://, no network)
 // ---------------------------------------------------------------------------------------

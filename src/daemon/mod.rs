@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod page;
 pub mod pass;
 pub mod report;

@@ -132,6 +132,8 @@ pub struct Reconciler<T> {
     last_snapshot: Option<Arc<Snapshot>>,
     /// The revision whose last pass failed (its next success is reported again).
     failed_revision: Option<String>,
+    /// The last pass could not fetch (its next fetch is reported: the recovery).
+    fetch_failed: bool,
 }
 
 impl<T> std::fmt::Debug for Reconciler<T> {
@@ -185,6 +187,7 @@ impl<T: Target> Reconciler<T> {
             final_failure: None,
             last_snapshot: None,
             failed_revision: None,
+            fetch_failed: false,
         }
     }
 
@@ -250,6 +253,7 @@ impl<T: Target> Reconciler<T> {
                     message: message.clone(),
                     violations: Vec::new(),
                 });
+                self.fetch_failed = true;
                 let mut o = self.outcome("failed", None, message);
                 o.stage = Some("fetch".into());
                 o.retryable = Some(true);
@@ -260,6 +264,11 @@ impl<T: Target> Reconciler<T> {
         let snapshot = Arc::new(fetched.snapshot);
         self.last_snapshot = Some(Arc::clone(&snapshot));
         let revision = snapshot.revision.clone();
+        if std::mem::take(&mut self.fetch_failed) {
+            self.shared.reporter.send(&Event::Fetched {
+                revision: revision.clone(),
+            });
+        }
         tracing::Span::current().record("revision", &revision[..revision.len().min(12)]);
         let lag = i64::try_from(fetched.lag.unwrap_or(0)).unwrap_or(i64::MAX);
         metrics.set_lag(if self.last_applied.as_deref() == Some(&revision) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::http::Shared;
+use super::notify;
 use crate::forge::{self, CommitStatus, Forge, sticky};
 use pbsync_core::health::State as Health;
 use pbsync_core::plan::comment::{ChangeNote, MARKER};
@@ -21,6 +22,12 @@ use pbsync_core::plan::comment::{ChangeNote, MARKER};
 /// Something worth reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A pass read a commit again after the previous pass could not fetch (the recovery of
+    /// a fetch failure, which an unchanged revision would otherwise leave unreported).
+    Fetched {
+        /// The commit.
+        revision: String,
+    },
     /// A pass started applying a commit.
     Applying {
         /// The commit.
@@ -57,6 +64,19 @@ pub enum Event {
         /// The first culprit, one line (empty when current).
         line: String,
     },
+}
+
+impl Event {
+    /// The commit an event is about, if any.
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            Self::Fetched { revision }
+            | Self::Applying { revision }
+            | Self::Applied { revision, .. }
+            | Self::Health { revision, .. } => Some(revision),
+            Self::Failed { revision, .. } => revision.as_deref(),
+        }
+    }
 }
 
 /// Where events go: one channel per sink of the running configuration (replaced on
@@ -134,6 +154,26 @@ pub fn spawn(
             }
         }
     }
+    for n in &config.daemon.notifications {
+        // Checked when loaded, like the forge's client.
+        match notify::sink::Client::new(n) {
+            Ok(client) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(notify::sink::run(
+                    client,
+                    n.clone(),
+                    instance.clone(),
+                    rx,
+                    Arc::clone(shared),
+                    stop.clone(),
+                ));
+                sinks.push(tx);
+            }
+            Err(e) => {
+                tracing::error!(sink = %n.name, error = %pbsync_core::error_chain(&e), "not sending these notifications");
+            }
+        }
+    }
     sinks
 }
 
@@ -161,6 +201,8 @@ pub fn status_of(event: &Event, settings: &StatusSettings) -> Option<(String, Co
         target_url: settings.target_url.clone(),
     };
     let (revision, s) = match event {
+        // Fetching says nothing about a commit.
+        Event::Fetched { .. } => return None,
         Event::Applying { revision } => (
             revision,
             status(

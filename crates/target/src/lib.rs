@@ -169,12 +169,17 @@ impl fmt::Debug for Secret {
 /// process, kube, uses ring, and installing it twice is harmless), `timeout` per request, a
 /// connect timeout of at most 10 s, and pbsync's user agent.
 pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    http_client_builder(timeout).build()
+}
+
+/// The builder of [`http_client`], for a client that needs one setting more (notifications
+/// follow no redirects).
+pub fn http_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("pbsync/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// The current time in RFC 3339 (UTC, whole seconds): the one formatter of the timestamps
