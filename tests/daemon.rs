@@ -1785,3 +1785,167 @@ fn commit_statuses_and_answers_on_merged_merge_requests_reach_gitlab() {
     );
     assert_eq!(d.stop(), Some(0));
 }
+
+/// The whole loop against a real Gitea: a daemon follows a Gitea repository with polling off;
+/// the pull request's plan is posted by `pbsync plan --post gitea` (one sticky comment however
+/// often it runs); the merge makes Gitea deliver a signed push webhook; the daemon fetches,
+/// applies, sets its commit status on the merge commit, and answers on the merged pull request
+/// that what it applied is what the plan showed. All of it observed through Gitea's API.
+#[test]
+fn a_merge_on_gitea_is_delivered_applied_and_reported_on_the_commit_and_the_pull_request() {
+    use pbsync_devkit::testkit::gitea;
+    let test = "a_merge_on_gitea_is_delivered_applied_and_reported";
+    let Some(gitea) = gitea::require(test) else {
+        return;
+    };
+    let remote = gitea.create_repo(test);
+    let mut local = ScratchRepo::new();
+    let first = local
+        .commit_on(
+            "main",
+            None,
+            &[
+                ("shared.yaml", Some(&shared("team-a", &["charts"]))),
+                ("a.yaml", Some(&app("team-a", "a", "delete", &["charts"]))),
+            ],
+        )
+        .to_string();
+    gitea.push(&remote, local.path(), "main");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("out");
+    let token = dir.path().join("gitea-token");
+    std::fs::write(&token, format!("{}\n", gitea.token())).expect("token");
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "hook-s3cr3t\n").expect("secret");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo: {}\nref: main\ngit-token-file: {tok}\nstate-dir: {}\ntarget: dir:{}\n\
+             interval: 0\nresync-interval: 0\ninstance: platform\nwebhook-secret-file: {}\n\
+             forge:\n  provider: gitea\n  token-file: {tok}\n  status-url: http://127.0.0.1:9/\n",
+            remote.url,
+            dir.path().join("state").display(),
+            out.display(),
+            secret.display(),
+            tok = token.display(),
+        ),
+    )
+    .expect("config");
+    let d = Daemon::start(&["--config", config.to_str().expect("path")], &[]);
+    d.wait_status(Duration::from_secs(60), |s| {
+        revision(s) == first && s["result"] == "applied"
+    });
+    // The latest status of pbsync's context (Gitea numbers a commit's statuses in order).
+    let status_of = |sha: &str| -> Option<serde_json::Value> {
+        gitea
+            .commit_statuses(&remote, sha)
+            .into_iter()
+            .filter(|s| s["context"] == "pbsync/platform")
+            .max_by_key(|s| s["id"].as_u64())
+    };
+    let s = wait_for(
+        &d,
+        Duration::from_secs(30),
+        "success on the first commit",
+        || status_of(&first).filter(|s| s["status"] == "success"),
+    );
+    assert_eq!(s["description"], "applied and healthy");
+    assert_eq!(s["target_url"], "http://127.0.0.1:9/");
+    gitea.add_webhook(
+        &remote,
+        &format!("http://{}/webhook", d.addr),
+        "hook-s3cr3t",
+        &["push"],
+    );
+
+    // A pull request adding app b, planned and posted by pbsync (twice: one comment).
+    local.commit_on(
+        "feature",
+        Some("main"),
+        &[("b.yaml", Some(&app("team-a", "b", "delete", &["charts"])))],
+    );
+    gitea.push(&remote, local.path(), "feature");
+    let number = gitea.create_pull_request(&remote, "feature", "main", "app b");
+    let post = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_pbsync"))
+            .args([
+                "plan",
+                "--repo",
+                local.path().to_str().expect("path"),
+                "--base",
+                "refs/heads/main",
+                "--head",
+                "refs/heads/feature",
+                "--offline",
+                "--post",
+                "gitea",
+                "--post-pr",
+                &number.to_string(),
+                "--post-repo",
+                &format!("{}/{}", remote.owner, remote.name),
+                "--post-api-url",
+                &format!("{}/api/v1", gitea.url),
+                "--post-token-file",
+                token.to_str().expect("path"),
+            ])
+            .output()
+            .expect("pbsync plan --post");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    post();
+    post();
+    let plans: Vec<serde_json::Value> = gitea
+        .issue_comments(&remote, number)
+        .into_iter()
+        .filter(|c| {
+            c["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("<!-- pbsync-plan -->"))
+        })
+        .collect();
+    assert_eq!(plans.len(), 1, "one sticky plan comment: {plans:#?}");
+    assert!(plans[0]["body"].as_str().unwrap_or("").contains("team-a/b"));
+
+    // The merge: Gitea delivers the push, the daemon (which does not poll) applies it.
+    let merge = gitea.merge_pull_request(&remote, number);
+    d.wait_status(Duration::from_secs(60), |s| {
+        revision(s) == merge && s["result"] == "applied"
+    });
+    assert_eq!(count_files(&out, "b.yaml"), 1, "{}", d.log());
+    assert!(
+        metric(&d, "pbsync_webhook_deliveries_total{result=\"accepted\"}") >= 1.0,
+        "the push came by webhook"
+    );
+    let s = wait_for(
+        &d,
+        Duration::from_secs(30),
+        "success on the merge commit",
+        || status_of(&merge).filter(|s| s["status"] == "success"),
+    );
+    assert_eq!(s["description"], "applied and healthy");
+    let answer = wait_for(
+        &d,
+        Duration::from_secs(30),
+        "the answer on the pull request",
+        || {
+            gitea.issue_comments(&remote, number).into_iter().find(|c| {
+                c["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("pbsync-applied"))
+            })
+        },
+    );
+    let body = answer["body"].as_str().unwrap_or("");
+    assert!(body.contains("matches the last plan posted"), "{body}");
+    assert!(
+        !d.log().contains(gitea.token()),
+        "the token leaked into the log"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
