@@ -713,4 +713,68 @@ mod tests {
         let unposted = answer("platform", "abcdef0123456789", "1 created", &posted, None);
         assert!(unposted.contains("No plan by pbsync was posted"));
     }
+
+    #[tokio::test]
+    async fn a_status_the_provider_refuses_for_a_while_is_sent_once_it_is_back() {
+        use pbsync_devkit::testkit::gitlab::GitlabSim;
+        let sim = GitlabSim::start("t", "a/b");
+        let forge = Forge::new(&forge::Settings {
+            provider: forge::Provider::Gitlab,
+            api_url: sim.api_url.clone(),
+            repository: "a/b".into(),
+            token: pbsync_target::Secret::new("t"),
+            timeout: Duration::from_secs(10),
+        })
+        .expect("client");
+        // The client retries 3 times itself; the sink retries the status after that.
+        sim.fail_next(4);
+        let shared = Arc::new(Shared {
+            health: super::super::health::Health::default(),
+            board: super::super::board::Board::default(),
+            metrics: super::super::metrics::Metrics::new(),
+            triggers: mpsc::channel(1).0,
+            webhook: Mutex::default(),
+            page: Mutex::default(),
+            reporter: Reporter::default(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (_stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(statuses(
+            forge,
+            settings(false),
+            rx,
+            Arc::clone(&shared),
+            stop,
+        ));
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        // Sending never waits for the provider.
+        tx.send(Event::Applied {
+            revision: sha.into(),
+            summary: "1 created".into(),
+            acted: true,
+            note: note(&[]),
+        })
+        .expect("send");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while sim.statuses().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the status never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            sim.unavailable(),
+            4,
+            "the outage was met, then sent through"
+        );
+        assert_eq!(sim.statuses().len(), 1);
+        assert_eq!(sim.statuses()[0]["status"], "success");
+        let metrics = shared.metrics.render();
+        assert!(
+            metrics.contains("pbsync_reports_total{sink=\"commit-status\",result=\"failed\"} 1"),
+            "{metrics}"
+        );
+        task.abort();
+    }
 }

@@ -37,6 +37,9 @@ struct Inner {
     merge_requests: Vec<Value>,
     next_id: u64,
     refused: Vec<String>,
+    /// Requests still to be answered 503 (an outage), and how many were.
+    outage: usize,
+    unavailable: usize,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -113,6 +116,16 @@ impl GitlabSim {
         s.notes.entry(iid).or_default().push(note);
     }
 
+    /// Answers the next `n` requests with 503 Service Unavailable (an outage).
+    pub fn fail_next(&self, n: usize) {
+        self.lock().outage = n;
+    }
+
+    /// How many requests were answered 503 by [`GitlabSim::fail_next`].
+    pub fn unavailable(&self) -> usize {
+        self.lock().unavailable
+    }
+
     /// Every status set, oldest first.
     pub fn statuses(&self) -> Vec<Value> {
         self.lock().statuses.clone()
@@ -151,6 +164,17 @@ fn open<'a>(
     let mut s = shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if s.outage > 0 {
+        s.outage -= 1;
+        s.unavailable += 1;
+        return Err(Box::new(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"message": "503 Service Unavailable"})),
+            )
+                .into_response(),
+        ));
+    }
     admit(&mut s, headers, id, what)?;
     Ok(s)
 }
