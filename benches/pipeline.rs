@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
         };
         let loaded = load_snapshot(&snapshot).expect("valid");
         let observed = pbsync::live::Observed::as_applied(&loaded.graph, "default");
-        let _catalog = observed.catalog();
+        let _catalog = observed.catalog(loaded.graph.desired_state());
         let state = tempfile::tempdir().expect("tempdir");
         let target = LocalDir::new(state.path(), "default");
         rt.block_on(engine::run(

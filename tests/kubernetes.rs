@@ -197,6 +197,7 @@ fn resource(kind: &str) -> ApiResource {
         "ProfileBundle" => ("spectrocloud.com", "v1beta1", "profilebundles"),
         "WorkloadProfile" => ("spectrocloud.com", "v1beta1", "workloadprofiles"),
         "ComputePool" => ("spectrocloud.com", "v1alpha1", "computepools"),
+        "AIWorkload" => ("spectrocloud.com", "v1alpha1", "aiworkloads"),
         "HelmRepository" => ("source.toolkit.fluxcd.io", "v1", "helmrepositories"),
         "ComponentDefinition" => ("core.oam.dev", "v1beta1", "componentdefinitions"),
         other => panic!("no test resource for {other}"),
@@ -2667,6 +2668,251 @@ async fn a_plan_from_the_watch_cache_equals_a_fresh_plan_after_edits_out_of_band
             }
             cached_plan_agrees(&env, &repo, &cached, &format!("{step}, applied")).await;
         }
+    }
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Two instances on one hub: deploying onto a pool that lives only on the hub
+// ---------------------------------------------------------------------------------------
+
+/// A ProfileBundle labelled with the inference engine `engine`.
+fn bundle_with_engine(ns: &str, name: &str, spec: &str, engine: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: ProfileBundle\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{palette.ai/inference-engine: {engine}}}\nspec:\n{spec}"
+    )
+}
+
+/// An AIWorkload of type `kind` (`model`, `application`) deploying `bundle` onto the pool
+/// `pool`.
+fn deployment(ns: &str, name: &str, kind: &str, bundle: &str, pool: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1alpha1\nkind: AIWorkload\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{palette.ai/aiworkload-type: {kind}}}\nspec:\n  profileBundleRefs:\n    - name: {bundle}\n  computePool:\n    ref: {{name: {pool}}}\n"
+    )
+}
+
+fn workload_profile_of(ns: &str, name: &str, kind: &str) -> String {
+    format!(
+        "apiVersion: spectrocloud.com/v1beta1\nkind: WorkloadProfile\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: {kind}\n  workload:\n    components: []\n"
+    )
+}
+
+/// Plans HEAD of `ctx`'s repository against `target`.
+async fn plan_result<T: Target>(ctx: &Context, target: &T) -> engine::Result<Report> {
+    let snapshot = ctx.fetch().expect("fetch");
+    engine::run(ctx, Input::of(&snapshot), Goal::Plan(target)).await
+}
+
+/// The apps team's repository: a Model Deployment of an Application bundle labelled
+/// `engine` onto the pool `pool`, which the repository does not declare.
+fn apps_files(repo: &mut ScratchRepo, ns: &str, engine: &str, pool: &str) {
+    repo.write("profiles.yaml", workload_profile_of(ns, "llama", "Model"))
+        .write(
+            "bundles/llama.yaml",
+            bundle_with_engine(
+                ns,
+                "llama",
+                "  type: Application\n  workloadProfiles:\n    - name: llama\n",
+                engine,
+            ),
+        )
+        .write(
+            "deployments/chat.yaml",
+            deployment(ns, "chat", "model", "llama", pool),
+        );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_instance_deploys_onto_a_pool_another_instance_manages() {
+    let Some(env) = env("live-pool").await else {
+        return;
+    };
+    let ns = &env.ns;
+    // One hub, one Palette (a directory both instances share), two pbsync instances.
+    let palette = tempfile::tempdir().expect("tempdir");
+    let instance = |name: &str| {
+        let instance = format!("{}-{name}", env.instance);
+        let split = target::Split {
+            hub: KubeTarget::new(KubeOptions {
+                instance: instance.clone(),
+                cluster_profiles: pbsync::target::kubernetes::ClusterProfiles::Elsewhere,
+                ..env.options()
+            }),
+            palette: pbsync::target::local_dir::LocalDir::new(palette.path(), instance.clone()),
+        };
+        (instance, split)
+    };
+    let (platform, platform_target) = instance("platform");
+    let (apps, apps_target) = instance("apps");
+    let ctx_of = |repo: &ScratchRepo, instance: &str| {
+        let mut ctx = env.ctx(repo);
+        ctx.plan.instance = instance.to_string();
+        ctx
+    };
+
+    // The platform instance: a Shared pool from an Infrastructure bundle labelled vllm.
+    let mut platform_repo = ScratchRepo::new();
+    platform_repo
+        .write(
+            "profiles.yaml",
+            yaml::cluster_profile("gpu-infra", "1.0.0", "infra"),
+        )
+        .write(
+            "bundles/gpu-infra.yaml",
+            bundle_with_engine(
+                ns,
+                "gpu-infra",
+                "  type: Infrastructure\n  clusterProfiles:\n    - {name: gpu-infra, version: 1.0.0}\n",
+                "vllm",
+            ),
+        )
+        .write(
+            "pools/gpu-shared.yaml",
+            yaml::compute_pool(ns, "gpu-shared", "gpu-infra", "shared"),
+        );
+    platform_repo.commit("platform");
+    let platform_ctx = ctx_of(&platform_repo, &platform);
+    ok(env
+        .apply_with(&platform_ctx, &platform_target, RunOptions::default())
+        .await);
+    assert!(env.get("ComputePool", "gpu-shared").await.is_some());
+
+    // The apps instance: its repository holds neither the pool nor its bundle.
+    let mut apps_repo = ScratchRepo::new();
+    apps_files(&mut apps_repo, ns, "vllm", "gpu-shared");
+    apps_repo.commit("model deployment");
+    let apps_ctx = ctx_of(&apps_repo, &apps);
+    let offline = engine::run::<engine::NoTarget>(
+        &apps_ctx,
+        Input::of(&apps_ctx.fetch().expect("fetch")),
+        Goal::Validate(None),
+    )
+    .await
+    .expect("offline validate: a warning, not a violation");
+    assert!(
+        offline.warnings.iter().any(|w| w.starts_with(&format!(
+            "ComputePool {ns}/gpu-shared (referenced 1 time(s)) is not declared in the repository"
+        ))),
+        "{:?}",
+        offline.warnings
+    );
+    let report = ok(env
+        .apply_with(&apps_ctx, &apps_target, RunOptions::default())
+        .await);
+    let chat = change(report.plan(), Kind::AiWorkload, "chat");
+    assert_eq!(chat.action, Action::Create, "{}", render(report.plan()));
+    let found = format!(
+        "resolved on the hub: ComputePool {ns}/gpu-shared, managed by pbsync instance {platform}"
+    );
+    assert!(chat.reasons.contains(&found), "{:?}", chat.reasons);
+    assert_eq!(report.plan().references.len(), 1);
+    assert_eq!(report.plan().references[0].reason, found);
+    assert!(env.get("AIWorkload", "chat").await.is_some());
+    let pool = env.must_get("ComputePool", "gpu-shared").await;
+    assert_eq!(
+        labels(&pool)["pbsync.dev/instance"],
+        platform,
+        "the live pool is never written by the apps instance"
+    );
+
+    // A model on another engine than the pool's bundle: R7, naming the live pool and label.
+    apps_files(&mut apps_repo, ns, "sglang", "gpu-shared");
+    apps_repo.commit("sglang");
+    match plan_result(&apps_ctx, &apps_target).await {
+        Err(Error::Invalid { violations, .. }) => {
+            let v: Vec<String> = violations.0.iter().map(ToString::to_string).collect();
+            assert_eq!(v.len(), 1, "{v:?}");
+            for part in [
+                "deployments/chat.yaml:9: R7-inference-engine",
+                "is \"sglang\"",
+                &format!(
+                    "ProfileBundle {ns}/gpu-infra (on the hub, managed by pbsync instance {platform}), the bundle of ComputePool {ns}/gpu-shared (on the hub, managed by pbsync instance {platform}), it is \"vllm\""
+                ),
+            ] {
+                assert!(v[0].contains(part), "{part} in {v:?}");
+            }
+        }
+        other => panic!("expected R7, got {:?}", other.map(|r| render(r.plan()))),
+    }
+
+    // An App Deployment of a Fullstack bundle onto the live pool: only its Application
+    // profile deploys.
+    apps_files(&mut apps_repo, ns, "vllm", "gpu-shared");
+    apps_repo.write(
+        "shop.yaml",
+        yaml::stream([
+            workload_profile_of(ns, "storefront", "Application"),
+            yaml::profile_bundle(ns, "shop-stack", "Fullstack")
+                .cluster_profiles(&["gpu-infra@1.0.0"])
+                .workload_profiles(&["storefront"])
+                .to_string(),
+            deployment(ns, "shop", "application", "shop-stack", "gpu-shared"),
+        ]),
+    );
+    apps_repo.commit("fullstack app");
+    let report = ok(env
+        .apply_with(&apps_ctx, &apps_target, RunOptions::default())
+        .await);
+    let parts = &report.plan().deployments;
+    assert_eq!(parts.len(), 1, "{}", render(report.plan()));
+    let show = |list: &[pbsync::model::PartRef]| -> Vec<String> {
+        list.iter()
+            .map(|p| format!("{} {}", p.part.label(), p.key.short()))
+            .collect()
+    };
+    assert_eq!(
+        show(&parts[0].deployed),
+        [format!("Application workload profile {ns}/storefront")]
+    );
+    assert_eq!(
+        show(&parts[0].ignored),
+        ["cluster profile project/gpu-infra@1.0.0"]
+    );
+    assert!(env.get("AIWorkload", "shop").await.is_some());
+
+    // The platform instance removes its pool and bundle while the deployments use them.
+    platform_repo
+        .remove("bundles/gpu-infra.yaml")
+        .remove("pools/gpu-shared.yaml");
+    platform_repo.commit("pool leaves");
+    let report = ok(env
+        .apply_with(&platform_ctx, &platform_target, RunOptions::default())
+        .await);
+    let plan = report.plan();
+    let pool = change(plan, Kind::ComputePool, "gpu-shared");
+    assert_eq!(pool.action, Action::Blocked, "{}", render(plan));
+    assert_eq!(
+        pool.reasons,
+        [format!(
+            "blocked: AIWorkload {ns}/chat, {ns}/shop deploy onto this pool; the pool stays"
+        )]
+    );
+    let bundle = change(plan, Kind::ProfileBundle, "gpu-infra");
+    assert_eq!(bundle.action, Action::Blocked, "{}", render(plan));
+    assert!(
+        bundle.reasons[0].contains(&format!(
+            "AIWorkload {ns}/chat, {ns}/shop deploy onto ComputePool {ns}/gpu-shared, built from this bundle"
+        )),
+        "{:?}",
+        bundle.reasons
+    );
+    assert!(env.get("ComputePool", "gpu-shared").await.is_some());
+    assert!(env.get("ProfileBundle", "gpu-infra").await.is_some());
+
+    // A pool that exists nowhere: R6 at plan time, at its line.
+    apps_files(&mut apps_repo, ns, "vllm", "gpu-nowhere");
+    apps_repo.commit("nowhere");
+    match plan_result(&apps_ctx, &apps_target).await {
+        Err(Error::Invalid { violations, .. }) => {
+            let v: Vec<String> = violations.0.iter().map(ToString::to_string).collect();
+            assert_eq!(
+                v,
+                [format!(
+                    "deployments/chat.yaml:11: R6-unresolved-reference: compute pool ComputePool {ns}/gpu-nowhere is neither declared in the repository nor found on the hub"
+                )]
+            );
+        }
+        other => panic!("expected R6, got {:?}", other.map(|r| render(r.plan()))),
     }
     env.cleanup().await;
 }

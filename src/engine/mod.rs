@@ -474,7 +474,15 @@ pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) 
         }
         Goal::Plan(target) => {
             let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
-            let (loaded, plan) = plan_against(ctx, &input, loaded, &observed, base_graph, None)?;
+            let (loaded, plan) = plan_against(
+                ctx,
+                &input,
+                loaded,
+                &observed,
+                base_graph,
+                None,
+                Catalogue::Live,
+            )?;
             Ok(Report::of(
                 snapshot,
                 loaded,
@@ -488,7 +496,15 @@ pub async fn run<T: Target>(ctx: &Context, input: Input<'_>, goal: Goal<'_, T>) 
             let base = base_graph.expect("invariant: PlanOffline without a base is refused above");
             let observed = Observed::as_applied_for(&base, &loaded.graph, &ctx.plan.instance);
             timings.record("observe", started);
-            let (loaded, plan) = plan_against(ctx, &input, loaded, &observed, Some(base), None)?;
+            let (loaded, plan) = plan_against(
+                ctx,
+                &input,
+                loaded,
+                &observed,
+                Some(base),
+                None,
+                Catalogue::Offline,
+            )?;
             Ok(Report::of(
                 snapshot,
                 loaded,
@@ -555,7 +571,7 @@ async fn idle_pass<T: Target>(
         return Ok(Idle::Busy(loaded, base_graph));
     }
     let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
-    let (loaded, plan) = plan_against(ctx, input, loaded, &observed, None, None)?;
+    let (loaded, plan) = plan_against(ctx, input, loaded, &observed, None, None, Catalogue::Live)?;
     match pbsync_target::nothing_to_do(&plan) {
         Some(changes) if observed.pending.is_empty() => Ok(Idle::Done(Report::of(
             snapshot,
@@ -607,7 +623,15 @@ async fn apply<T: Target>(
         }
     }
     let observed = observe(ctx, snapshot, &loaded, target, timings).await?;
-    let (loaded, plan) = plan_against(ctx, input, loaded, &observed, base_graph, moved_back)?;
+    let (loaded, plan) = plan_against(
+        ctx,
+        input,
+        loaded,
+        &observed,
+        base_graph,
+        moved_back,
+        Catalogue::Live,
+    )?;
     let stamp = Stamp {
         instance: &ctx.plan.instance,
         revision: &snapshot.revision,
@@ -655,6 +679,17 @@ async fn observe<T: Target>(
     Ok(observed)
 }
 
+/// What external references are checked against when planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Catalogue {
+    /// The live state observed: a reference found nowhere is a violation (rule 6).
+    Live,
+    /// Nothing live (an offline pull-request plan, against the state base would produce):
+    /// a reference the repository does not declare stays unchecked, and the plan reports it
+    /// as unknown rather than refusing the review.
+    Offline,
+}
+
 /// Validates against the live catalogue, reads the history of leaving bundles, plans, adds
 /// the impact (pull requests) and masks secrets.
 fn plan_against(
@@ -664,9 +699,13 @@ fn plan_against(
     observed: &Observed,
     base_graph: Option<ResourceGraph>,
     moved_back: Option<plan::MovedBack>,
+    catalogue: Catalogue,
 ) -> Result<(Loaded, Plan)> {
     let started = Instant::now();
-    let loaded = recheck(loaded, observed)?;
+    let loaded = match catalogue {
+        Catalogue::Live => recheck(loaded, observed)?,
+        Catalogue::Offline => loaded,
+    };
     let own_tips: Vec<git2::Oid> = git2::Oid::from_str(&input.snapshot.revision)
         .ok()
         .into_iter()
@@ -750,15 +789,12 @@ fn check(
 }
 
 /// `loaded` checked again against the live catalogue of `observed`: external references
-/// (cluster profiles, definitions) resolve against live state now, reusing the parsed
-/// objects. Without any external reference the catalogue cannot change a thing.
+/// (cluster profiles, definitions, bundles and pools) resolve against live state now, reusing
+/// the parsed objects. Without any external reference the catalogue cannot change a thing.
 fn recheck(loaded: Loaded, observed: &Observed) -> Result<Loaded> {
     if loaded.graph.has_external() {
-        check(
-            loaded.graph.into_desired_state(),
-            Vec::new(),
-            &observed.catalog(),
-        )
+        let catalog = observed.catalog(loaded.graph.desired_state());
+        check(loaded.graph.into_desired_state(), Vec::new(), &catalog)
     } else {
         Ok(loaded)
     }

@@ -8,9 +8,14 @@
 //! - `apply: {allow-mass-deletion: bool, expect: ok|guard-refused|failed}`: apply HEAD;
 //! - `live-remove: path` / `live-write: {path, content}` / `live-set: {path, pointer, value}`:
 //!   change the target behind pbsync's back (out-of-band edits, foreign objects);
-//! - `plan: {}`: plan HEAD and snapshot the plan.
+//! - `plan: {}`: plan HEAD and snapshot the plan;
+//! - `validate: {}`: validate HEAD without a target (offline) and snapshot what it says.
 //!
-//! `options` sets `adopt`, `cascade` (client|server) and `instance`.
+//! `options` sets `adopt`, `cascade` (client|server) and `instance`. `commit`, `apply`,
+//! `plan` and `validate` take `as: <instance>` to act as another pbsync instance, with its own
+//! repository, on the same directory (two teams, one hub).
+
+use std::collections::BTreeMap;
 
 use std::path::Path;
 
@@ -36,24 +41,38 @@ fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{what} must be a string: {v}"))
 }
 
+/// One pbsync instance of a case: its repository, its view of the directory, its options.
+struct Instance {
+    repo: ScratchRepo,
+    target: LocalDir,
+    ctx: engine::Context,
+}
+
+impl Instance {
+    fn new(state: &Path, instance: &str, opts: &Value) -> Self {
+        let repo = ScratchRepo::new();
+        let target = LocalDir::new(state, instance);
+        let mut ctx = engine::Context::new(repo.path(), "HEAD", "");
+        ctx.plan.instance = instance.to_string();
+        ctx.plan.adopt = opts.get("adopt").and_then(Value::as_bool).unwrap_or(false);
+        if opts.get("cascade").and_then(Value::as_str) == Some("server") {
+            ctx.plan.cascade = Cascade::Server;
+        }
+        Self { repo, target, ctx }
+    }
+}
+
 /// Runs one case and returns the text to snapshot.
 fn run_case(name: &str) -> String {
     let case = load_case(name);
-    let mut repo = ScratchRepo::new();
     let state = tempfile::tempdir().expect("state dir");
     let opts = case.get("options").cloned().unwrap_or(Value::Null);
-    let instance = opts
+    let default = opts
         .get("instance")
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_string();
-    let target = LocalDir::new(state.path(), instance.clone());
-    let mut ctx = engine::Context::new(repo.path(), "HEAD", "");
-    ctx.plan.instance = instance;
-    ctx.plan.adopt = opts.get("adopt").and_then(Value::as_bool).unwrap_or(false);
-    if opts.get("cascade").and_then(Value::as_str) == Some("server") {
-        ctx.plan.cascade = Cascade::Server;
-    }
+    let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
     let mut out = String::new();
     if let Some(d) = case.get("description").and_then(Value::as_str) {
         out.push_str(&format!("# {}\n", d.trim()));
@@ -64,6 +83,21 @@ fn run_case(name: &str) -> String {
             .as_object()
             .and_then(|m| m.iter().next())
             .expect("a step is a one-key mapping");
+        let who = arg
+            .get("as")
+            .and_then(Value::as_str)
+            .unwrap_or(&default)
+            .to_string();
+        let Instance { repo, target, ctx } = instances
+            .entry(who.clone())
+            .or_insert_with(|| Instance::new(state.path(), &who, &opts));
+        let target = &*target;
+        let ctx = &*ctx;
+        let by = if who == default {
+            String::new()
+        } else {
+            format!(" (as {who})")
+        };
         match op.as_str() {
             "commit" => {
                 if let Some(files) = arg.get("files").and_then(Value::as_object) {
@@ -89,10 +123,10 @@ fn run_case(name: &str) -> String {
                 let expect = arg.get("expect").and_then(Value::as_str).unwrap_or("ok");
                 let snapshot = ctx.fetch().expect("fetch");
                 let result = block_on(engine::run(
-                    &ctx,
+                    ctx,
                     Input::of(&snapshot),
                     Goal::Apply(
-                        &target,
+                        target,
                         RunOptions {
                             allow_mass_deletion: allow,
                             ..RunOptions::default()
@@ -119,7 +153,7 @@ fn run_case(name: &str) -> String {
                 );
                 let show = arg.get("show").and_then(Value::as_bool).unwrap_or(false);
                 if let (Ok(report), true) = (&result, show) {
-                    out.push_str(&format!("\n## step {i}: apply\n"));
+                    out.push_str(&format!("\n## step {i}: apply{by}\n"));
                     for e in &report.changes().entries {
                         out.push_str(&format!("{} {}\n", e.key, e.outcome));
                     }
@@ -156,10 +190,32 @@ fn run_case(name: &str) -> String {
                     .expect("pointer exists") = arg["value"].clone();
                 std::fs::write(path, pbsync::model::yaml::to_string(&v)).expect("write");
             }
+            "validate" => {
+                let snapshot = ctx.fetch().expect("fetch");
+                out.push_str(&format!("\n## step {i}: validate without a target{by}\n"));
+                match block_on(engine::run::<engine::NoTarget>(
+                    ctx,
+                    Input::of(&snapshot),
+                    Goal::Validate(None),
+                )) {
+                    Ok(report) => {
+                        out.push_str("valid\n");
+                        for w in &report.warnings {
+                            out.push_str(&format!("warning: {w}\n"));
+                        }
+                    }
+                    Err(Error::Invalid { violations, .. }) => {
+                        for v in &violations.0 {
+                            out.push_str(&format!("{v}\n"));
+                        }
+                    }
+                    Err(e) => panic!("step {i}: {}", pbsync::error_chain(&e)),
+                }
+            }
             "plan" => {
                 let snapshot = ctx.fetch().expect("fetch");
-                out.push_str(&format!("\n## step {i}: plan\n"));
-                match block_on(engine::run(&ctx, Input::of(&snapshot), Goal::Plan(&target))) {
+                out.push_str(&format!("\n## step {i}: plan{by}\n"));
+                match block_on(engine::run(ctx, Input::of(&snapshot), Goal::Plan(target))) {
                     Ok(planned) => out.push_str(&render_text(planned.plan(), false, true)),
                     Err(Error::Invalid { violations, .. }) => {
                         for v in &violations.0 {
@@ -242,4 +298,5 @@ cases! {
     deployments_come_and_go => "deployments-come-and-go",
     fullstack_bundle_parts_per_workflow => "fullstack-bundle-parts-per-workflow",
     desired_pool_keeps_its_bundle => "desired-pool-keeps-its-bundle",
+    deploy_onto_another_instances_pool => "deploy-onto-another-instances-pool",
 }

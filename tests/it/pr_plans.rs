@@ -298,6 +298,92 @@ fn a_blocked_deletion() {
     insta::assert_snapshot!("pr-a-blocked-deletion", text);
 }
 
+/// A Model Deployment onto `team-a/gpu-shared`, a pool the repository does not declare.
+const ONTO_A_LIVE_POOL: &str = "apiVersion: spectrocloud.com/v1alpha1
+kind: AIWorkload
+metadata:
+  name: chat
+  namespace: team-a
+  labels: {palette.ai/aiworkload-type: application}
+spec:
+  profileBundleRefs: [{name: a}]
+  computePool:
+    ref: {name: gpu-shared}
+";
+
+#[test]
+fn a_deployment_onto_a_pool_that_lives_only_on_the_hub() {
+    let mut b = base_with(&[("a", "delete")]);
+    b.commit(
+        "pr",
+        Some("main"),
+        &[("deployments/chat.yaml", Some(ONTO_A_LIVE_POOL))],
+    );
+    // Offline: the pool cannot be looked up. The review goes on; the reference is unknown.
+    let review = b.offline("main", "pr");
+    assert!(
+        review.plan.violations.is_empty(),
+        "{:?}",
+        review.plan.violations
+    );
+    assert_eq!(review.plan.summary().create, 1, "{:?}", review.plan.changes);
+    let refs = &review.plan.references;
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(refs[0].action, pbsync::plan::Action::Unknown);
+    assert_eq!(refs[0].key.to_string(), "ComputePool team-a/gpu-shared");
+    insta::assert_snapshot!("pr-onto-a-live-pool-offline", render(&review));
+
+    // Against live state: the same resolution as plan and apply. A platform team's pool,
+    // created outside pbsync, is found.
+    let state = tempfile::tempdir().expect("state");
+    let target = LocalDir::new(state.path(), "default");
+    let mut ctx = b.context();
+    ctx.git.reference = "refs/heads/main".into();
+    let snapshot = ctx.fetch().expect("fetch base");
+    block_on(engine::run(
+        &ctx,
+        Input::of(&snapshot),
+        Goal::Apply(&target, RunOptions::default()),
+    ))
+    .expect("apply base");
+    let live = block_on(review::plan(&ctx, &request("main", "pr"), Some(&target)))
+        .expect("a plan whose pool is missing is still a review");
+    assert_eq!(
+        live.plan
+            .violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "deployments/chat.yaml:10: R6-unresolved-reference: compute pool ComputePool team-a/gpu-shared is neither declared in the repository nor found on the hub"
+        ],
+        "missing live: R6 at its line"
+    );
+    let pool = state.path().join("team-a/computepool/gpu-shared.yaml");
+    std::fs::create_dir_all(pool.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        pool,
+        yaml::compute_pool("team-a", "gpu-shared", "gpu-infra", "shared"),
+    )
+    .expect("write pool");
+    let mut live =
+        block_on(review::plan(&ctx, &request("main", "pr"), Some(&target))).expect("live plan");
+    live.plan.read_at = Some("2025-06-01T12:00:00Z".into());
+    assert!(
+        live.plan.violations.is_empty(),
+        "{:?}",
+        live.plan.violations
+    );
+    let refs = &live.plan.references;
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(refs[0].action, pbsync::plan::Action::Unchanged);
+    assert_eq!(
+        refs[0].reason,
+        "resolved on the hub: ComputePool team-a/gpu-shared, not managed by pbsync"
+    );
+    insta::assert_snapshot!("pr-onto-a-live-pool-live", render(&live));
+}
+
 #[test]
 fn a_head_with_validation_errors() {
     let mut b = base_with(&[("a", "delete")]);

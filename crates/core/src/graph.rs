@@ -11,8 +11,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::model::{
-    Catalog, DesiredState, KeyMap, Kind, Location, Object, ObjectKey, Resolution, Rule, Violation,
-    resolve,
+    Catalog, DesiredState, Found, KeyMap, Kind, Location, Object, ObjectKey, Resolution, Rule,
+    Violation, resolve,
 };
 
 /// One node: an object of the repository, or a live object the repository only references.
@@ -31,6 +31,9 @@ pub struct Node {
     /// The other roots (pools, workloads) whose closure contains it, sorted; see
     /// [`Node::dependents`]. Kept apart so the bundles, most roots, are not listed twice.
     pub other_dependents: Vec<ObjectKey>,
+    /// For an external node: where the reference was found (live, and who holds it), or that
+    /// no live state was read to look for it. `None` for declared objects.
+    pub found: Option<Found>,
 }
 
 impl Node {
@@ -98,6 +101,7 @@ impl ResourceGraph {
             references: 0,
             referrers: Vec::new(),
             other_dependents: Vec::new(),
+            found: None,
         };
         for (i, obj) in desired.objects.iter().enumerate() {
             let n = graph.add_node(());
@@ -108,13 +112,20 @@ impl ResourceGraph {
         for obj in &desired.objects {
             let from = index[&obj.key];
             for r in obj.refs() {
-                let target = match resolve(&desired, r, catalog) {
-                    Resolution::Repo(o) => o.key.clone(),
-                    Resolution::Live(k, _) | Resolution::Unchecked(k) => k,
+                let (target, found) = match resolve(&desired, r, catalog) {
+                    Resolution::Repo(o) => (o.key.clone(), None),
+                    Resolution::Live(k, _) => {
+                        let holder = catalog.holder(&k).to_string();
+                        (k, Some(Found::Live { holder }))
+                    }
+                    Resolution::Unchecked(k) => (k, Some(Found::Unchecked)),
                     Resolution::Missing => continue,
                 };
                 let to = *index.entry(target.clone()).or_insert_with(|| {
-                    nodes.push(new_node(target, None));
+                    nodes.push(Node {
+                        found,
+                        ..new_node(target, None)
+                    });
                     graph.add_node(())
                 });
                 edges.push((from, to));
@@ -354,6 +365,20 @@ impl ResourceGraph {
         let mut v: Vec<&ObjectKey> = self
             .graph
             .neighbors_directed(n, Direction::Outgoing)
+            .map(|m| &self.nodes[m.index()].key)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Keys of the declared objects that need `key` directly.
+    pub fn needed_by(&self, key: &ObjectKey) -> Vec<&ObjectKey> {
+        let Some(&n) = self.index.get(key) else {
+            return Vec::new();
+        };
+        let mut v: Vec<&ObjectKey> = self
+            .graph
+            .neighbors_directed(n, Direction::Incoming)
             .map(|m| &self.nodes[m.index()].key)
             .collect();
         v.sort();

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::graph::ResourceGraph;
-use crate::model::{Catalog, Kind, Manifest, ObjectKey, ProfileType};
+use crate::model::{
+    Catalog, DesiredState, Kind, Manifest, Object, ObjectKey, ProfileType, Spec, WorkloadType,
+    parse_live,
+};
 use crate::ownership::{self, Ownership, Stamp};
 
 /// One live object.
@@ -95,8 +98,9 @@ impl LiveObject {
 }
 
 /// Everything a target observed: every object it manages, every object the desired state
-/// names, every ProfileBundle and ComputePool (whoever owns them, since they hold references
-/// that keep shared objects alive), and the catalogue of live cluster profiles and definitions.
+/// names, every ProfileBundle, ComputePool and AIWorkload (whoever owns them: they hold
+/// references that keep shared objects alive and bundles and pools in place, and a commit may
+/// deploy onto them), and the catalogue of live cluster profiles and definitions.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// Live objects by key.
@@ -190,8 +194,12 @@ impl Observed {
         self.objects.get(key)
     }
 
-    /// The catalogue of live cluster profiles and definitions for resolving references.
-    pub fn catalog(&self) -> Catalog {
+    /// The catalogue of live objects for resolving the references of `desired`: every live
+    /// cluster profile, definition and workload profile type, and the live ProfileBundles and
+    /// ComputePools the commit names without declaring (and the bundles those pools were
+    /// built from), unless this instance manages them. Only those are parsed: a hub may hold
+    /// many more.
+    pub fn catalog(&self, desired: &DesiredState) -> Catalog {
         let mut catalog = Catalog {
             available: true,
             ..Catalog::default()
@@ -208,14 +216,66 @@ impl Observed {
                     });
                     if let Some(t) = t {
                         catalog.cluster_profiles.insert(key.clone(), t);
+                        catalog.holders.insert(key.clone(), holder(&obj.ownership));
                     }
                 }
                 Kind::ComponentDefinition | Kind::TraitDefinition | Kind::PolicyDefinition => {
                     catalog.definitions.insert(key.clone());
+                    catalog.holders.insert(key.clone(), holder(&obj.ownership));
+                }
+                Kind::WorkloadProfile => {
+                    let t = obj
+                        .manifest
+                        .as_ref()
+                        .and_then(|m| m.pointer("/spec/type"))
+                        .and_then(|t| serde_json::from_value::<WorkloadType>(t.clone()).ok());
+                    if let Some(t) = t {
+                        catalog.workload_profiles.insert(key.clone(), t);
+                    }
                 }
                 _ => {}
             }
         }
+        let mut wanted: Vec<ObjectKey> = desired
+            .objects
+            .iter()
+            .flat_map(Object::refs)
+            .filter(|r| {
+                !r.ordering_only
+                    && matches!(r.primary().kind, Kind::ProfileBundle | Kind::ComputePool)
+                    && r.candidates.iter().all(|k| desired.get(k).is_none())
+            })
+            .flat_map(|r| r.candidates.iter().cloned())
+            .collect();
+        while let Some(key) = wanted.pop() {
+            if catalog.roots.contains_key(&key) {
+                continue;
+            }
+            let Some(live) = self.objects.get(&key) else {
+                continue;
+            };
+            if live.ownership.is_managed() {
+                catalog.leaving.insert(key);
+                continue;
+            }
+            let object = live.manifest.as_ref().and_then(|m| parse_live("(live)", m));
+            if let Some(Spec::ComputePool(p)) = object.as_ref().map(|o| &o.spec) {
+                wanted.extend(p.bundle.candidates.iter().cloned());
+            }
+            catalog.holders.insert(key.clone(), holder(&live.ownership));
+            catalog.roots.insert(key, object);
+        }
         catalog
+    }
+}
+
+/// Who holds a live object, as the plan says it.
+fn holder(ownership: &Ownership) -> String {
+    match ownership {
+        Ownership::Managed => "managed by this pbsync instance".into(),
+        Ownership::Adopted => "adopted by this pbsync instance".into(),
+        Ownership::Released => "released earlier by this pbsync instance".into(),
+        Ownership::Foreign { owner: Some(o) } => format!("managed by pbsync instance {o}"),
+        Ownership::Foreign { owner: None } => "not managed by pbsync".into(),
     }
 }

@@ -263,8 +263,8 @@ pub trait Target: Send + Sync {
         Ok(())
     }
     /// Reads the live state the plan needs (see [`Observed`]): every object this instance
-    /// manages, every object the graph names, every ProfileBundle and ComputePool, and the
-    /// catalogue for external references.
+    /// manages, every object the graph names, every ProfileBundle, ComputePool and AIWorkload
+    /// (whoever owns them), and the catalogue for external references.
     fn observe(
         &self,
         graph: &ResourceGraph,

@@ -108,8 +108,10 @@ impl Kind {
         self == Self::ClusterProfile
     }
 
-    /// True for kinds a bundle may name without the repository declaring them: they must then
-    /// exist live (domain §3 rule 6).
+    /// True for kinds a reference may name without the repository declaring them: they must
+    /// then exist live (domain §3 rule 6), whoever owns them: cluster profiles and definitions
+    /// that bundles and workload profiles use, and the bundles and pools that pools and
+    /// deployments are built on (platform teams create pools; applications deploy onto them).
     pub(crate) fn may_be_external(self) -> bool {
         matches!(
             self,
@@ -117,6 +119,8 @@ impl Kind {
                 | Self::ComponentDefinition
                 | Self::TraitDefinition
                 | Self::PolicyDefinition
+                | Self::ProfileBundle
+                | Self::ComputePool
         )
     }
 

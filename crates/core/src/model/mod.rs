@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use key::{KeyMap, Kind, ObjectKey};
 pub use manifest::Manifest;
 pub use parse::{Limits, ParsedFile, parse_file, parse_file_detailed, parse_live};
-pub use validate::{Catalog, Resolution, resolve, validate};
+pub use validate::{Catalog, Found, Resolution, resolve, validate};
 pub use workflow::{
     DeploymentParts, FullstackFilter, Part, PartRef, Workflow, fullstack_filter, fullstack_parts,
 };

@@ -3,22 +3,71 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::Serialize;
+
 use super::{
     BundleType, DesiredState, Kind, Object, ObjectKey, ProfileType, Ref, Rule, Spec, Violation,
     WorkloadType,
 };
 
 /// What the live side holds that a repository may reference without declaring: cluster
-/// profiles (with their type) and definitions.
+/// profiles (with their type), definitions, and the ProfileBundles and ComputePools that pools
+/// and deployments are built on, whoever owns them.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    /// False when no target was read (`pbsync validate` without `--target`): external
-    /// references are then reported as warnings and checked at plan time.
+    /// False when no target was read (`pbsync validate` without `--target`, offline
+    /// pull-request plans): external references are then reported as warnings and checked at
+    /// plan time.
     pub available: bool,
     /// Live cluster profiles and their type.
     pub cluster_profiles: HashMap<ObjectKey, ProfileType>,
     /// Live component, trait and policy definitions.
     pub definitions: HashSet<ObjectKey>,
+    /// Live ProfileBundles and ComputePools this instance does not manage (another pbsync
+    /// instance's, a person's, PaletteAI's), as read back from the target: `None` when the
+    /// object exists but has no shape pbsync reads. This instance's own are left out: one
+    /// that the commit does not declare is leaving, so nothing may be built on it.
+    pub roots: HashMap<ObjectKey, Option<Object>>,
+    /// Live ProfileBundles and ComputePools the commit names without declaring that this
+    /// instance manages: they leave with this commit, so they resolve nowhere.
+    pub leaving: HashSet<ObjectKey>,
+    /// Types of live workload profiles, for the rules on live bundles.
+    pub workload_profiles: HashMap<ObjectKey, WorkloadType>,
+    /// Who holds each live object above, as the plan says it ("managed by pbsync instance
+    /// platform", "not managed by pbsync").
+    pub holders: HashMap<ObjectKey, String>,
+}
+
+impl Catalog {
+    /// The live bundle or pool with this key, when its shape was read.
+    pub fn live_object(&self, key: &ObjectKey) -> Option<&Object> {
+        self.roots.get(key).and_then(Option::as_ref)
+    }
+
+    /// Who holds a live object ("managed by pbsync instance platform").
+    pub fn holder(&self, key: &ObjectKey) -> &str {
+        self.holders
+            .get(key)
+            .map_or("held by an unknown owner", String::as_str)
+    }
+
+    /// The type of a workload profile that lives only on the hub.
+    pub(crate) fn workload_type(&self, key: &ObjectKey) -> Option<WorkloadType> {
+        self.workload_profiles.get(key).copied()
+    }
+}
+
+/// Where a reference that the repository does not declare was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Found {
+    /// Live: in Palette (cluster profiles) or on the hub (everything else).
+    Live {
+        /// Who holds it ("managed by pbsync instance platform").
+        holder: String,
+    },
+    /// Not looked up: no live state was read (validate without a target, offline plans).
+    Unchecked,
 }
 
 /// What a reference points at.
@@ -48,12 +97,22 @@ pub fn resolve<'a>(desired: &'a DesiredState, r: &Ref, catalog: &Catalog) -> Res
         return Resolution::Unchecked(primary.clone());
     }
     for k in &r.candidates {
-        if k.kind == Kind::ClusterProfile {
-            if let Some(t) = catalog.cluster_profiles.get(k) {
-                return Resolution::Live(k.clone(), Some(*t));
+        match k.kind {
+            Kind::ClusterProfile => {
+                if let Some(t) = catalog.cluster_profiles.get(k) {
+                    return Resolution::Live(k.clone(), Some(*t));
+                }
             }
-        } else if catalog.definitions.contains(k) {
-            return Resolution::Live(k.clone(), None);
+            Kind::ProfileBundle | Kind::ComputePool => {
+                if catalog.roots.contains_key(k) {
+                    return Resolution::Live(k.clone(), None);
+                }
+            }
+            _ => {
+                if catalog.definitions.contains(k) {
+                    return Resolution::Live(k.clone(), None);
+                }
+            }
         }
     }
     Resolution::Missing
@@ -70,7 +129,10 @@ pub fn validate(desired: &DesiredState, catalog: &Catalog) -> (Vec<Violation>, V
             match resolve(desired, r, catalog) {
                 Resolution::Missing if !rejected() => {
                     let loc = obj.location.with_line(r.line);
-                    let where_ = if r.primary().kind.may_be_external() && !r.ordering_only {
+                    let leaving = r.candidates.iter().any(|k| catalog.leaving.contains(k));
+                    let where_ = if leaving {
+                        "no longer declared in the repository, and this instance's live copy is deleted with this commit"
+                    } else if r.primary().kind.may_be_external() && !r.ordering_only {
                         if r.primary().kind.is_palette() {
                             "neither declared in the repository nor found in Palette"
                         } else {

@@ -4,9 +4,11 @@
 //! parts of a Fullstack bundle a deployment deploys. Pure: no I/O.
 //!
 //! The tables are the Profile Bundles seed's "Supported Workflows", "Mixing and Matching
-//! Profile Bundle Types" and "Fullstack Profile Bundle Deployment Behavior". References are
-//! resolved in the repository only: rule 6 already requires every pool and bundle a
-//! deployment names to be declared there (neither kind may live only on the hub).
+//! Profile Bundle Types" and "Fullstack Profile Bundle Deployment Behavior". A pool or bundle
+//! resolves in the repository first, then live (whoever owns it: a platform team's pbsync
+//! instance, a person, PaletteAI): the rules hold against a live pool, the live bundle it was
+//! built from and that bundle's labels as they do against declared ones. Without live state
+//! (validate without a target) such references are not checked here; rule 6 warns about them.
 
 use std::fmt;
 
@@ -385,16 +387,51 @@ fn repo_object<'a>(desired: &'a DesiredState, r: &Ref, catalog: &Catalog) -> Opt
     }
 }
 
+/// A pool or bundle as the rules see it: declared in the repository, or live.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    object: &'a Object,
+    /// Who holds it, when it is live (not declared in the repository).
+    live: Option<&'a str>,
+}
+
+impl Named<'_> {
+    /// Its key, saying where it lives when that is not the repository.
+    fn shown(&self) -> String {
+        match self.live {
+            None => self.object.key.to_string(),
+            Some(holder) => format!("{} (on the hub, {holder})", self.object.key),
+        }
+    }
+}
+
+/// The object a reference names: in the repository, or live (its shape read back).
+fn object_of<'a>(desired: &'a DesiredState, r: &Ref, catalog: &'a Catalog) -> Option<Named<'a>> {
+    match resolve(desired, r, catalog) {
+        Resolution::Repo(object) => Some(Named { object, live: None }),
+        Resolution::Live(k, _) => catalog.live_object(&k).map(|object| Named {
+            object,
+            live: Some(catalog.holder(&k)),
+        }),
+        Resolution::Unchecked(_) | Resolution::Missing => None,
+    }
+}
+
 fn workload_type(
     desired: &DesiredState,
     r: &Ref,
     catalog: &Catalog,
 ) -> Option<(ObjectKey, WorkloadType)> {
-    let o = repo_object(desired, r, catalog)?;
-    match &o.spec {
-        Spec::WorkloadProfile(w) => Some((o.key.clone(), w.workload_type)),
-        _ => None,
+    if let Some(o) = repo_object(desired, r, catalog) {
+        return match &o.spec {
+            Spec::WorkloadProfile(w) => Some((o.key.clone(), w.workload_type)),
+            _ => None,
+        };
     }
+    // A live bundle's workload profiles live on the hub too.
+    r.candidates
+        .iter()
+        .find_map(|k| catalog.workload_type(k).map(|t| (k.clone(), t)))
 }
 
 /// The Application or Model type of a bundle's workload profiles, when known (rule 4 keeps a
@@ -422,16 +459,18 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
         };
         let at = |line: u32| obj.location.with_line(line);
         let name = &obj.key;
-        let bundles: Vec<(&Ref, Option<&Object>)> = refs
+        let bundles: Vec<(&Ref, Option<Named<'_>>)> = refs
             .iter()
             .map(|r| {
-                let o = repo_object(desired, r, catalog).filter(|o| o.as_bundle().is_some());
+                let o = object_of(desired, r, catalog).filter(|o| o.object.as_bundle().is_some());
                 (*r, o)
             })
             .collect();
-        let known: Vec<(&Ref, &Object, BundleType)> = bundles
+        let known: Vec<(&Ref, Named<'_>, BundleType)> = bundles
             .iter()
-            .filter_map(|(r, o)| o.and_then(|o| o.as_bundle().map(|b| (*r, o, b.bundle_type))))
+            .filter_map(|(r, o)| {
+                o.and_then(|o| o.object.as_bundle().map(|b| (*r, o, b.bundle_type)))
+            })
             .collect();
         let where_ = match workflow {
             Workflow::ComputePool => {
@@ -464,7 +503,7 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
                         Rule::Workflow,
                         format!(
                             "{name}: {takes}; {} is {} bundle{why}",
-                            o.key,
+                            o.shown(),
                             with_article(t)
                         ),
                     ));
@@ -476,7 +515,7 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
                         Rule::Workflow,
                         format!(
                             "{name}: {takes}; {} ({}) is one bundle too many",
-                            o.key,
+                            o.shown(),
                             type_name(t)
                         ),
                     ));
@@ -485,7 +524,7 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
                     if let Some((r, _, _)) = known.first() {
                         let have: Vec<String> = known
                             .iter()
-                            .map(|(_, o, t)| format!("{} ({})", o.key, type_name(*t)))
+                            .map(|(_, o, t)| format!("{} ({})", o.shown(), type_name(*t)))
                             .collect();
                         let need: Vec<&str> = missing.iter().map(|t| with_article(*t)).collect();
                         violations.push(Violation::at(
@@ -508,7 +547,7 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
                 if *t == BundleType::Infrastructure {
                     continue;
                 }
-                match app_or_model(desired, o, catalog) {
+                match app_or_model(desired, o.object, catalog) {
                     Some(got) if got != want => {
                         violations.push(Violation::at(
                             &at(r.line),
@@ -516,7 +555,7 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
                             format!(
                                 "{name}: {} deploys {want:?} workload profiles, but {} holds {got:?} workload profiles (label {} decides the deployment type)",
                                 workflow.with_article(),
-                                o.key,
+                                o.shown(),
                                 super::AIWORKLOAD_TYPE_LABEL,
                             ),
                         ));
@@ -531,10 +570,10 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
             let Some(pool_ref) = &w.pool else {
                 continue;
             };
-            let Some(pool_obj) = repo_object(desired, pool_ref, catalog) else {
+            let Some(pool) = object_of(desired, pool_ref, catalog) else {
                 continue;
             };
-            let Spec::ComputePool(p) = &pool_obj.spec else {
+            let Spec::ComputePool(p) = &pool.object.spec else {
                 continue;
             };
             if p.variant != PoolVariant::Shared {
@@ -543,7 +582,7 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
                     Rule::Workflow,
                     format!(
                         "{name}: a deployment onto an existing pool needs a Shared pool, but {} is {}; a Dedicated pool is created by and belongs to one deployment",
-                        pool_obj.key,
+                        pool.shown(),
                         variant_name(p.variant)
                     ),
                 ));
@@ -552,27 +591,29 @@ pub fn check(desired: &DesiredState, catalog: &Catalog) -> Vec<Violation> {
             if workflow != Workflow::ModelDeployment {
                 continue;
             }
-            let Some(infra) = repo_object(desired, &p.bundle, catalog) else {
+            let Some(infra) = object_of(desired, &p.bundle, catalog) else {
                 continue;
             };
-            let Some(infra_bundle) = infra.as_bundle() else {
+            let Some(infra_bundle) = infra.object.as_bundle() else {
                 continue;
             };
             for (r, o, t) in &known {
                 if *t == BundleType::Infrastructure {
                     continue;
                 }
-                let Some(b) = o.as_bundle() else { continue };
+                let Some(b) = o.object.as_bundle() else {
+                    continue;
+                };
                 if b.inference_engine != infra_bundle.inference_engine {
                     violations.push(Violation::at(
                         &at(r.line),
                         Rule::InferenceEngine,
                         format!(
                             "{name}: {INFERENCE_ENGINE_LABEL} of the model's {} is {}, but of {}, the bundle of {}, it is {}; a Model Deployment needs a pool running its inference engine",
-                            o.key,
+                            o.shown(),
                             engine(b.inference_engine.as_ref()),
-                            infra.key,
-                            pool_obj.key,
+                            infra.shown(),
+                            pool.shown(),
                             engine(infra_bundle.inference_engine.as_ref()),
                         ),
                     ));
@@ -968,5 +1009,188 @@ spec:
             ]
         );
         assert_eq!(names(&p.ignored), ["Model workload profile ns/model"]);
+    }
+
+    // Pools and bundles that live only on the hub (another instance's, a person's).
+
+    /// The hub of a platform team: a Shared pool built from an Infrastructure bundle labelled
+    /// `vllm`, both managed by pbsync instance `platform`, and one pool of this instance.
+    const HUB: &str = "\
+apiVersion: spectrocloud.com/v1beta1
+kind: ProfileBundle
+metadata: {name: gpu-infra, namespace: team-a, labels: {palette.ai/inference-engine: vllm}}
+spec: {type: Infrastructure, clusterProfiles: [{name: infra, version: 1.0.0}]}
+---
+apiVersion: spectrocloud.com/v1alpha1
+kind: ComputePool
+metadata: {name: gpu-shared, namespace: team-a}
+spec:
+  profileBundleRef: {name: gpu-infra}
+  clusterVariant: {shared: {}}
+---
+apiVersion: spectrocloud.com/v1alpha1
+kind: ComputePool
+metadata: {name: gpu-own, namespace: team-a}
+spec:
+  profileBundleRef: {name: gpu-infra}
+  clusterVariant: {dedicated: {}}
+---
+apiVersion: spectrocloud.com/v1alpha1
+kind: ComputePool
+metadata: {name: mine, namespace: team-a}
+spec:
+  profileBundleRef: {name: gpu-infra}
+  clusterVariant: {shared: {}}
+";
+
+    /// The live state: [`HUB`], `mine` managed by this instance, the rest by `platform`.
+    fn hub() -> crate::live::Observed {
+        use crate::live::{LiveObject, Observed};
+        use crate::ownership::Ownership;
+        let mut observed = Observed::default();
+        for obj in desired(HUB).objects {
+            let ownership = if &*obj.key.name == "mine" {
+                Ownership::Managed
+            } else {
+                Ownership::Foreign {
+                    owner: Some("platform".into()),
+                }
+            };
+            observed.objects.insert(
+                obj.key.clone(),
+                LiveObject::new(obj.manifest.value(), ownership),
+            );
+        }
+        observed
+    }
+
+    const APPS: &str = "\
+apiVersion: spectrocloud.com/v1beta1
+kind: WorkloadProfile
+metadata: {name: model, namespace: apps}
+spec: {type: Model, workload: {components: []}}
+---
+apiVersion: spectrocloud.com/v1beta1
+kind: ProfileBundle
+metadata: {name: llama, namespace: apps, labels: {palette.ai/inference-engine: ENGINE}}
+spec: {type: Application, workloadProfiles: [{name: model}]}
+---
+apiVersion: spectrocloud.com/v1alpha1
+kind: AIWorkload
+metadata: {name: chat, namespace: apps, labels: {palette.ai/aiworkload-type: model}}
+spec:
+  profileBundleRefs: [{name: llama}]
+  computePool: {ref: {name: POOL, namespace: team-a}}
+";
+
+    fn apps(engine: &str, pool: &str) -> DesiredState {
+        desired(&APPS.replace("ENGINE", engine).replace("POOL", pool))
+    }
+
+    fn validated(d: &DesiredState, catalog: &Catalog) -> (Vec<String>, Vec<String>) {
+        let (v, w) = crate::model::validate(d, catalog);
+        (v.iter().map(ToString::to_string).collect(), w)
+    }
+
+    #[test]
+    fn a_pool_only_on_the_hub_is_a_warning_without_live_state() {
+        let (v, w) = validated(&apps("vllm", "gpu-shared"), &Catalog::default());
+        assert_eq!(v, Vec::<String>::new());
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("ComputePool team-a/gpu-shared (referenced 1 time(s)) is not declared in the repository; it must exist live and is checked against the target at plan time"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_pool_found_nowhere_is_unresolved_at_its_line() {
+        let d = apps("vllm", "nowhere");
+        let (v, w) = validated(&d, &hub().catalog(&d));
+        assert_eq!(w, Vec::<String>::new());
+        assert_eq!(
+            v,
+            [
+                "repo.yaml:16: R6-unresolved-reference: compute pool ComputePool team-a/nowhere is neither declared in the repository nor found on the hub"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_model_onto_a_live_pool_of_its_engine_is_valid() {
+        let d = apps("vllm", "gpu-shared");
+        let catalog = hub().catalog(&d);
+        assert_eq!(validated(&d, &catalog), (vec![], vec![]));
+        // Only what the commit names is read: the pool and the bundle it was built from.
+        let mut read: Vec<String> = catalog.roots.keys().map(ToString::to_string).collect();
+        read.sort();
+        assert_eq!(
+            read,
+            [
+                "ComputePool team-a/gpu-shared",
+                "ProfileBundle team-a/gpu-infra"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_model_onto_a_live_pool_of_another_engine_names_the_live_pool_and_its_bundles_label() {
+        let d = apps("sglang", "gpu-shared");
+        let (v, _) = validated(&d, &hub().catalog(&d));
+        assert_eq!(
+            v,
+            [
+                "repo.yaml:15: R7-inference-engine: AIWorkload apps/chat: palette.ai/inference-engine of the model's ProfileBundle apps/llama is \"sglang\", but of ProfileBundle team-a/gpu-infra (on the hub, managed by pbsync instance platform), the bundle of ComputePool team-a/gpu-shared (on the hub, managed by pbsync instance platform), it is \"vllm\"; a Model Deployment needs a pool running its inference engine"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deployment_onto_a_live_dedicated_pool_breaks_the_workflow_tables() {
+        let d = apps("vllm", "gpu-own");
+        let (v, _) = validated(&d, &hub().catalog(&d));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("R8-workflow: AIWorkload apps/chat: a deployment onto an existing pool needs a Shared pool, but ComputePool team-a/gpu-own (on the hub, managed by pbsync instance platform) is Dedicated"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_pool_this_instance_manages_but_no_longer_declares_is_not_built_on() {
+        // It is leaving with this commit: nothing may be deployed onto it.
+        let d = apps("vllm", "mine");
+        let (v, _) = validated(&d, &hub().catalog(&d));
+        assert_eq!(
+            v,
+            [
+                "repo.yaml:16: R6-unresolved-reference: compute pool ComputePool team-a/mine is no longer declared in the repository, and this instance's live copy is deleted with this commit"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_graph_records_where_a_live_reference_was_found() {
+        use crate::graph::ResourceGraph;
+        let d = apps("vllm", "gpu-shared");
+        let catalog = hub().catalog(&d);
+        let (g, v) = ResourceGraph::build(d, &catalog);
+        assert!(v.is_empty(), "{v:?}");
+        let pool = ObjectKey::new(crate::model::Kind::ComputePool, "team-a", "gpu-shared");
+        let node = g.node(&pool).expect("an edge to the live pool");
+        assert!(node.object.is_none() && node.desired);
+        assert_eq!(
+            node.found,
+            Some(crate::model::Found::Live {
+                holder: "managed by pbsync instance platform".into()
+            })
+        );
+        assert_eq!(
+            g.needed_by(&pool)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["AIWorkload apps/chat"]
+        );
     }
 }

@@ -386,6 +386,32 @@ fn units(plan: &Plan) -> Vec<Unit> {
         }
         out.push(Unit::new("\n".into()));
     }
+    if !plan.references.is_empty() {
+        let head = "| object | where | used by |\n|---|---|---|\n";
+        out.push(Unit::new(format!(
+            "#### :link: References outside the repository ({})\n\nEdges of the graph like any other, but never created, changed or deleted by this instance.\n\n{head}",
+            plan.references.len()
+        )));
+        let resume = format!("#### :link: References outside the repository (continued)\n\n{head}");
+        for r in &plan.references {
+            let used_by: Vec<String> = r
+                .used_by
+                .iter()
+                .map(|k| format!("{} `{}`", k.kind, k.short()))
+                .collect();
+            out.push(Unit {
+                text: format!(
+                    "| {} `{}` | {} | {} |\n",
+                    r.key.kind,
+                    r.key.short(),
+                    cell(&r.reason),
+                    used_by.join("<br>")
+                ),
+                resume: Some(resume.clone()),
+            });
+        }
+        out.push(Unit::new("\n".into()));
+    }
     let updates: Vec<&Change> = plan.changes.iter().filter(|c| !c.diff.is_empty()).collect();
     if !updates.is_empty() {
         out.push(Unit::new(format!(
@@ -602,6 +628,7 @@ mod tests {
             violations: Vec::new(),
             deployments: Vec::new(),
             missing_namespaces: Vec::new(),
+            references: Vec::new(),
         }
     }
 

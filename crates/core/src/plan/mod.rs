@@ -23,7 +23,7 @@ use crate::graph::ResourceGraph;
 use crate::guard::{Adoption, GuardTrip, MassDeletion};
 use crate::live::{LiveObject, Observed};
 use crate::model::{
-    DeletionPolicy, DeploymentParts, Kind, Location, ObjectKey, Spec, Violation, parse_live,
+    DeletionPolicy, DeploymentParts, Found, Kind, Location, ObjectKey, Spec, Violation, parse_live,
 };
 use crate::ownership::{self, Ownership, Stamp};
 
@@ -148,6 +148,66 @@ pub struct Plan {
     /// write anything while one is missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing_namespaces: Vec<MissingNamespace>,
+    /// References the repository does not declare: where each was found (domain §3 rule 6),
+    /// or that it could not be looked up (an offline plan).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<LiveReference>,
+}
+
+/// A reference to an object the repository does not declare. It is an edge of the graph like
+/// any other, but its object is never created, changed or deleted by this instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveReference {
+    /// The object referenced.
+    pub key: ObjectKey,
+    /// `unchanged` when found live, `unknown` when no live state was read.
+    pub action: Action,
+    /// Where it was found, or why that is not known.
+    pub reason: String,
+    /// The declared objects that reference it, sorted.
+    pub used_by: Vec<ObjectKey>,
+}
+
+/// Where a live object of this kind lives, for sentences.
+fn live_place(kind: Kind) -> &'static str {
+    if kind.is_palette() {
+        "in Palette"
+    } else {
+        "on the hub"
+    }
+}
+
+/// The references of `graph` that resolved outside the repository, sorted by key.
+fn live_references(graph: &ResourceGraph) -> Vec<LiveReference> {
+    let mut out: Vec<LiveReference> = graph
+        .nodes()
+        .iter()
+        .filter(|n| n.desired)
+        .filter_map(|n| {
+            let (action, reason) = match n.found.as_ref()? {
+                Found::Live { holder } => (
+                    Action::Unchanged,
+                    format!("resolved {}: {}, {holder}", live_place(n.key.kind), n.key),
+                ),
+                Found::Unchecked => (
+                    Action::Unknown,
+                    format!(
+                        "unknown: {} is not declared in the repository and this plan read no live state (offline); it must exist {} and is checked when planned against a target",
+                        n.key,
+                        live_place(n.key.kind)
+                    ),
+                ),
+            };
+            Some(LiveReference {
+                key: n.key.clone(),
+                action,
+                reason,
+                used_by: graph.needed_by(&n.key).into_iter().cloned().collect(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 /// A namespace the commit needs and the hub lacks.
@@ -285,6 +345,10 @@ struct LiveRefs {
     referrers: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Live pools naming each bundle.
     pools: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Live deployments (AIWorkloads) using each bundle and pool, whoever owns them: a bundle
+    /// they name, a pool they deploy onto, and the bundle that pool was built from (with the
+    /// pool it is used through).
+    deployments: HashMap<ObjectKey, BTreeSet<(ObjectKey, Option<ObjectKey>)>>,
     /// Deletion policy on each live bundle.
     policies: HashMap<ObjectKey, DeletionPolicy>,
 }
@@ -340,17 +404,47 @@ impl LiveRefs {
                 referrers.entry(target).or_default().insert(key.clone());
             }
         }
+        let mut pool_bundles: HashMap<&ObjectKey, ObjectKey> = HashMap::new();
         for (key, obj) in parsed(Kind::ComputePool) {
             if let Spec::ComputePool(p) = &obj.spec {
-                pools
-                    .entry(p.bundle.primary().clone())
-                    .or_default()
-                    .insert(key.clone());
+                let bundle =
+                    find(&p.bundle.candidates).unwrap_or_else(|| p.bundle.primary().clone());
+                pools.entry(bundle.clone()).or_default().insert(key.clone());
+                pool_bundles.insert(key, bundle);
             }
+        }
+        let mut deployments: HashMap<ObjectKey, BTreeSet<(ObjectKey, Option<ObjectKey>)>> =
+            HashMap::new();
+        for (key, obj) in parsed(Kind::AiWorkload) {
+            let Spec::AiWorkload(w) = &obj.spec else {
+                continue;
+            };
+            for b in &w.bundles {
+                if let Some(bundle) = find(&b.candidates) {
+                    deployments
+                        .entry(bundle)
+                        .or_default()
+                        .insert((key.clone(), None));
+                }
+            }
+            let Some(pool) = w.pool.as_ref().and_then(|p| find(&p.candidates)) else {
+                continue;
+            };
+            if let Some(bundle) = pool_bundles.get(&pool) {
+                deployments
+                    .entry(bundle.clone())
+                    .or_default()
+                    .insert((key.clone(), Some(pool.clone())));
+            }
+            deployments
+                .entry(pool)
+                .or_default()
+                .insert((key.clone(), None));
         }
         Self {
             referrers,
             pools,
+            deployments,
             policies,
         }
     }
@@ -373,24 +467,94 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         .iter()
         .filter(|(k, o)| o.ownership.is_managed() && !desired_keys(k))
         .collect();
-    let blocked_bundles: BTreeMap<&ObjectKey, Vec<&ObjectKey>> = leaving
-        .keys()
-        .filter(|k| k.kind == Kind::ProfileBundle)
-        .filter_map(|k| {
-            let blockers: Vec<&ObjectKey> = live_refs
-                .pools
-                .get(*k)
-                .into_iter()
-                .flatten()
-                .filter(|pool| {
-                    !leaving
-                        .get(*pool)
-                        .is_some_and(|o| o.ownership == Ownership::Managed)
-                })
-                .collect();
-            (!blockers.is_empty()).then_some((*k, blockers))
-        })
-        .collect();
+    // Leaving pools and bundles that stay because something live is built on them: a pool a
+    // deployment (of any owner) runs on; a bundle a pool references or a deployment uses,
+    // directly or through its pool. Pools first: a blocked pool keeps its bundle.
+    let deleted = |k: &ObjectKey| {
+        leaving
+            .get(k)
+            .is_some_and(|o| o.ownership == Ownership::Managed)
+    };
+    let mut blocked: BTreeMap<&ObjectKey, String> = BTreeMap::new();
+    for k in leaving.keys().filter(|k| k.kind == Kind::ComputePool) {
+        let users: Vec<&ObjectKey> = live_refs
+            .deployments
+            .get(*k)
+            .into_iter()
+            .flatten()
+            .map(|(w, _)| w)
+            .filter(|w| !deleted(w))
+            .collect();
+        if !users.is_empty() {
+            let verb = if users.len() == 1 {
+                "deploys"
+            } else {
+                "deploy"
+            };
+            blocked.insert(
+                *k,
+                format!(
+                    "blocked: {} {verb} onto this pool; the pool stays",
+                    join_keys(users)
+                ),
+            );
+        }
+    }
+    for k in leaving.keys().filter(|k| k.kind == Kind::ProfileBundle) {
+        let pools: Vec<&ObjectKey> = live_refs
+            .pools
+            .get(*k)
+            .into_iter()
+            .flatten()
+            .filter(|pool| !deleted(pool) || blocked.contains_key(*pool))
+            .collect();
+        let mut why = Vec::new();
+        if !pools.is_empty() {
+            why.push(format!("{} references this bundle", join_keys(pools)));
+        }
+        let users = live_refs.deployments.get(*k).into_iter().flatten();
+        let direct: Vec<&ObjectKey> = users
+            .clone()
+            .filter(|(w, through)| through.is_none() && !deleted(w))
+            .map(|(w, _)| w)
+            .collect();
+        if !direct.is_empty() {
+            let verb = if direct.len() == 1 {
+                "deploys"
+            } else {
+                "deploy"
+            };
+            why.push(format!("{} {verb} this bundle", join_keys(direct)));
+        }
+        let mut through_pools: BTreeMap<&ObjectKey, Vec<&ObjectKey>> = BTreeMap::new();
+        for (w, through) in users {
+            if let Some(pool) = through
+                && !deleted(w)
+            {
+                through_pools.entry(pool).or_default().push(w);
+            }
+        }
+        for (pool, users) in through_pools {
+            let verb = if users.len() == 1 {
+                "deploys"
+            } else {
+                "deploy"
+            };
+            why.push(format!(
+                "{} {verb} onto {pool}, built from this bundle",
+                join_keys(users)
+            ));
+        }
+        if !why.is_empty() {
+            blocked.insert(
+                *k,
+                format!(
+                    "blocked: {}; the bundle and its dependents stay",
+                    why.join("; ")
+                ),
+            );
+        }
+    }
     let effective_policy = |bundle: &ObjectKey| -> Effective {
         let live = live_refs.policies.get(bundle).copied();
         let git = if desired_keys(bundle) {
@@ -418,6 +582,15 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         };
         Ok((DeletionPolicy::Orphan, from.to_string()))
     };
+
+    // References outside the repository: each is said on the objects that make it.
+    let references = live_references(graph);
+    let mut referenced: HashMap<&ObjectKey, Vec<&LiveReference>> = HashMap::new();
+    for r in &references {
+        for user in &r.used_by {
+            referenced.entry(user).or_default().push(r);
+        }
+    }
 
     // Namespaces the commit writes into that the hub lacks, and the files that use them.
     let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -523,6 +696,9 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 }
             },
         }
+        for r in referenced.get(key).into_iter().flatten() {
+            change.reasons.push(r.reason.clone());
+        }
         // Say who keeps a shared object alive when some of its live referrers are leaving.
         if shared {
             let leaving_refs: Vec<&ObjectKey> = live_refs
@@ -572,12 +748,9 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 "{gone}; it was adopted, so it is released, never deleted"
             ));
         } else if !key.kind.is_shared() {
-            if let Some(pools) = blocked_bundles.get(key) {
+            if let Some(why) = blocked.get(key) {
                 change.action = Action::Blocked;
-                change.reasons.push(format!(
-                    "blocked: {} references this bundle; the bundle and its dependents stay",
-                    join_keys(pools.iter().copied())
-                ));
+                change.reasons.push(why.clone());
             } else if key.kind == Kind::ProfileBundle {
                 match effective_policy(key) {
                     Ok((policy, from)) => {
@@ -602,7 +775,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
                 key,
                 &live_refs,
                 &leaving,
-                &blocked_bundles,
+                &blocked,
                 &desired_keys,
                 &effective_policy,
                 gone,
@@ -678,6 +851,7 @@ pub fn plan(graph: &ResourceGraph, observed: &Observed, history: &History, opts:
         violations: Vec::new(),
         deployments: crate::model::fullstack_parts(graph.desired_state()),
         missing_namespaces,
+        references,
     }
 }
 
@@ -687,7 +861,7 @@ fn decide_shared(
     key: &ObjectKey,
     live_refs: &LiveRefs,
     leaving: &BTreeMap<&ObjectKey, &LiveObject>,
-    blocked: &BTreeMap<&ObjectKey, Vec<&ObjectKey>>,
+    blocked: &BTreeMap<&ObjectKey, String>,
     desired: &dyn Fn(&ObjectKey) -> bool,
     effective_policy: &dyn Fn(&ObjectKey) -> Effective,
     gone: &str,
@@ -927,6 +1101,7 @@ impl Plan {
             violations,
             deployments: Vec::new(),
             missing_namespaces: Vec::new(),
+            references: Vec::new(),
         }
     }
 

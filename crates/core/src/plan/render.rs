@@ -58,6 +58,20 @@ pub fn render_json(plan: &Plan) -> Value {
     if !plan.deployments.is_empty() {
         doc["deployments"] = plan.deployments.iter().map(deployment_json).collect();
     }
+    // Present only when some reference resolved outside the repository.
+    if !plan.references.is_empty() {
+        doc["references"] = plan
+            .references
+            .iter()
+            .map(|r| {
+                let mut v = key_json(&r.key);
+                v["action"] = json!(r.action);
+                v["reason"] = json!(r.reason);
+                v["usedBy"] = r.used_by.iter().map(key_json).collect();
+                v
+            })
+            .collect();
+    }
     // Present only when the hub lacks a namespace the commit writes into.
     if !plan.missing_namespaces.is_empty() {
         doc["missingNamespaces"] = json!(plan.missing_namespaces);
@@ -118,6 +132,23 @@ fn render_deployments(out: &mut String, plan: &Plan) {
                 let _ = writeln!(out, "      {verb}  {} {}", p.part.label(), p.key.short());
             }
         }
+    }
+}
+
+/// References outside the repository: where each was found, and who uses it.
+fn render_references(out: &mut String, plan: &Plan) {
+    if plan.references.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nReferences outside the repository (never created, changed or deleted by this instance):"
+    );
+    for r in &plan.references {
+        let used_by: Vec<String> = r.used_by.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "  {:<9} {}", r.action.as_str(), r.key);
+        let _ = writeln!(out, "      - {}", r.reason);
+        let _ = writeln!(out, "      - used by {}", used_by.join(", "));
     }
 }
 
@@ -188,6 +219,7 @@ pub fn render_text(plan: &Plan, color: bool, verbose: bool) -> String {
         }
     }
     render_deployments(&mut out, plan);
+    render_references(&mut out, plan);
     let s = plan.summary();
     let _ = writeln!(
         out,

@@ -1,7 +1,9 @@
 //! Reading the hub for a plan. Label-selected, paged lists, not one GET per object:
 //! - every object of this instance (`pbsync.dev/instance=<instance>`), in all namespaces;
-//! - every ProfileBundle and ComputePool, whoever owns them (a foreign bundle that references
-//!   a shared object keeps it alive; a pool blocks its bundle's deletion);
+//! - every ProfileBundle, ComputePool and AIWorkload, whoever owns them (a foreign bundle that
+//!   references a shared object keeps it alive; a pool or a deployment blocks the deletion of
+//!   the bundle and pool it uses; a commit may deploy onto a pool or bundle that lives only on
+//!   the hub);
 //! - the other objects (`pbsync.dev/instance!=<instance>`, metadata only) of each kind in the
 //!   namespaces the desired state touches, so a desired object that exists unlabelled is
 //!   known as foreign or released; definitions also in `vela-system`, WorkloadProfiles in full
@@ -37,7 +39,8 @@ const VELA_SYSTEM: &str = "vela-system";
 /// namespaces in one (paged) list instead of one list per namespace.
 const MAX_NAMESPACE_LISTS: usize = 8;
 
-/// Where to look for objects of other owners, per kind (bundles and pools are listed whole):
+/// Where to look for objects of other owners, per kind (bundles, pools and workloads are listed
+/// whole):
 /// - every namespace the graph names an object of that kind in (desired, unused or external
 ///   references), so a desired object that exists unlabelled is known;
 /// - definitions also in `vela-system`, where references fall back to;
@@ -89,7 +92,10 @@ fn foreign_namespaces(
 
 /// Kinds listed in full across all namespaces whoever owns them.
 fn is_listed_whole(kind: Kind) -> bool {
-    matches!(kind, Kind::ProfileBundle | Kind::ComputePool)
+    matches!(
+        kind,
+        Kind::ProfileBundle | Kind::ComputePool | Kind::AiWorkload
+    )
 }
 
 /// The hash a comparison is cached by: the desired object without its revision annotation,
