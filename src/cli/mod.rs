@@ -3,8 +3,10 @@
 //! rule, a commit whose signature is not trusted among them).
 
 mod apply;
+mod completions;
 mod graph;
 mod import;
+mod man;
 mod plan;
 mod post;
 mod progress;
@@ -52,6 +54,11 @@ enum Command {
     Status(status::StatusArgs),
     /// Ask the running daemon to reconcile now (like SIGUSR1)
     ReconcileNow(status::ReconcileNowArgs),
+    /// Print the shell completion script (bash, zsh, fish, …)
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (for packaging)
+    #[command(hide = true)]
+    Man(man::ManArgs),
 }
 
 /// Where the commit comes from.
@@ -183,6 +190,8 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(&args).await,
             Command::Status(args) => status::run(&args).await,
             Command::ReconcileNow(args) => status::reconcile_now(&args).await,
+            Command::Completions(args) => completions::run(&args),
+            Command::Man(args) => man::run(&args),
         }
     });
     exit_code(result)
